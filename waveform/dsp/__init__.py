@@ -1,0 +1,1 @@
+"""Signal kernels (numba): arrays in, arrays out, no Python objects inside."""

@@ -1,0 +1,87 @@
+"""The one exception tree of `waveform`.
+
+Every error the package raises on purpose is a `WaveformError`; the service maps
+each class to exactly one gRPC status code (``waveform.service``), so no library
+exception ever reaches a client as ``UNKNOWN``::
+
+    WaveformError
+    ├── InvalidDicom (ValueError)          the object cannot be decoded safely
+    │   └── LimitExceeded                  a size or nesting limit was passed
+    ├── UnsupportedObject (ValueError)     a well-formed object we do not archive
+    ├── InvalidArgument (ValueError)       a bad request parameter
+    ├── Conflict                           same SOP Instance UID, other content
+    ├── NotFound (LookupError)             no such object (or not visible)
+    ├── Unauthenticated                    no or bad credentials
+    ├── AccessDenied (PermissionError)     the caller may not do this
+    ├── Overloaded                         too much work queued; retry later
+    └── StorageError (OSError)             not stored; safe to retry
+        └── DurabilityError                fsync or commit failed; writer stopped
+
+Messages name the element or parameter, the offending value and what was
+expected, so that a person can act on them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDenied",
+    "Conflict",
+    "DurabilityError",
+    "InvalidArgument",
+    "InvalidDicom",
+    "LimitExceeded",
+    "NotFound",
+    "Overloaded",
+    "StorageError",
+    "Unauthenticated",
+    "UnsupportedObject",
+    "WaveformError",
+]
+
+
+class WaveformError(Exception):
+    """Base of every error raised on purpose by `waveform`."""
+
+
+class InvalidDicom(WaveformError, ValueError):
+    """The object is not DICOM we can decode without guessing."""
+
+
+class LimitExceeded(InvalidDicom):
+    """A length, count or nesting depth exceeds what we accept."""
+
+
+class UnsupportedObject(WaveformError, ValueError):
+    """A decodable object that is not a waveform the archive keeps."""
+
+
+class InvalidArgument(WaveformError, ValueError):
+    """A request parameter is out of range or malformed."""
+
+
+class Conflict(WaveformError):
+    """An object with this SOP Instance UID is stored with other content."""
+
+
+class NotFound(WaveformError, LookupError):
+    """No such object, or none the caller may know of."""
+
+
+class Unauthenticated(WaveformError):
+    """Missing, unknown or malformed credentials."""
+
+
+class AccessDenied(WaveformError, PermissionError):
+    """The caller is known but may not do this."""
+
+
+class Overloaded(WaveformError):
+    """The service is at capacity; the request was not queued."""
+
+
+class StorageError(WaveformError, OSError):
+    """Nothing was stored; the request is safe to retry."""
+
+
+class DurabilityError(StorageError):
+    """An fsync or catalog commit failed; the writer refuses further work."""

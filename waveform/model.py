@@ -1,0 +1,237 @@
+"""The in-memory vocabulary of an ECG: `Ecg`, `WaveformGroup`, `Channel`.
+
+Values are frozen. A `WaveformGroup` holds the samples exactly as stored
+(``raw``: integers shaped (channels, samples), usually a read-only view of the
+received bytes); everything physical is derived from them on demand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "LEADS",
+    "Annotation",
+    "Code",
+    "Channel",
+    "Ecg",
+    "WaveformGroup",
+]
+
+#: The twelve standard leads, in the conventional display order.
+LEADS: tuple[str, ...] = (
+    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A coded concept: (coding scheme designator, code value, code meaning)."""
+
+    scheme: str
+    value: str
+    meaning: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """One channel of a multiplex group, as its Channel Definition Sequence item says.
+
+    ``lead`` is the standard lead name (I, II, III, aVR, aVL, aVF, V1..V6, ...)
+    when the source code is an ECG lead, else None. ``units`` is the UCUM code of
+    Channel Sensitivity Units (``uV``, ``mV``, ``mm[Hg]``, ...). Physical value =
+    raw * sensitivity * correction + baseline (PS3.3 C.10.9.1.4.3).
+    """
+
+    label: str = ""
+    source: Code | None = None
+    lead: str | None = None
+    units: str | None = None
+    sensitivity: float = 1.0
+    correction: float = 1.0
+    baseline: float = 0.0
+    skew: float = 0.0
+    filter_low_hz: float | None = None
+    filter_high_hz: float | None = None
+    notch_hz: float | None = None
+    bits_stored: int | None = None
+    padding: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The lead name if known, else the label, else the code meaning."""
+        if self.lead:
+            return self.lead
+        if self.label:
+            return self.label
+        return self.source.meaning if self.source else ""
+
+
+# Sample interpretation -> numpy dtype of the stored samples (PS3.3 C.10.9.1.5).
+SAMPLE_DTYPES: dict[tuple[int, str], np.dtype[Any]] = {
+    (8, "SB"): np.dtype(np.int8),
+    (8, "UB"): np.dtype(np.uint8),
+    (8, "MB"): np.dtype(np.uint8),
+    (8, "AB"): np.dtype(np.uint8),
+    (16, "SS"): np.dtype(np.int16),
+    (16, "US"): np.dtype(np.uint16),
+    (32, "SL"): np.dtype(np.int32),
+    (32, "UL"): np.dtype(np.uint32),
+    (64, "SV"): np.dtype(np.int64),
+    (64, "UV"): np.dtype(np.uint64),
+}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WaveformGroup:
+    """One multiplex group (an item of the Waveform Sequence).
+
+    ``raw`` is shaped (channels, samples) in the stored dtype; it is typically a
+    transposed, read-only view of the object's WaveformData, not a copy.
+    """
+
+    label: str
+    sampling_frequency: float
+    channels: tuple[Channel, ...]
+    raw: np.ndarray
+    interpretation: str = "SS"
+    time_offset: float = 0.0
+    originality: str = "ORIGINAL"
+    trigger_time_offset: float | None = None
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.raw.shape[0])
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.raw.shape[1])
+
+    @property
+    def bits_allocated(self) -> int:
+        return int(self.raw.dtype.itemsize * 8)
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.sampling_frequency
+
+    @property
+    def leads(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.channels)
+
+    def lead_index(self, lead: str) -> int | None:
+        """Row of ``raw`` that holds the standard lead ``lead``, or None."""
+        for i, c in enumerate(self.channels):
+            if c.lead == lead:
+                return i
+        return None
+
+    def physical(self) -> np.ndarray:
+        """float64 (channels, samples) in each channel's units.
+
+        Applies, per channel and in this order, ``raw * sensitivity * correction
+        + baseline`` after undoing the storage form of the samples: mu-law (MB)
+        and A-law (AB) codes are expanded to linear values (ITU-T G.711), samples
+        are sign-extended (or masked) from Waveform Bits Stored, and samples equal
+        to the padding value are NaN (they carry no measurement).
+        """
+        from waveform.dicom.samples import physical
+
+        return physical(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WaveformGroup):
+            return NotImplemented
+        return (
+            self.label == other.label
+            and self.sampling_frequency == other.sampling_frequency
+            and self.channels == other.channels
+            and self.interpretation == other.interpretation
+            and self.time_offset == other.time_offset
+            and self.originality == other.originality
+            and self.trigger_time_offset == other.trigger_time_offset
+            and self.raw.dtype == other.raw.dtype
+            and self.raw.shape == other.raw.shape
+            and bool(np.array_equal(self.raw, other.raw))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    """One item of the Waveform Annotation Sequence (PS3.3 C.10.10).
+
+    Either free text (``text``), a coded concept (``concept``, e.g. a diagnosis
+    statement) or a numeric measurement (``concept`` + ``value`` + ``units``),
+    optionally pinned to channels (pairs of (group, channel), 1-based as in the
+    object) and to sample positions or times.
+    """
+
+    text: str | None = None
+    concept: Code | None = None
+    value: float | None = None
+    units: str | None = None
+    group_number: int | None = None
+    channels: tuple[tuple[int, int], ...] = ()
+    temporal_range_type: str | None = None
+    sample_positions: tuple[int, ...] = ()
+    time_offsets: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ecg:
+    """One waveform SOP instance: identity, context and its multiplex groups."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    patient_id: str = ""
+    patient_id_issuer: str = ""
+    patient_name: str = ""
+    birth_date: dt.date | None = None
+    sex: str = ""
+    accession_number: str = ""
+    acquisition_datetime: dt.datetime | None = None
+    study_description: str = ""
+    institution: str = ""
+    manufacturer: str = ""
+    model: str = ""
+    software_versions: str = ""
+    device_serial_number: str = ""
+    operator: str = ""
+    reading_physician: str = ""
+    referring_physician: str = ""
+    annotations: tuple[Annotation, ...] = ()
+    groups: tuple[WaveformGroup, ...] = ()
+    transfer_syntax_uid: str = "1.2.840.10008.1.2.1"
+    specific_character_set: str = ""
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def group(self, label: str) -> WaveformGroup | None:
+        """The first multiplex group whose label is ``label`` (case-insensitive)."""
+        want = label.strip().upper()
+        for g in self.groups:
+            if g.label.strip().upper() == want:
+                return g
+        return None
+
+    @property
+    def rhythm(self) -> WaveformGroup | None:
+        """The rhythm group: labelled RHYTHM, else the longest ORIGINAL group."""
+        g = self.group("RHYTHM")
+        if g is not None:
+            return g
+        originals = [g for g in self.groups if g.originality == "ORIGINAL"] or list(self.groups)
+        return max(originals, key=lambda g: g.duration_s, default=None)
+
+    def replace(self, **changes: Any) -> Ecg:
+        """A copy with ``changes`` applied (``dataclasses.replace`` for slots)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Ecg(**values)
