@@ -45,6 +45,9 @@ class Channel:
     when the source code is an ECG lead, else None. ``units`` is the UCUM code of
     Channel Sensitivity Units (``uV``, ``mV``, ``mm[Hg]``, ...). Physical value =
     raw * sensitivity * correction + baseline (PS3.3 C.10.9.1.4.3).
+    ``skew`` is the offset of the channel's first sample from the group's start
+    in seconds (Channel Time Skew, or Channel Sample Skew / sampling frequency).
+    ``padding`` is the group's Waveform Padding Value (no sample), if declared.
     """
 
     label: str = ""
@@ -166,14 +169,16 @@ class WaveformGroup:
 class Annotation:
     """One item of the Waveform Annotation Sequence (PS3.3 C.10.10).
 
-    Either free text (``text``), a coded concept (``concept``, e.g. a diagnosis
-    statement) or a numeric measurement (``concept`` + ``value`` + ``units``),
+    Either free text (``text``), a coded statement (``concept`` names it and
+    ``value_code`` holds its Concept Code) or a numeric measurement (``concept``
+    + ``value`` + ``units``, a UCUM code),
     optionally pinned to channels (pairs of (group, channel), 1-based as in the
     object) and to sample positions or times.
     """
 
     text: str | None = None
     concept: Code | None = None
+    value_code: Code | None = None
     value: float | None = None
     units: str | None = None
     group_number: int | None = None
