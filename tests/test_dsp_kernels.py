@@ -1,0 +1,186 @@
+"""The numba kernels against their numpy/scipy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import signal
+
+from waveform.dsp import filters, leads, quality, resample, scale
+from waveform.errors import InvalidArgument
+
+RNG = np.random.default_rng(20240611)
+
+
+# --- scale -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("units", "factor"), [("uV", 1.0), ("mV", 1e3), ("V", 1e6), ("nV", 1e-3), (None, 1.0)]
+)
+def test_scale_matches_numpy(units: str | None, factor: float) -> None:
+    raw = RNG.integers(-32768, 32767, size=(3, 100), dtype=np.int16)
+    sens = np.array([2.5, 0.5, 1.0])
+    corr = np.array([1.0, 1.1, 0.9])
+    base = np.array([0.0, -3.0, 7.0])
+    got = scale.to_microvolts(raw, sens, corr, base, [units] * 3)
+    want = (raw * (sens * corr)[:, None] + base[:, None]) * factor
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+def test_scale_padding_is_nan() -> None:
+    raw = np.array([[1, -32768, 3], [-32768, 2, 2]], dtype=np.int16)
+    got = scale.to_microvolts(raw, [1.0, 1.0], padding=[-32768, None])
+    assert np.isnan(got[0, 1]) and not np.isnan(got[1, 0])
+
+
+def test_scale_rejects_non_voltage() -> None:
+    with pytest.raises(InvalidArgument, match=r"'mm\[Hg\]' are not a voltage"):
+        scale.to_microvolts(np.zeros((1, 4), np.int16), [1.0], units=["mm[Hg]"])
+
+
+# --- resample --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("up", "down", "n"),
+    [(1, 2, 10000), (25, 18, 3600), (1, 2, 1), (1, 2, 7), (2, 1, 5), (500, 257, 1000),
+     (5, 2, 2000), (1, 4, 999)],
+    ids=lambda v: str(v),
+)
+def test_resample_equals_scipy(up: int, down: int, n: int) -> None:
+    x = RNG.standard_normal((3, n))
+    got = resample.resample_poly(x, up, down)
+    want = signal.resample_poly(x, up, down, axis=-1)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize(("fs_in", "fs_out"), [(1000, 500), (360, 500), (500, 250), (257, 500)])
+def test_resample_rates(fs_in: int, fs_out: int) -> None:
+    x = RNG.standard_normal((2, 3 * fs_in)).astype(np.float32)
+    got = resample.resample(x, fs_in, fs_out)
+    up, down = resample.rational_ratio(fs_in, fs_out)
+    want = signal.resample_poly(x.astype(np.float64), up, down, axis=-1)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-6 * np.abs(want).max())
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    f=st.floats(0.5, 20.0),
+    pair=st.sampled_from([(1000, 500), (360, 500), (500, 250), (257, 500), (200, 500)]),
+)
+def test_resample_preserves_band_limited_sine(f: float, pair: tuple[int, int]) -> None:
+    fs_in, fs_out = pair
+    t_in = np.arange(4 * fs_in) / fs_in
+    y = resample.resample(np.sin(2 * np.pi * f * t_in), fs_in, fs_out)
+    t_out = np.arange(y.shape[0]) / fs_out
+    core = slice(fs_out // 2, -fs_out // 2)  # away from the zero-padded edges
+    np.testing.assert_allclose(y[core], np.sin(2 * np.pi * f * t_out[core]), atol=2e-3)
+
+
+# --- filters ---------------------------------------------------------------
+
+SPECS = [
+    filters.FilterSpec(500.0, 0.5, 40.0, None),
+    filters.FilterSpec(500.0, 0.67, 150.0, 50.0),
+    filters.FilterSpec(500.0, 0.5, 100.0, 60.0),
+    filters.FilterSpec(1000.0, 0.67, 40.0, 50.0),
+    filters.FilterSpec(360.0, None, 40.0, 60.0, harmonics=False),
+    filters.FilterSpec(250.0, 0.5, None, 50.0),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_filter_equals_scipy_sosfiltfilt(spec: filters.FilterSpec) -> None:
+    x = np.cumsum(RNG.standard_normal((4, 3000)), axis=1) * 20.0
+    d = filters.design(spec)
+    got = filters.apply(x, spec)
+    want = signal.sosfiltfilt(d.sos.copy(), x, axis=-1)
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(x).max())
+    got32 = filters.apply(x.astype(np.float32), spec)
+    assert got32.dtype == np.float32
+    np.testing.assert_allclose(got32, want, atol=1e-5 * np.abs(x).max())
+
+
+def test_filter_design_is_cached() -> None:
+    assert filters.design(SPECS[0]) is filters.design(SPECS[0])
+
+
+def test_notch_removes_mains_and_keeps_ecg_band() -> None:
+    fs = 500.0
+    t = np.arange(5000) / fs
+    ecg_band = np.sin(2 * np.pi * 10 * t)
+    x = ecg_band + 0.5 * np.sin(2 * np.pi * 50 * t) + 0.2 * np.sin(2 * np.pi * 100 * t)
+    y = filters.apply(x, filters.FilterSpec(fs, None, None, 50.0))
+    core = slice(500, -500)
+    np.testing.assert_allclose(y[core], ecg_band[core], atol=0.02)
+
+
+def test_sosfiltfilt_custom_sos() -> None:
+    sos = signal.butter(3, [1, 30], "bandpass", fs=250, output="sos")
+    x = RNG.standard_normal(1000)
+    np.testing.assert_allclose(
+        filters.sosfiltfilt(x, sos), signal.sosfiltfilt(sos, x), atol=1e-10
+    )
+
+
+def test_filter_rejects_bad_corner() -> None:
+    with pytest.raises(InvalidArgument, match=r"high-pass 300\.0 Hz outside"):
+        filters.design(filters.FilterSpec(500.0, 300.0, None, None))
+
+
+# --- leads -----------------------------------------------------------------
+
+
+def test_derived_leads_follow_einthoven_and_goldberger() -> None:
+    i, ii = RNG.standard_normal((2, 500))
+    iii, avr, avl, avf = leads.derive_limb_leads(i, ii)
+    np.testing.assert_allclose(iii, ii - i)
+    np.testing.assert_allclose(avr, -(i + ii) / 2)
+    np.testing.assert_allclose(avl, i - ii / 2)
+    np.testing.assert_allclose(avf, ii - i / 2)
+    np.testing.assert_allclose(avr + avl + avf, 0, atol=1e-12)
+
+
+def test_limb_residuals_flag_swapped_electrodes() -> None:
+    i, ii = RNG.standard_normal((2, 500))
+    limb = leads.derive_limb_leads(i, ii)
+    assert np.all(leads.limb_residuals(i, ii, limb) < 1e-12)
+    # Left/right arm reversal: I is inverted, II and III swap.
+    swapped = leads.derive_limb_leads(-i, ii - i)
+    r = leads.limb_residuals(i, ii, swapped)
+    assert r[:3].min() > 0.3
+    assert r[3] < 1e-12  # aVF sits on the axis an arm swap mirrors about
+
+
+# --- quality ---------------------------------------------------------------
+
+
+def _ecg_like(n: int = 5000, fs: float = 500.0) -> np.ndarray:
+    t = np.arange(n) / fs
+    beats = np.zeros(n)
+    for c in np.arange(0.4, n / fs, 0.8):
+        beats += 1000 * np.exp(-(((t - c) / 0.012) ** 2))
+    return beats + RNG.normal(0, 5, n)
+
+
+def test_quality_reasons() -> None:
+    fs = 500.0
+    clean = _ecg_like()
+    flat = np.full(5000, 12.0) + RNG.normal(0, 0.5, 5000)
+    clipped = np.clip(_ecg_like(), None, 400.0)
+    noisy = _ecg_like() + RNG.normal(0, 150, 5000)
+    wander = _ecg_like() + 4000 * np.sin(2 * np.pi * 0.15 * np.arange(5000) / fs)
+    off = np.full(5000, np.nan)
+    x = np.vstack([clean, flat, clipped, noisy, wander, off])
+    got = quality.assess(x, fs)
+    assert got[0].quality == 1.0 and got[0].reason == quality.Reason.OK
+    want = [quality.Reason.FLAT, quality.Reason.CLIPPED, quality.Reason.NOISE,
+            quality.Reason.BASELINE_WANDER, quality.Reason.LEAD_OFF]
+    assert [g.reason for g in got[1:]] == want
+    assert all(g.quality < 0.5 for g in got[1:])

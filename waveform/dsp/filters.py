@@ -1,0 +1,178 @@
+"""Zero-phase ECG filters: baseline-wander high-pass, low-pass, power-line notch.
+
+The designs are scipy's (Butterworth second-order sections and `iirnotch`
+biquads, folded into one SOS cascade) and are made once per parameter set
+(`design` is cached: designing costs a third of filtering a 10 s ECG). The
+kernel is a numba port of `scipy.signal.sosfiltfilt` (Gustafsson-style
+forward-backward filtering with odd extension and steady-state initial
+conditions, F. Gustafsson, IEEE Trans. Signal Process. 44(4), 1996), run on all
+leads in one call. Zero phase matters for ECG: a causal high-pass shifts and
+distorts the ST segment (AHA recommendations, Kligfield et al., Circulation
+2007;115:1306-24, recommend 0.05 Hz or an equivalent zero-phase 0.67 Hz).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numba
+import numpy as np
+from scipy.signal import butter, iirnotch, sosfilt_zi, tf2sos
+
+from waveform.errors import InvalidArgument
+
+__all__ = [
+    "HIGHPASS_HZ",
+    "LOWPASS_HZ",
+    "NOTCH_HZ",
+    "Design",
+    "FilterSpec",
+    "apply",
+    "design",
+    "sosfiltfilt",
+]
+
+#: The corner frequencies the service offers (Hz).
+HIGHPASS_HZ: tuple[float, ...] = (0.5, 0.67)
+LOWPASS_HZ: tuple[float, ...] = (40.0, 100.0, 150.0)
+NOTCH_HZ: tuple[float, ...] = (50.0, 60.0)
+
+# Orders of the Butterworth prototypes; filtfilt doubles the effective order.
+_HP_ORDER = 2
+_LP_ORDER = 4
+_NOTCH_Q = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSpec:
+    """What to filter: corners in Hz (None = that stage off), notch with harmonics."""
+
+    fs: float
+    highpass: float | None = 0.5
+    lowpass: float | None = 40.0
+    notch: float | None = None
+    harmonics: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Design:
+    """A designed cascade: ``sos`` (sections, 6), ``zi`` (sections, 2), ``padlen``."""
+
+    sos: np.ndarray
+    zi: np.ndarray
+    padlen: int
+
+
+@lru_cache(maxsize=128)
+def design(spec: FilterSpec) -> Design:
+    """The SOS cascade for ``spec`` (cached), with scipy's default filtfilt padding."""
+    nyq = spec.fs / 2.0
+    sections: list[np.ndarray] = []
+    if spec.highpass is not None:
+        if not 0 < spec.highpass < nyq:
+            raise InvalidArgument(f"high-pass {spec.highpass} Hz outside (0, {nyq}) Hz")
+        sections.append(butter(_HP_ORDER, spec.highpass, "highpass", output="sos", fs=spec.fs))
+    if spec.lowpass is not None and spec.lowpass < nyq:
+        sections.append(butter(_LP_ORDER, spec.lowpass, "lowpass", output="sos", fs=spec.fs))
+    if spec.notch is not None:
+        if not 0 < spec.notch < nyq:
+            raise InvalidArgument(f"notch {spec.notch} Hz outside (0, {nyq}) Hz")
+        f = spec.notch
+        while f < nyq * 0.98:
+            # Harmonics above the low-pass corner are already attenuated.
+            if spec.lowpass is None or f < spec.lowpass * 1.5 or f == spec.notch:
+                b, a = iirnotch(f, _NOTCH_Q, fs=spec.fs)
+                sections.append(tf2sos(b, a))
+            if not spec.harmonics:
+                break
+            f += spec.notch
+    if not sections:
+        raise InvalidArgument("the filter specification turns every stage off")
+    sos = np.ascontiguousarray(np.vstack(sections), dtype=np.float64)
+    # scipy.signal.sosfiltfilt's default pad length, counted the same way.
+    ntaps = 2 * sos.shape[0] + 1
+    ntaps -= min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
+    zi = np.ascontiguousarray(sosfilt_zi(sos))
+    return Design(sos, zi, 3 * ntaps)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sos_pass(buf: np.ndarray, sos: np.ndarray, zi: np.ndarray, forward: bool) -> None:
+    # Direct form II transposed, section by section per sample, as scipy's sosfilt;
+    # the state starts at zi * first sample (steady state for a step).
+    n_sec = sos.shape[0]
+    n = buf.shape[0]
+    z = np.empty((n_sec, 2))
+    x0 = buf[0] if forward else buf[n - 1]
+    for s in range(n_sec):
+        z[s, 0] = zi[s, 0] * x0
+        z[s, 1] = zi[s, 1] * x0
+    for k in range(n):
+        i = k if forward else n - 1 - k
+        v = buf[i]
+        for s in range(n_sec):
+            y = sos[s, 0] * v + z[s, 0]
+            z[s, 0] = sos[s, 1] * v - sos[s, 4] * y + z[s, 1]
+            z[s, 1] = sos[s, 2] * v - sos[s, 5] * y
+            v = y
+        buf[i] = v
+
+
+@numba.njit(cache=True, nogil=True)
+def _sosfiltfilt(x: np.ndarray, sos: np.ndarray, zi: np.ndarray, padlen: int) -> np.ndarray:
+    n_ch, n = x.shape
+    edge = min(padlen, n - 1)
+    out = np.empty((n_ch, n), dtype=x.dtype)
+    buf = np.empty(n + 2 * edge)
+    for c in range(n_ch):
+        x_first = float(x[c, 0])
+        x_last = float(x[c, n - 1])
+        # Odd extension about the end points (scipy's odd_ext).
+        for i in range(edge):
+            buf[i] = 2.0 * x_first - x[c, edge - i]
+            buf[edge + n + i] = 2.0 * x_last - x[c, n - 2 - i]
+        for i in range(n):
+            buf[edge + i] = x[c, i]
+        _sos_pass(buf, sos, zi, True)
+        _sos_pass(buf, sos, zi, False)
+        for i in range(n):
+            out[c, i] = buf[edge + i]
+    return out
+
+
+def sosfiltfilt(x: np.ndarray, sos: np.ndarray, padlen: int | None = None) -> np.ndarray:
+    """Zero-phase SOS filtering of (channels, samples) or (samples,) along the last axis.
+
+    Equal to ``scipy.signal.sosfiltfilt(sos, x, axis=-1, padlen=padlen)`` when the
+    signal is longer than the pad; shorter signals are padded with what they have
+    (scipy refuses them). float32 in gives float32 out; the state is float64.
+    """
+    sos = np.ascontiguousarray(sos, dtype=np.float64)
+    if sos.ndim != 2 or sos.shape[1] != 6:
+        raise InvalidArgument(f"sos must be (sections, 6), got shape {sos.shape}")
+    if padlen is None:
+        ntaps = 2 * sos.shape[0] + 1
+        ntaps -= min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
+        padlen = 3 * ntaps
+    return _run(x, sos, np.ascontiguousarray(sosfilt_zi(sos)), padlen)
+
+
+def apply(x: np.ndarray, spec: FilterSpec) -> np.ndarray:
+    """Filter ``x`` (channels, samples) with the cached design for ``spec``."""
+    d = design(spec)
+    return _run(x, d.sos, d.zi, d.padlen)
+
+
+def _run(x: np.ndarray, sos: np.ndarray, zi: np.ndarray, padlen: int) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    one_d = arr.ndim == 1
+    a2 = np.ascontiguousarray(arr.reshape(1, -1) if one_d else arr)
+    if a2.ndim != 2:
+        raise InvalidArgument(f"x must be 1-D or (channels, samples), got shape {arr.shape}")
+    if a2.shape[1] < 2:
+        return arr.copy()
+    out = _sosfiltfilt(a2, sos, zi, padlen)
+    return out[0] if one_d else out
