@@ -95,6 +95,8 @@ class WaveformGroup:
 
     ``raw`` is shaped (channels, samples) in the stored dtype; it is typically a
     transposed, read-only view of the object's WaveformData, not a copy.
+    ``time_offset`` (Multiplex Group Time Offset) and ``trigger_time_offset``
+    are in milliseconds, as in the object.
     """
 
     label: str
