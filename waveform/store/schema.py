@@ -1,0 +1,162 @@
+"""The archive's tables, in one place, versioned.
+
+Each table is an Arrow schema: the store writes its Parquet data files with
+pyarrow from exactly these schemas, and the catalog DDL is derived from them, so
+the two cannot drift. `SCHEMA_VERSION` is recorded in the ``meta`` table; a store
+opened by a different version is refused with a message rather than misread.
+
+Tables owned here: ``ecg`` (one row per SOP instance), ``waveform`` (one row per
+multiplex group, the samples losslessly encoded, see `waveform.store.codec`) and
+``summary`` (one row per ECG and analysis version). `RESERVED` names tables that
+later modules (documents, consent, denials, audit) create in the same catalog.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = [
+    "ECG",
+    "MEASURES",
+    "RESERVED",
+    "SCHEMA_VERSION",
+    "SUMMARY",
+    "TABLES",
+    "WAVEFORM",
+    "ddl",
+    "duck_type",
+]
+
+SCHEMA_VERSION = 1
+
+_TS = pa.timestamp("us")
+_TS_UTC = pa.timestamp("us", tz="UTC")
+
+ECG = pa.schema([
+    ("sop_instance_uid", pa.string()),
+    ("sop_class_uid", pa.string()),
+    ("study_instance_uid", pa.string()),
+    ("series_instance_uid", pa.string()),
+    ("patient_id", pa.string()),
+    ("patient_id_issuer", pa.string()),
+    ("patient_name", pa.string()),
+    ("birth_date", pa.date32()),
+    ("sex", pa.string()),
+    ("accession_number", pa.string()),
+    # DICOM date-times carry no zone: kept as the device wrote them.
+    ("acquisition_datetime", _TS),
+    ("study_description", pa.string()),
+    ("institution", pa.string()),
+    # The archiving caller's organisation (authenticated), not Institution Name.
+    ("organisation", pa.string()),
+    ("manufacturer", pa.string()),
+    ("model", pa.string()),
+    ("software_versions", pa.string()),
+    ("device_serial_number", pa.string()),
+    ("operator", pa.string()),
+    ("reading_physician", pa.string()),
+    ("referring_physician", pa.string()),
+    ("transfer_syntax_uid", pa.string()),
+    ("n_groups", pa.int16()),
+    ("ingested_at", _TS_UTC),
+    ("size", pa.int64()),
+    ("sha256", pa.string()),
+    # `waveform.dicom.split` header: the object minus each group's sample bytes.
+    ("header", pa.binary()),
+])
+
+_CHANNEL = pa.struct([
+    ("label", pa.string()),
+    ("lead", pa.string()),
+    ("source_scheme", pa.string()),
+    ("source_value", pa.string()),
+    ("source_meaning", pa.string()),
+    ("units", pa.string()),
+    ("sensitivity", pa.float64()),
+    ("correction", pa.float64()),
+    ("baseline", pa.float64()),
+    ("skew", pa.float64()),
+    ("filter_low_hz", pa.float64()),
+    ("filter_high_hz", pa.float64()),
+    ("notch_hz", pa.float64()),
+    ("bits_stored", pa.int32()),
+    ("padding", pa.int64()),
+])
+
+WAVEFORM = pa.schema([
+    ("sop_instance_uid", pa.string()),
+    ("group_index", pa.int16()),
+    ("label", pa.string()),
+    ("sampling_frequency", pa.float64()),
+    ("n_channels", pa.int32()),
+    ("n_samples", pa.int64()),
+    ("interpretation", pa.string()),
+    # numpy dtype string of the stored samples, byte order included ("<i2", ">i2").
+    ("dtype", pa.string()),
+    ("time_offset", pa.float64()),
+    ("originality", pa.string()),
+    ("trigger_time_offset", pa.float64()),
+    ("channels", pa.list_(_CHANNEL)),
+    # True when `split` cut these bytes out of the header (join needs them).
+    ("retained", pa.bool_()),
+    ("codec", pa.string()),
+    ("nbytes", pa.int64()),
+    ("samples", pa.binary()),
+])
+
+#: Searchable measurements: column -> keys accepted from ``Summary.to_dict()``.
+MEASURES: dict[str, tuple[str, ...]] = {
+    "heart_rate_bpm": ("heart_rate_bpm", "heart_rate", "rate", "hr"),
+    "pr_ms": ("pr_ms", "pr", "pr_interval_ms"),
+    "qrs_ms": ("qrs_ms", "qrs", "qrs_duration_ms"),
+    "qt_ms": ("qt_ms", "qt", "qt_interval_ms"),
+    "qtc_ms": ("qtc_ms", "qtc", "qtc_interval_ms"),
+}
+
+SUMMARY = pa.schema([
+    ("sop_instance_uid", pa.string()),
+    ("analysis_version", pa.string()),
+    ("measured_at", _TS_UTC),
+    *[(name, pa.float64()) for name in MEASURES],
+    # The whole `Summary.to_dict()` as JSON: the typed columns are for search.
+    ("document", pa.string()),
+])
+
+TABLES: dict[str, pa.Schema] = {"ecg": ECG, "waveform": WAVEFORM, "summary": SUMMARY}
+
+#: Tables other modules own in the same catalog; the store never creates them.
+RESERVED: tuple[str, ...] = ("document", "consent", "denial", "audit")
+
+_SCALARS: dict[pa.DataType, str] = {
+    pa.string(): "VARCHAR",
+    pa.binary(): "BLOB",
+    pa.bool_(): "BOOLEAN",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.date32(): "DATE",
+    _TS: "TIMESTAMP",
+    _TS_UTC: "TIMESTAMPTZ",
+}
+
+
+def duck_type(t: pa.DataType) -> str:
+    """The DuckDB type of an Arrow type used in these schemas."""
+    if t in _SCALARS:
+        return _SCALARS[t]
+    if pa.types.is_list(t):
+        return duck_type(t.value_type) + "[]"
+    if pa.types.is_struct(t):
+        fields = ", ".join(f"{f.name} {duck_type(f.type)}" for f in t)
+        return f"STRUCT({fields})"
+    raise TypeError(f"no DuckDB type for Arrow type {t}")
+
+
+def ddl(catalog: str) -> list[str]:
+    """Statements that create every table (if absent) in ``catalog``."""
+    out = [f"CREATE TABLE IF NOT EXISTS {catalog}.meta (key VARCHAR, value VARCHAR)"]
+    for name, schema in TABLES.items():
+        cols = ", ".join(f"{f.name} {duck_type(f.type)}" for f in schema)
+        out.append(f"CREATE TABLE IF NOT EXISTS {catalog}.{name} ({cols})")
+    return out
