@@ -82,6 +82,9 @@ _MDC_LEADS: dict[str, str] = {
     if scheme == "MDC" and value.startswith("2:")
 }
 
+# The Synchronization Frame of Reference of UTC-synchronised equipment (PS3.6 A.1).
+_UTC_FRAME_OF_REFERENCE = "1.2.840.10008.15.1.1"
+
 # General Series Laterality is Type 2C (required if the body part is paired);
 # dciodvfy requires it, empty, for hemodynamic objects and refuses it for ECG.
 _LATERALITY_MODALITIES = frozenset({"HD"})
@@ -219,9 +222,20 @@ def _dataset(ecg: Ecg, *, little_endian: bool) -> Dataset:
     # Acquisition Context: Type 2, present and empty (no context is claimed).
     ds.AcquisitionContextSequence = Sequence()
 
+    # Synchronization: a group offset in time needs Acquisition Time Synchronized
+    # = Y, the condition of Multiplex Group Time Offset (C.10.9.1, C.7.4.2).
+    synchronized = any(g.time_offset for g in ecg.groups)
+    if synchronized:
+        ds.SynchronizationFrameOfReferenceUID = _UTC_FRAME_OF_REFERENCE
+        ds.SynchronizationTrigger = "NO TRIGGER"
+        ds.AcquisitionTimeSynchronized = "Y"
+
     # Waveform
     ds.WaveformSequence = Sequence(
-        [_group_item(g, i, little_endian=little_endian) for i, g in enumerate(ecg.groups, 1)]
+        [
+            _group_item(g, i, little_endian=little_endian, synchronized=synchronized)
+            for i, g in enumerate(ecg.groups, 1)
+        ]
     )
 
     # Waveform Annotation
@@ -232,7 +246,9 @@ def _dataset(ecg: Ecg, *, little_endian: bool) -> Dataset:
     return ds
 
 
-def _group_item(group: WaveformGroup, number: int, *, little_endian: bool) -> Dataset:
+def _group_item(
+    group: WaveformGroup, number: int, *, little_endian: bool, synchronized: bool
+) -> Dataset:
     raw = group.raw
     key = (raw.dtype.itemsize * 8, group.interpretation)
     dtype = SAMPLE_DTYPES.get(key)
@@ -251,11 +267,9 @@ def _group_item(group: WaveformGroup, number: int, *, little_endian: bool) -> Da
     bits = dtype.itemsize * 8
     item = Dataset()
     # Multiplex Group Time Offset is Type 1C: required when Acquisition Time
-    # Synchronized (0018,1800) is Y and "may not be present otherwise" (dciodvfy
-    # reports it as an error). We write no Synchronization module, so a zero
-    # offset is simply left out; a non-zero one is written, since dropping it
-    # would lose information.
-    if group.time_offset:
+    # Synchronized (0018,1800) is Y, and dciodvfy reports it as an error otherwise.
+    # So it is written, for every group, exactly when some group is offset.
+    if synchronized:
         item.MultiplexGroupTimeOffset = _ds(group.time_offset)
     if group.trigger_time_offset is not None:
         item.TriggerTimeOffset = _ds(group.trigger_time_offset)
@@ -302,7 +316,9 @@ def _channel_item(channel: Channel, bits_allocated: int) -> Dataset:
         item.ChannelSensitivityUnitsSequence = Sequence([_unit_item(channel.units)])
         item.ChannelSensitivityCorrectionFactor = _ds(channel.correction)
         item.ChannelBaseline = _ds(channel.baseline)
-    item.ChannelSampleSkew = _ds(channel.skew)
+    # The model holds skew in seconds: Channel Time Skew carries it exactly
+    # (Channel Sample Skew would need a division by the sampling frequency).
+    item.ChannelTimeSkew = _ds(channel.skew)
     item.WaveformBitsStored = (
         channel.bits_stored if channel.bits_stored is not None else bits_allocated
     )
@@ -321,6 +337,8 @@ def _annotation_item(ann: Annotation) -> Dataset:
         item.UnformattedTextValue = ann.text
     if ann.concept is not None:
         item.ConceptNameCodeSequence = Sequence([_code_item(ann.concept)])
+    if ann.value_code is not None:
+        item.ConceptCodeSequence = Sequence([_code_item(ann.value_code)])
     if ann.value is not None:
         item.NumericValue = _ds(ann.value)
         if ann.units is not None:
