@@ -8,6 +8,7 @@ received bytes); everything physical is derived from them on demand.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -16,8 +17,8 @@ import numpy as np
 __all__ = [
     "LEADS",
     "Annotation",
-    "Code",
     "Channel",
+    "Code",
     "Ecg",
     "WaveformGroup",
 ]
@@ -214,7 +215,7 @@ class Ecg:
     operator: str = ""
     reading_physician: str = ""
     referring_physician: str = ""
-    annotations: tuple[Annotation, ...] = ()
+    annotations: Sequence[Annotation] = ()
     groups: tuple[WaveformGroup, ...] = ()
     transfer_syntax_uid: str = "1.2.840.10008.1.2.1"
     specific_character_set: str = ""

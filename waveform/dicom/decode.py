@@ -1,6 +1,6 @@
 """`decode(bytes) -> Ecg`: the hot path from a DICOM waveform object to the model.
 
-One numba pass (`tokenize`) lists every element; a second (`_gather`) finds, for
+One numba pass (`tokenize`) lists every element; a second (`gather`) finds, for
 each item of interest, the elements we read; values are then read straight from
 the buffer and the samples are viewed, not copied. pydicom is the oracle in the
 tests, not a dependency of this path.
@@ -15,11 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zlib
-from collections.abc import Callable
-import numba
+from collections.abc import Sequence
+from typing import Literal
+
 import numpy as np
 from pydicom.uid import UID
 
+from waveform.dicom.annotations import LazyAnnotations
 from waveform.dicom.codes import (
     SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -28,14 +30,18 @@ from waveform.dicom.codes import (
     lead_from_code,
     lead_from_text,
 )
-from waveform.dicom.tokenize import (
-    Tokens,
-    tag_str,
-    tokenize,
-    vr_code,
+from waveform.dicom.tokenize import Tokens, tokenize
+from waveform.dicom.values import (
+    Fields,
+    Reader,
+    codes,
+    items_of,
+    parse_ds,
+    text_decoder,
+    wanted,
 )
 from waveform.errors import InvalidDicom, LimitExceeded, UnsupportedObject
-from waveform.model import SAMPLE_DTYPES, Annotation, Channel, Code, Ecg, WaveformGroup
+from waveform.model import SAMPLE_DTYPES, Annotation, Channel, Ecg, WaveformGroup
 
 __all__ = ["MAX_INFLATED_RATIO", "decode", "locate"]
 
@@ -86,86 +92,11 @@ CHANNEL = {
     "bits_stored": _t(0x003A, 0x021A), "filter_low": _t(0x003A, 0x0220),
     "filter_high": _t(0x003A, 0x0221), "notch": _t(0x003A, 0x0222),
 }
-CODE = {
-    "value": _t(0x0008, 0x0100), "scheme": _t(0x0008, 0x0102),
-    "meaning": _t(0x0008, 0x0104), "long_value": _t(0x0008, 0x0119),
-    "urn_value": _t(0x0008, 0x0120),
-}
-ANNOTATION = {
-    "units": _t(0x0040, 0x08EA), "channels": _t(0x0040, 0xA0B0),
-    "concept_name": _t(0x0040, 0xA043), "temporal": _t(0x0040, 0xA130),
-    "positions": _t(0x0040, 0xA132), "offsets": _t(0x0040, 0xA138),
-    "concept": _t(0x0040, 0xA168), "group": _t(0x0040, 0xA180),
-    "numeric": _t(0x0040, 0xA30A), "text": _t(0x0070, 0x0006),
-}
 
 
-def _wanted(table: dict[str, int]) -> tuple[list[str], np.ndarray]:
-    return list(table), np.array(list(table.values()), np.uint32)
-
-
-_ROOT_KEYS, _ROOT_TAGS = _wanted(ROOT)
-_GROUP_KEYS, _GROUP_TAGS = _wanted(GROUP)
-_CHANNEL_KEYS, _CHANNEL_TAGS = _wanted(CHANNEL)
-_CODE_KEYS, _CODE_TAGS = _wanted(CODE)
-_ANN_KEYS, _ANN_TAGS = _wanted(ANNOTATION)
-
-
-@numba.njit(cache=True, nogil=True)
-def _gather(tags, parent, items, wanted):  # pragma: no cover - compiled
-    """out[i, k]: token of the element ``wanted[k]`` directly inside ``items[i]``
-    (-1 absent, -2 present more than once). ``items[i] == -1`` is the data set."""
-    n = tags.size
-    out = np.full((items.size, wanted.size), -1, np.int64)
-    row = np.full(n + 1, -1, np.int64)  # row[p + 1] for parent token p (p = -1: data set)
-    for i in range(items.size):
-        row[items[i] + 1] = i
-    for j in range(n):
-        r = row[parent[j] + 1]
-        if r < 0:
-            continue
-        t = tags[j]
-        for k in range(wanted.size):
-            if wanted[k] == t:
-                out[r, k] = j if out[r, k] == -1 else -2
-                break
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _first_items(tags, last, seqs):  # pragma: no cover - compiled
-    """Token of the first Item of each sequence token in ``seqs`` (-1 if none)."""
-    out = np.full(seqs.size, -1, np.int64)
-    for i in range(seqs.size):
-        s = seqs[i]
-        if s >= 0 and last[s] > s + 1 and tags[s + 1] == 0xFFFEE000:
-            out[i] = s + 1
-    return out
-
-
-def _items_of(tokens: Tokens, seq: int) -> np.ndarray:
-    """Item tokens directly inside sequence token ``seq``."""
-    lo, hi = seq + 1, int(tokens.last[seq])
-    idx = np.flatnonzero(tokens.parent[lo:hi] == seq)
-    return idx + lo
-
-
-# --- text encodings ----------------------------------------------------------------------
-_PY_CODECS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1",
-              "ISO_IR 192": "utf-8", "ISO_IR 101": "iso8859-2", "ISO_IR 144": "iso8859-5",
-              "ISO_IR 148": "iso8859-9", "ISO_IR 203": "iso8859-15", "GB18030": "gb18030",
-              "GBK": "gbk"}
-
-
-def _text_decoder(charset: str) -> Callable[[bytes], str]:
-    terms = [t.strip() for t in charset.split("\\")]
-    if len(terms) == 1 and terms[0] in _PY_CODECS:
-        codec = _PY_CODECS[terms[0]]
-        return lambda b: b.decode(codec, errors="replace")
-    from pydicom.charset import convert_encodings, decode_bytes
-
-    encodings = convert_encodings(terms)
-    return lambda b: decode_bytes(b, encodings, {0x5E, 0x3D})
+_ROOT_KEYS, _ROOT_TAGS = wanted(ROOT)
+_GROUP_KEYS, _GROUP_TAGS = wanted(GROUP)
+_CHANNEL_KEYS, _CHANNEL_TAGS = wanted(CHANNEL)
 
 
 # --- dates and times (PS3.5 6.2) ---------------------------------------------------------
@@ -220,114 +151,6 @@ _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 # --- the reader --------------------------------------------------------------------------
-class _Reader:
-    """Values of one object, read by token index from its buffer."""
-
-    __slots__ = ("buf", "data", "little", "implicit", "tokens", "text", "warnings")
-
-    def __init__(self, data: bytes | memoryview, buf: np.ndarray, ts: TransferSyntax,
-                 tokens: Tokens) -> None:
-        self.data = data
-        self.buf = buf
-        self.little = ts.little_endian
-        self.implicit = ts.implicit_vr
-        self.tokens = tokens
-        self.text: Callable[[bytes], str] = _text_decoder("")
-        self.warnings: list[str] = []
-
-    def raw(self, i: int) -> bytes:
-        o = int(self.tokens.offs[i])
-        return bytes(self.data[o:o + int(self.tokens.lens[i])])
-
-    def str(self, i: int, *, text: bool = False) -> str:
-        """A string value (all values of a multi-valued element, backslash-joined)."""
-        if i < 0:
-            return ""
-        b = self.raw(i)
-        s = self.text(b) if text else b.decode("latin-1")
-        return s.rstrip(" \x00").lstrip(" ")
-
-    def float(self, i: int, name: str, default: float | None = None) -> float | None:
-        """First value of a DS element (None or ``default`` when absent or empty)."""
-        if i < 0:
-            return default
-        b = self.raw(i)
-        first = b.split(b"\\", 1)[0].strip(b" \x00")
-        if not first:
-            return default
-        try:
-            return float(first)
-        except ValueError:
-            raise InvalidDicom(
-                f"{name} {tag_str(int(self.tokens.tags[i]))} holds {first!r}, "
-                "expected a decimal number (DS)"
-            ) from None
-
-    def floats(self, i: int) -> tuple[float, ...]:
-        if i < 0:
-            return ()
-        vr = int(self.tokens.vrs[i])
-        if vr in (vr_code("FD"), vr_code("FL")):
-            kind = "d" if vr == vr_code("FD") else "f"
-            order = "<" if self.little else ">"
-            return tuple(float(x) for x in np.frombuffer(self.raw(i), order + kind))
-        out = []
-        for part in self.raw(i).split(b"\\"):
-            part = part.strip(b" \x00")
-            if part:
-                try:
-                    out.append(float(part))
-                except ValueError:
-                    self.warnings.append(
-                        f"{tag_str(int(self.tokens.tags[i]))} value {part!r} is not a number; "
-                        "ignored")
-        return tuple(out)
-
-    def uint(self, i: int, name: str, width: int) -> int:
-        """An unsigned integer of binary VR (US/UL/UV); IS strings are tolerated."""
-        b = self.raw(i)
-        vr = int(self.tokens.vrs[i])
-        if vr == vr_code("IS") or vr == vr_code("DS"):
-            try:
-                return int(float(b.strip(b" \x00").split(b"\\")[0]))
-            except ValueError:
-                raise InvalidDicom(
-                    f"{name} {tag_str(int(self.tokens.tags[i]))} holds {b!r}, expected an integer"
-                ) from None
-        if len(b) not in (2, 4, 8):
-            raise InvalidDicom(
-                f"{name} {tag_str(int(self.tokens.tags[i]))} has length {len(b)}, "
-                f"expected {width} bytes"
-            )
-        return int.from_bytes(b, "little" if self.little else "big")
-
-    def uints(self, i: int, width: int) -> tuple[int, ...]:
-        if i < 0:
-            return ()
-        b = self.raw(i)
-        vr = int(self.tokens.vrs[i])
-        if vr == vr_code("IS"):
-            return tuple(int(x) for x in b.split(b"\\") if x.strip(b" \x00"))
-        if vr == vr_code("US"):
-            width = 2
-        elif vr == vr_code("UL"):
-            width = 4
-        order = "<" if self.little else ">"
-        usable = len(b) - len(b) % width
-        return tuple(int(x) for x in np.frombuffer(b[:usable], f"{order}u{width}"))
-
-
-def _check_unique(r: _Reader, out: np.ndarray, keys: list[str], tags: np.ndarray,
-                  where: str) -> None:
-    if (out == -2).any():
-        rows, cols = np.nonzero(out == -2)
-        k = int(cols[0])
-        raise InvalidDicom(
-            f"{where}: element {tag_str(int(tags[k]))} ({keys[k]}) appears more than once "
-            f"in item {int(rows[0]) + 1}; its value would be a guess"
-        )
-
-
 def _meta(data: bytes | memoryview, buf: np.ndarray) -> tuple[int, dict[int, bytes]]:
     """Offset of the data set and the File Meta Information elements (PS3.10 7.1)."""
     start = 0
@@ -430,20 +253,26 @@ def decode(data: bytes | memoryview) -> Ecg:
     keep, and `InvalidDicom` for objects that cannot be decoded without guessing.
     """
     body, buf, ts, tokens, _ = locate(data)
-    r = _Reader(body, buf, ts, tokens)
-    root_items = np.array([-1], np.int64)
-    root = _gather(tokens.tags, tokens.parent, root_items, _ROOT_TAGS)
-    _check_unique(r, root, _ROOT_KEYS, _ROOT_TAGS, "data set")
-    e = dict(zip(_ROOT_KEYS, root[0].tolist(), strict=True))
-    charset = r.str(e["charset"])
+    r = Reader(body, buf, ts, tokens)
+    f = Fields(tokens, _ROOT_ITEMS, _ROOT_TAGS, _ROOT_KEYS, "data set")
+    o, n = f.offs[0], f.lens[0]
+
+    def val(key: str, text: bool = False) -> str:
+        k = _ROOT_INDEX[key]
+        return r.string(o[k], n[k], text=text)
+
+    def has(key: str) -> bool:
+        return o[_ROOT_INDEX[key]] >= 0
+
+    charset = val("charset")
     if charset:
         try:
-            r.text = _text_decoder(charset)
+            r.text = text_decoder(charset)
+            r.charset = charset
         except (LookupError, ValueError) as exc:
             r.warnings.append(f"Specific Character Set {charset!r} is unknown ({exc}); "
                               "text read as ISO 8859-1")
-
-    sop_class_uid = r.str(e["sop_class"])
+    sop_class_uid = val("sop_class")
     sop_class = SOP_CLASSES.get(sop_class_uid)
     if sop_class is None:
         if not sop_class_uid:
@@ -452,65 +281,68 @@ def decode(data: bytes | memoryview) -> Ecg:
             f"SOP Class UID (0008,0016) {sop_class_uid} ({UID(sop_class_uid).name}) is not a "
             "waveform storage class this archive keeps"
         )
-    sop_uid = r.str(e["sop_instance"])
+    sop_uid = val("sop_instance")
     if not sop_uid:
         raise InvalidDicom("SOP Instance UID (0008,0018) is missing or empty")
     for key, label in (("sop_instance", "SOP Instance UID (0008,0018)"),
                        ("study_uid", "Study Instance UID (0020,000D)"),
                        ("series_uid", "Series Instance UID (0020,000E)")):
-        v = r.str(e[key])
+        v = val(key)
         if v and (len(v) > 64 or not _UID.match(v)):
             r.warnings.append(f"{label} {v!r} is not a valid UID (PS3.5 9.1: digits and single "
                               "dots, no empty or zero-led components, at most 64 characters)")
     for key, label in (("patient_id", "Patient ID (0010,0020)"),
                        ("referring", "Referring Physician's Name (0008,0090)"),
-                       ("accession", "Accession Number (0008,0050)")):
-        if e[key] < 0:
-            r.warnings.append(f"{label} is absent (Type 2: must be present, may be empty)")
+                       ("accession", "Accession Number (0008,0050)"),
+                       ("study_uid", "Study Instance UID (0020,000D)")):
+        if not has(key):
+            r.warnings.append(f"{label} is absent (must be present)")
 
-    if e["waveforms"] < 0:
+    if not has("waveforms"):
         raise InvalidDicom("the object has no Waveform Sequence (5400,0100)")
-    groups = _groups(r, tokens, e["waveforms"], sop_class)
-    annotations = _annotations(r, tokens, e["annotations"]) if e["annotations"] >= 0 else ()
+    groups = _groups(r, tokens, int(f.idx[0, _ROOT_INDEX["waveforms"]]), sop_class)
+    ann_seq = int(f.idx[0, _ROOT_INDEX["annotations"]])
+    annotations: Sequence[Annotation] = ()
+    if ann_seq >= 0:
+        annotations = LazyAnnotations(r, tokens, items_of(tokens, ann_seq))
 
     acquired = None
-    if e["acq_datetime"] >= 0:
-        acquired = _parse_dt(r.str(e["acq_datetime"]))
+    if has("acq_datetime"):
+        acquired = _parse_dt(val("acq_datetime"))
         if acquired is None:
-            r.warnings.append(f"Acquisition DateTime (0008,002A) {r.str(e['acq_datetime'])!r} "
-                              "is not a DICOM DT value; ignored")
+            r.warnings.append(f"Acquisition DateTime (0008,002A) {val('acq_datetime')!r} is not "
+                              "a DICOM DT value; ignored")
     for d, t in (("acq_date", "acq_time"), ("content_date", "content_time"),
                  ("study_date", "study_time")):
-        if acquired is None and e[d] >= 0:
-            acquired = _combine(r.str(e[d]), r.str(e[t]))
+        if acquired is None and has(d):
+            acquired = _combine(val(d), val(t))
     birth = None
-    if e["birth_date"] >= 0 and r.str(e["birth_date"]):
-        birth = _parse_da(r.str(e["birth_date"]))
+    if val("birth_date"):
+        birth = _parse_da(val("birth_date"))
         if birth is None:
-            r.warnings.append(f"Patient's Birth Date (0010,0030) {r.str(e['birth_date'])!r} is "
-                              "not a DICOM DA value; ignored")
-
+            r.warnings.append(f"Patient's Birth Date (0010,0030) {val('birth_date')!r} is not a "
+                              "DICOM DA value; ignored")
     return Ecg(
         sop_class_uid=sop_class_uid,
         sop_instance_uid=sop_uid,
-        study_instance_uid=r.str(e["study_uid"]),
-        series_instance_uid=r.str(e["series_uid"]),
-        patient_id=r.str(e["patient_id"], text=True),
-        patient_id_issuer=r.str(e["issuer"], text=True),
-        patient_name=r.str(e["patient_name"], text=True),
+        study_instance_uid=val("study_uid"),
+        series_instance_uid=val("series_uid"),
+        patient_id=val("patient_id", True),
+        patient_id_issuer=val("issuer", True),
+        patient_name=val("patient_name", True),
         birth_date=birth,
-        sex=r.str(e["sex"]),
-        accession_number=r.str(e["accession"], text=True),
+        sex=val("sex"),
+        accession_number=val("accession", True),
         acquisition_datetime=acquired,
-        study_description=r.str(e["study_description"], text=True),
-        institution=r.str(e["institution"], text=True),
-        manufacturer=r.str(e["manufacturer"], text=True),
-        model=r.str(e["model"], text=True),
-        software_versions=r.str(e["software"], text=True),
-        device_serial_number=r.str(e["serial"], text=True),
-        operator=r.str(e["operator"], text=True),
-        reading_physician=r.str(e["reading"], text=True),
-        referring_physician=r.str(e["referring"], text=True),
+        study_description=val("study_description", True),
+        institution=val("institution", True),
+        manufacturer=val("manufacturer", True),
+        model=val("model", True),
+        software_versions=val("software", True),
+        device_serial_number=val("serial", True),
+        operator=val("operator", True),
+        reading_physician=val("reading", True),
+        referring_physician=val("referring", True),
         annotations=annotations,
         groups=groups,
         transfer_syntax_uid=ts.uid,
@@ -519,56 +351,37 @@ def decode(data: bytes | memoryview) -> Ecg:
     )
 
 
-def _codes(r: _Reader, tokens: Tokens, seqs: np.ndarray, where: str) -> list[Code | None]:
-    """The first coded entry of each sequence token in ``seqs`` (None if absent)."""
-    items = _first_items(tokens.tags, tokens.last, seqs)
-    out: list[Code | None] = [None] * seqs.size
-    present = np.flatnonzero(items >= 0)
-    if present.size == 0:
-        return out
-    g = _gather(tokens.tags, tokens.parent, items[present], _CODE_TAGS)
-    _check_unique(r, g, _CODE_KEYS, _CODE_TAGS, where)
-    for row, k in zip(g.tolist(), present.tolist(), strict=True):
-        value = r.str(row[0]) or r.str(row[3]) or r.str(row[4])
-        out[k] = Code(r.str(row[1]), value, r.str(row[2], text=True))
-    return out
-
-
-def _groups(r: _Reader, tokens: Tokens, seq: int, sop: SopClass) -> tuple[WaveformGroup, ...]:
-    items = _items_of(tokens, seq)
+_ROOT_ITEMS = np.array([-1], np.int64)
+_ROOT_INDEX = {k: i for i, k in enumerate(_ROOT_KEYS)}
+_G = {k: i for i, k in enumerate(_GROUP_KEYS)}
+_C = {k: i for i, k in enumerate(_CHANNEL_KEYS)}
+def _groups(r: Reader, tokens: Tokens, seq: int, sop: SopClass) -> tuple[WaveformGroup, ...]:
+    items = items_of(tokens, seq)
     if items.size == 0:
         raise InvalidDicom("Waveform Sequence (5400,0100) holds no multiplex group items")
     if sop.max_groups is not None and items.size > sop.max_groups:
         r.warnings.append(f"{items.size} multiplex groups exceed the {sop.max_groups} the "
                           f"{sop.name} IOD allows")
-    g = _gather(tokens.tags, tokens.parent, items, _GROUP_TAGS)
-    _check_unique(r, g, _GROUP_KEYS, _GROUP_TAGS, "Waveform Sequence (5400,0100)")
-    out = []
-    for gi, row in enumerate(g.tolist()):
-        out.append(_group(r, tokens, gi, dict(zip(_GROUP_KEYS, row, strict=True)), sop))
-    return tuple(out)
+    f = Fields(tokens, items, _GROUP_TAGS, _GROUP_KEYS, "Waveform Sequence (5400,0100)")
+    return tuple(_group(r, tokens, f, gi, sop) for gi in range(items.size))
 
 
-def _required(e: dict[str, int], key: str, name: str, where: str) -> int:
-    i = e[key]
-    if i < 0:
-        raise InvalidDicom(f"{where}: {name} is missing (Type 1)")
-    return i
-
-
-def _group(r: _Reader, tokens: Tokens, gi: int, e: dict[str, int], sop: SopClass
-           ) -> WaveformGroup:
+def _group(r: Reader, tokens: Tokens, f: Fields, gi: int, sop: SopClass) -> WaveformGroup:
     where = f"multiplex group {gi + 1}"
-    n_ch = r.uint(_required(e, "n_channels", "Number of Waveform Channels (003A,0005)", where),
-                  "Number of Waveform Channels", 2)
-    n_s = r.uint(_required(e, "n_samples", "Number of Waveform Samples (003A,0010)", where),
-                 "Number of Waveform Samples", 4)
-    bits = r.uint(_required(e, "bits", "Waveform Bits Allocated (5400,1004)", where),
-                  "Waveform Bits Allocated", 2)
-    interp = r.str(_required(e, "interpretation", "Waveform Sample Interpretation (5400,1006)",
-                             where))
-    fs = r.float(_required(e, "fs", "Sampling Frequency (003A,001A)", where),
-                 "Sampling Frequency")
+    o, n, v = f.offs[gi], f.lens[gi], f.vrs[gi]
+    for key, name in _GROUP_REQUIRED:
+        if o[_G[key]] < 0:
+            raise InvalidDicom(f"{where}: {name} is missing (Type 1)")
+
+    def uint(key: str, name: str) -> int:
+        k = _G[key]
+        return r.uint(o[k], n[k], v[k], f"{where}: {name}")
+
+    n_ch = uint("n_channels", "Number of Waveform Channels (003A,0005)")
+    n_s = uint("n_samples", "Number of Waveform Samples (003A,0010)")
+    bits = uint("bits", "Waveform Bits Allocated (5400,1004)")
+    interp = r.string(o[_G["interpretation"]], n[_G["interpretation"]])
+    fs = r.ds(o[_G["fs"]], n[_G["fs"]], f"{where}: Sampling Frequency (003A,001A)")
     dtype = SAMPLE_DTYPES.get((bits, interp))
     if dtype is None:
         allowed = ", ".join(f"{i} with {b} bits" for b, i in SAMPLE_DTYPES)
@@ -593,19 +406,17 @@ def _group(r: _Reader, tokens: Tokens, gi: int, e: dict[str, int], sop: SopClass
     if sop.max_channels is not None and n_ch > sop.max_channels:
         r.warnings.append(f"{where}: {n_ch} channels exceed the {sop.max_channels} the "
                           f"{sop.name} IOD allows")
-    # Channel definitions.
-    ch_seq = _required(e, "channels", "Channel Definition Sequence (003A,0200)", where)
-    ch_items = _items_of(tokens, ch_seq)
+    ch_seq = int(f.idx[gi, _G["channels"]])
+    ch_items = items_of(tokens, ch_seq)
     if ch_items.size != n_ch:
         raise InvalidDicom(
             f"{where}: Number of Waveform Channels (003A,0005) is {n_ch} but the Channel "
             f"Definition Sequence (003A,0200) holds {ch_items.size} items"
         )
     # Samples: lengths in Python integers (no overflow) before any view is made.
-    data_i = _required(e, "data", "Waveform Data (5400,1010)", where)
     size = dtype.itemsize
     expected = n_ch * n_s * size
-    have = int(tokens.lens[data_i])
+    offset, have = o[_G["data"]], n[_G["data"]]
     if have < expected:
         raise InvalidDicom(
             f"{where}: Waveform Data (5400,1010) holds {have} bytes but {n_ch} channels x "
@@ -613,122 +424,136 @@ def _group(r: _Reader, tokens: Tokens, gi: int, e: dict[str, int], sop: SopClass
         )
     extra = have - expected
     if extra > 1 or (extra == 1 and expected % 2 == 0):
-        r.warnings.append(f"{where}: Waveform Data holds {have - expected} bytes more than "
+        r.warnings.append(f"{where}: Waveform Data holds {extra} bytes more than "
                           f"{n_ch} x {n_s} samples need; they are ignored")
-    offset = int(tokens.offs[data_i])
-    order = "<" if r.little else ">"
-    if not r.little and size > 1 and int(tokens.vrs[data_i]) == vr_code("OB"):
-        r.warnings.append(f"{where}: Waveform Data is OB in a big endian object; "
-                          "its samples are read as big endian values")
+    order: Literal["<", ">"] = "<" if r.little else ">"
     flat = np.frombuffer(r.data, dtype.newbyteorder(order), count=n_ch * n_s, offset=offset)
     if not r.little and size > 1:
-        flat = flat.astype(dtype)  # native order for the kernels
+        flat = flat.astype(dtype)  # native byte order for the kernels
     raw = flat.reshape(n_s, n_ch).T
     raw.flags.writeable = False
 
     padding: int | None = None
-    if e["padding"] >= 0:
-        pb = r.raw(e["padding"])
-        if len(pb) >= size:
-            padding = int(np.frombuffer(pb[:size], dtype.newbyteorder(order))[0])
+    kp = _G["padding"]
+    if o[kp] >= 0:
+        if n[kp] >= size:
+            pb = r.raw(o[kp], size)
+            padding = int(np.frombuffer(pb, dtype.newbyteorder(order))[0])
         else:
-            r.warnings.append(f"{where}: Waveform Padding Value (5400,100A) has {len(pb)} bytes, "
+            r.warnings.append(f"{where}: Waveform Padding Value (5400,100A) has {n[kp]} bytes, "
                               f"fewer than a {size}-byte sample; ignored")
-    channels = _channels(r, tokens, ch_items, fs, padding, where)
-    offset_s = r.float(e["time_offset"], "Multiplex Group Time Offset", 0.0)
+    channels = _channels(r, tokens, ch_seq, ch_items, fs, padding, where)
+    offset_ms = r.ds(o[_G["time_offset"]], n[_G["time_offset"]],
+                        f"{where}: Multiplex Group Time Offset", 0.0)
     return WaveformGroup(
-        label=r.str(e["label"], text=True),
+        label=r.string(o[_G["label"]], n[_G["label"]], text=True),
         sampling_frequency=float(fs),
         channels=channels,
         raw=raw,
         interpretation=interp,
-        time_offset=float(offset_s or 0.0),
-        originality=r.str(e["originality"]) or "ORIGINAL",
-        trigger_time_offset=(None if e["trigger_offset"] < 0 else
-                             r.float(e["trigger_offset"], "Trigger Time Offset")),
+        time_offset=float(offset_ms or 0.0),
+        originality=r.string(o[_G["originality"]], n[_G["originality"]]) or "ORIGINAL",
+        trigger_time_offset=r.ds(o[_G["trigger_offset"]], n[_G["trigger_offset"]],
+                                    f"{where}: Trigger Time Offset"),
     )
 
 
-def _channels(r: _Reader, tokens: Tokens, items: np.ndarray, fs: float, padding: int | None,
-              where: str) -> tuple[Channel, ...]:
-    g = _gather(tokens.tags, tokens.parent, items, _CHANNEL_TAGS)
-    _check_unique(r, g, _CHANNEL_KEYS, _CHANNEL_TAGS, f"{where} channel definitions")
-    sources = _codes(r, tokens, g[:, 1].copy(), f"{where} channel sources")
-    units = _codes(r, tokens, g[:, 3].copy(), f"{where} channel units")
+_GROUP_REQUIRED = (
+    ("n_channels", "Number of Waveform Channels (003A,0005)"),
+    ("n_samples", "Number of Waveform Samples (003A,0010)"),
+    ("bits", "Waveform Bits Allocated (5400,1004)"),
+    ("interpretation", "Waveform Sample Interpretation (5400,1006)"),
+    ("fs", "Sampling Frequency (003A,001A)"),
+    ("channels", "Channel Definition Sequence (003A,0200)"),
+    ("data", "Waveform Data (5400,1010)"),
+)
+_DS_COLUMNS = ("sensitivity", "correction", "baseline", "time_skew", "sample_skew",
+               "filter_low", "filter_high", "notch")
+
+
+_CHANNEL_CACHE: dict[bytes, tuple[tuple[Channel, ...], tuple[str, ...]]] = {}
+_CHANNEL_CACHE_LIMIT = 1024
+
+
+def _channels(r: Reader, tokens: Tokens, seq: int, items: np.ndarray, fs: float,
+              padding: int | None, where: str) -> tuple[Channel, ...]:
+    """The channel definitions of one group.
+
+    A cart sends the same definitions with every ECG (often for both of its
+    groups), so decoded ones are kept keyed by their encoded bytes and by
+    everything else their decoding depends on.
+    """
+    end_tok = int(tokens.last[seq]) - 1
+    start = int(tokens.offs[seq])
+    stop = int(tokens.offs[end_tok]) + (int(tokens.lens[end_tok]) if end_tok > seq else 0)
+    key = b"".join((r.raw(start, stop - start), b"|", r.little.to_bytes(1, "little"),
+                    r.implicit.to_bytes(1, "little"), r.charset.encode(), repr(fs).encode(),
+                    repr(padding).encode(), where.encode()))
+    hit = _CHANNEL_CACHE.get(key)
+    if hit is None:
+        warnings_before = len(r.warnings)
+        channels = _decode_channels(r, tokens, items, fs, padding, where)
+        if len(_CHANNEL_CACHE) >= _CHANNEL_CACHE_LIMIT:
+            _CHANNEL_CACHE.clear()
+        hit = _CHANNEL_CACHE[key] = (channels, tuple(r.warnings[warnings_before:]))
+    else:
+        r.warnings.extend(hit[1])
+    return hit[0]
+
+
+def _decode_channels(r: Reader, tokens: Tokens, items: np.ndarray, fs: float,
+                     padding: int | None, where: str) -> tuple[Channel, ...]:
+    f = Fields(tokens, items, _CHANNEL_TAGS, _CHANNEL_KEYS, f"{where} channel definitions")
+    sources = codes(r, tokens, f.idx[:, _C["source"]].copy(), f"{where} channel sources")
+    units = codes(r, tokens, f.idx[:, _C["units"]].copy(), f"{where} channel units")
+    cols = [_C[k] for k in _DS_COLUMNS]
+    offs = np.array(f.offs, np.int64)[:, cols]
+    lens = np.array(f.lens, np.int64)[:, cols]
+    values, status = parse_ds(r.buf, offs, lens)
+    if (status == 2).any():  # not on the exact fast path: let Python parse (or refuse)
+        for ci, k in zip(*np.nonzero(status == 2), strict=True):
+            name = f"{where} channel {ci + 1} {_DS_COLUMNS[k]}"
+            parsed = r.ds(int(offs[ci, k]), int(lens[ci, k]), name)
+            values[ci, k] = np.nan if parsed is None else parsed
+            status[ci, k] = 1 if parsed is None else 0
+    table = values.tolist()
+    absent = (status == 1).tolist()
     out = []
-    for ci, row in enumerate(g.tolist()):
-        e = dict(zip(_CHANNEL_KEYS, row, strict=True))
-        cw = f"{where} channel {ci + 1}"
-        source = sources[ci]
-        label = r.str(e["label"], text=True)
-        lead = lead_from_code(source.scheme, source.value) if source else None
-        if lead is None and source is not None:
-            lead = lead_from_text(source.meaning)
+    for ci in range(items.size):
+        o, n = f.offs[ci], f.lens[ci]
+        val, miss = table[ci], absent[ci]
+        source, unit = sources[ci], units[ci]
+        label = r.string(o[_C["label"]], n[_C["label"]], text=True)
+        lead = None
+        if source is not None:
+            lead = lead_from_code(source.scheme, source.value) or lead_from_text(source.meaning)
+        else:
+            r.warnings.append(f"{where} channel {ci + 1}: Channel Source Sequence (003A,0208) is "
+                              "missing (Type 1)")
         if lead is None and label:
             lead = lead_from_text(label)
-        if source is None:
-            r.warnings.append(f"{cw}: Channel Source Sequence (003A,0208) is missing (Type 1)")
-        sens = r.float(e["sensitivity"], "Channel Sensitivity", 1.0)
-        if e["sensitivity"] >= 0 and units[ci] is None:
-            r.warnings.append(f"{cw}: Channel Sensitivity Units Sequence (003A,0211) is missing; "
-                              "units unknown")
-        skew = r.float(e["time_skew"], "Channel Time Skew")
-        if skew is None:
-            sample_skew = r.float(e["sample_skew"], "Channel Sample Skew")
-            skew = 0.0 if sample_skew is None else sample_skew / fs
-        bits_stored = None
-        if e["bits_stored"] >= 0:
-            bits_stored = r.uint(e["bits_stored"], "Waveform Bits Stored", 2)
+        if not miss[0] and units[ci] is None:
+            r.warnings.append(f"{where} channel {ci + 1}: Channel Sensitivity Units Sequence "
+                              "(003A,0211) is missing; units unknown")
+        skew = val[3] if not miss[3] else (val[4] / fs if not miss[4] else 0.0)
+        kb = _C["bits_stored"]
+        bits_stored = (r.uint(o[kb], n[kb], f.vrs[ci][kb], f"{where} Waveform Bits Stored")
+                       if o[kb] >= 0 else None)
         out.append(Channel(
             label=label,
             source=source,
             lead=lead,
-            units=units[ci].value if units[ci] is not None else None,
-            sensitivity=_f(sens, 1.0),
-            correction=_f(r.float(e["correction"], "Channel Sensitivity Correction Factor",
-                                  1.0), 1.0),
-            baseline=_f(r.float(e["baseline"], "Channel Baseline", 0.0), 0.0),
-            skew=float(skew),
-            filter_low_hz=r.float(e["filter_low"], "Filter Low Frequency"),
-            filter_high_hz=r.float(e["filter_high"], "Filter High Frequency"),
-            notch_hz=r.float(e["notch"], "Notch Filter Frequency"),
+            units=None if unit is None else unit.value,
+            sensitivity=1.0 if miss[0] else val[0],
+            correction=1.0 if miss[1] else val[1],
+            baseline=0.0 if miss[2] else val[2],
+            skew=skew,
+            filter_low_hz=None if miss[5] else val[5],
+            filter_high_hz=None if miss[6] else val[6],
+            notch_hz=None if miss[7] else val[7],
             bits_stored=bits_stored,
             padding=padding,
         ))
     return tuple(out)
 
-
-def _f(v: float | None, default: float) -> float:
-    return default if v is None else v
-
-
-def _annotations(r: _Reader, tokens: Tokens, seq: int) -> tuple[Annotation, ...]:
-    items = _items_of(tokens, seq)
-    if items.size == 0:
-        return ()
-    g = _gather(tokens.tags, tokens.parent, items, _ANN_TAGS)
-    where = "Waveform Annotation Sequence (0040,B020)"
-    _check_unique(r, g, _ANN_KEYS, _ANN_TAGS, where)
-    k = {name: i for i, name in enumerate(_ANN_KEYS)}
-    names = _codes(r, tokens, g[:, k["concept_name"]].copy(), where)
-    values = _codes(r, tokens, g[:, k["concept"]].copy(), where)
-    units = _codes(r, tokens, g[:, k["units"]].copy(), where)
-    out = []
-    for ai, row in enumerate(g.tolist()):
-        numeric = r.floats(row[k["numeric"]])
-        chans = r.uints(row[k["channels"]], 2)
-        group = row[k["group"]]
-        out.append(Annotation(
-            text=r.str(row[k["text"]], text=True) if row[k["text"]] >= 0 else None,
-            concept=names[ai],
-            value_code=values[ai],
-            value=numeric[0] if numeric else None,
-            units=units[ai].value if units[ai] is not None else None,
-            group_number=r.uints(group, 2)[0] if group >= 0 and r.uints(group, 2) else None,
-            channels=tuple(zip(chans[0::2], chans[1::2], strict=False)),
-            temporal_range_type=r.str(row[k["temporal"]]) or None,
-            sample_positions=r.uints(row[k["positions"]], 4),
-            time_offsets=r.floats(row[k["offsets"]]),
-        ))
-    return tuple(out)
 

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from waveform.dicom.decode import _GROUP_KEYS, _GROUP_TAGS, _gather, _items_of, _Reader, locate
+from waveform.dicom.decode import _G, _GROUP_KEYS, _GROUP_TAGS, locate
+from waveform.dicom.values import Fields, Reader, gather, items_of
 from waveform.errors import InvalidArgument, InvalidDicom
 from waveform.model import SAMPLE_DTYPES
 
@@ -38,25 +39,29 @@ def sample_ranges(data: bytes | memoryview) -> list[tuple[int, int]]:
     body, buf, ts, tokens, _ = locate(data)
     if ts.deflated:
         return []
-    r = _Reader(body, buf, ts, tokens)
-    root = _gather(tokens.tags, tokens.parent, np.array([-1], np.int64),
+    r = Reader(body, buf, ts, tokens)
+    root = gather(tokens.tags, tokens.parent, np.array([-1], np.int64),
                    np.array([0x54000100], np.uint32))
     seq = int(root[0, 0])
     if seq < 0:
         raise InvalidDicom("the object has no Waveform Sequence (5400,0100)")
-    items = _items_of(tokens, seq)
-    g = _gather(tokens.tags, tokens.parent, items, _GROUP_TAGS)
+    items = items_of(tokens, seq)
+    f = Fields(tokens, items, _GROUP_TAGS, _GROUP_KEYS, "Waveform Sequence (5400,0100)")
     out = []
-    for gi, row in enumerate(g.tolist()):
+    for gi, row in enumerate(f.idx.tolist()):
         e = dict(zip(_GROUP_KEYS, row, strict=True))
         where = f"multiplex group {gi + 1}"
         if min(e["n_channels"], e["n_samples"], e["bits"], e["interpretation"], e["data"]) < 0:
             raise InvalidDicom(f"{where} lacks one of Number of Waveform Channels, Number of "
                                "Waveform Samples, Bits Allocated, Sample Interpretation or Data")
-        n_ch = r.uint(e["n_channels"], "Number of Waveform Channels", 2)
-        n_s = r.uint(e["n_samples"], "Number of Waveform Samples", 4)
-        bits = r.uint(e["bits"], "Waveform Bits Allocated", 2)
-        dtype = SAMPLE_DTYPES.get((bits, r.str(e["interpretation"])))
+        o, n, v = f.offs[gi], f.lens[gi], f.vrs[gi]
+        n_ch = r.uint(o[_G["n_channels"]], n[_G["n_channels"]], v[_G["n_channels"]],
+                      "Number of Waveform Channels")
+        n_s = r.uint(o[_G["n_samples"]], n[_G["n_samples"]], v[_G["n_samples"]],
+                     "Number of Waveform Samples")
+        bits = r.uint(o[_G["bits"]], n[_G["bits"]], v[_G["bits"]], "Waveform Bits Allocated")
+        ki = _G["interpretation"]
+        dtype = SAMPLE_DTYPES.get((bits, r.string(o[ki], n[ki])))
         if dtype is None:
             raise InvalidDicom(f"{where}: unsupported sample format ({bits} bits)")
         length = n_ch * n_s * dtype.itemsize
@@ -104,8 +109,10 @@ def join(header: bytes | memoryview, groups: Sequence[bytes | memoryview | np.nd
     pos_obj = 0
     pos_hdr = 0
     for i, (off, length) in enumerate(ranges):
-        g = memoryview(np.ascontiguousarray(groups[i]) if isinstance(groups[i], np.ndarray)
-                       else groups[i]).cast("B")
+        gi = groups[i]
+        buf: bytes | memoryview = (np.ascontiguousarray(gi).tobytes() if isinstance(gi, np.ndarray)
+                                   else gi)
+        g = memoryview(buf).cast("B")
         if len(g) != length:
             raise InvalidArgument(f"group {i + 1} has {len(g)} sample bytes, the header expects "
                                   f"{length}")

@@ -54,22 +54,32 @@ ALAW.flags.writeable = False
 
 
 @numba.njit(cache=True, nogil=True)
-def scale_kernel(raw, table, shift, signed, mask, has_pad, pad, sens, corr, base, out):  # pragma: no cover
+def scale_kernel(raw, table, shift, signed, mask, has_pad, pad, sens, corr, base,
+                 out):  # pragma: no cover - compiled
     """out[c, s] = f(raw[c, s]) * sens[c] * corr[c] + base[c].
 
     ``table`` (256 entries) expands companded 8-bit codes when non-empty;
-    ``shift`` > 0 sign-extends from (bits - shift) bits, ``mask`` != 0 masks
-    unsigned samples; padding samples (compared before any of this) are NaN.
+    ``shift`` > 0 sign-extends from (64 - shift) bits (signed) or applies
+    ``mask`` (unsigned); padding samples (compared before any of this) are NaN.
+    Channel-major so that the output is written contiguously.
     """
     n_ch, n_s = raw.shape
-    use_table = table.size == 256
-    for s in range(n_s):
-        for c in range(n_ch):
+    plain = table.size != 256 and shift == 0 and not has_pad
+    for c in range(n_ch):
+        sc = sens[c]
+        cc = corr[c]
+        bc = base[c]
+        row = out[c]
+        if plain:
+            for s in range(n_s):
+                row[s] = np.float64(raw[c, s]) * sc * cc + bc
+            continue
+        for s in range(n_s):
             v = raw[c, s]
             if has_pad and v == pad:
-                out[c, s] = np.nan
+                row[s] = np.nan
                 continue
-            if use_table:
+            if table.size == 256:
                 x = table[np.int64(v) & 0xFF]
             elif shift > 0:
                 if signed:
@@ -78,7 +88,7 @@ def scale_kernel(raw, table, shift, signed, mask, has_pad, pad, sens, corr, base
                     x = np.float64(np.uint64(v) & np.uint64(mask))
             else:
                 x = np.float64(v)
-            out[c, s] = x * sens[c] * corr[c] + base[c]
+            row[s] = x * sc * cc + bc
 
 
 _EMPTY = np.empty(0, np.float64)

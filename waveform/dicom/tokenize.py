@@ -47,11 +47,10 @@ def vr_name(code: int) -> str:
 VR_SQ = vr_code("SQ")
 VR_UN = vr_code("UN")
 VR_ITEM = 1  # marks item tokens
-_LONG_VRS = np.array(
-    sorted(vr_code(v) for v in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR",
-                                "UT", "SV", "UV")),
-    dtype=np.uint16,
-)
+# VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2), as a lookup table.
+_LONG_VRS = np.zeros(65536, np.bool_)
+for _vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"):
+    _LONG_VRS[vr_code(_vr)] = True
 # Implicit VR needs the dictionary to tell a defined-length sequence from bytes.
 _SQ_TAGS = np.array(sorted(t for t, e in DicomDictionary.items() if e[0] == "SQ"), dtype=np.uint32)
 
@@ -77,9 +76,9 @@ def _u32(buf: np.ndarray, p: int, little: bool) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _contains(sorted_arr: np.ndarray, value: int) -> bool:
+def _contains(sorted_arr: np.ndarray, value: np.uint32 | int) -> bool:
     i = np.searchsorted(sorted_arr, value)
-    return i < sorted_arr.size and sorted_arr[i] == value
+    return bool(i < sorted_arr.size and sorted_arr[i] == value)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -160,7 +159,7 @@ def _walk(buf, start, end, little, implicit, long_vrs, sq_tags, max_depth, max_t
             c1 = buf[pos + 5]
             if not (65 <= c0 <= 90 and 65 <= c1 <= 90):
                 return n, BAD_VR, pos, -1
-            if _contains(long_vrs, vr):
+            if long_vrs[vr]:
                 if pos + 12 > end:
                     return n, TRUNCATED, pos, -1
                 length = _u32(buf, pos + 8, little)
@@ -218,6 +217,9 @@ def _walk(buf, start, end, little, implicit, long_vrs, sq_tags, max_depth, max_t
     return n, OK, pos, -1
 
 
+_FIRST_CAPACITY = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class Tokens:
     """The element table of one data set (all arrays have length ``n``)."""
@@ -264,16 +266,23 @@ def tokenize(
     element at fault.
     """
     stop = buf.size if end is None else end
-    bound = (stop - start) // 8 + 2
-    cap = bound if max_tokens is None else min(bound, max_tokens)
-    tags = np.empty(cap, np.uint32)
-    vrs = np.empty(cap, np.uint16)
-    offs = np.empty(cap, np.int64)
-    lens = np.empty(cap, np.int64)
-    parent = np.empty(cap, np.int64)
-    last = np.empty(cap, np.int64)
-    n, err, pos, container = _walk(buf, start, stop, little, implicit, _LONG_VRS, _SQ_TAGS,
-                                   MAX_DEPTH, cap, tags, vrs, offs, lens, parent, last)
+    bound = (stop - start) // 8 + 2  # an element takes at least 8 bytes
+    limit = bound if max_tokens is None else min(bound, max_tokens)
+    # Start small (large empty arrays cost page faults), grow once if needed.
+    cap = min(limit, _FIRST_CAPACITY)
+    while True:
+        tags = np.empty(cap, np.uint32)
+        vrs = np.empty(cap, np.uint16)
+        offs = np.empty(cap, np.int64)
+        lens = np.empty(cap, np.int64)
+        parent = np.empty(cap, np.int64)
+        last = np.empty(cap, np.int64)
+        n, err, pos, container = _walk(buf, start, stop, little, implicit, _LONG_VRS, _SQ_TAGS,
+                                       MAX_DEPTH, cap, tags, vrs, offs, lens, parent, last)
+        if err == TOO_MANY and cap < limit:
+            cap = limit
+            continue
+        break
     if err != OK:
         _raise(buf, err, pos, container, tags, n, little)
     return Tokens(tags[:n], vrs[:n], offs[:n], lens[:n], parent[:n], last[:n])
