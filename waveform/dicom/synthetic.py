@@ -193,26 +193,26 @@ def _other_signal(kind: str, t: np.ndarray, peaks: np.ndarray, channel: int) -> 
 
 
 def _g711_mu(linear: np.ndarray) -> np.ndarray:
-    """ITU-T G.711 mu-law codes of 16-bit linear values (the classic Sun g711.c)."""
-    x = np.clip(linear.astype(np.int64), -32635, 32635)
-    sign = np.where(x < 0, 0x00, 0x80)
-    mag = np.abs(x) + 0x84
-    exponent = np.floor(np.log2(mag)).astype(np.int64) - 7
-    exponent = np.clip(exponent, 0, 7)
-    mantissa = (mag >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
+    """ITU-T G.711 mu-law codes of 16-bit linear values (14-bit companding, as Sun's g711.c)."""
+    x = np.clip(linear.astype(np.int64), -32768, 32767) >> 2
+    mask = np.where(x < 0, 0x7F, 0xFF)
+    mag = np.minimum(np.abs(x), 8159) + 33
+    seg = np.searchsorted(np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF]),
+                          mag, side="left")
+    code = np.where(seg >= 8, 0x7F, (seg << 4) | ((mag >> (seg + 1)) & 0x0F))
+    return (code ^ mask).astype(np.uint8)
 
 
 def _g711_a(linear: np.ndarray) -> np.ndarray:
-    """ITU-T G.711 A-law codes of 16-bit linear values (the classic Sun g711.c)."""
-    x = np.clip(linear.astype(np.int64) >> 3, -4096, 4095)
-    sign = np.where(x >= 0, 0x80, 0x00)
+    """ITU-T G.711 A-law codes of 16-bit linear values (13-bit companding, as Sun's g711.c)."""
+    x = np.clip(linear.astype(np.int64), -32768, 32767) >> 3
+    mask = np.where(x >= 0, 0xD5, 0x55)
     mag = np.where(x >= 0, x, -x - 1)
-    seg = np.clip(np.floor(np.log2(np.maximum(mag, 1))).astype(np.int64) - 4, -1, 7) + 1
-    seg = np.where(mag < 32, 0, seg)
-    mantissa = np.where(seg < 2, (mag >> 1) & 0x0F, (mag >> seg) & 0x0F)
-    code = sign | (seg << 4) | mantissa
-    return (code ^ 0x55).astype(np.uint8)
+    seg = np.searchsorted(np.array([0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF]),
+                          mag, side="left")
+    code = np.where(seg >= 8, 0x7F, (seg << 4) | np.where(
+        seg < 2, (mag >> 1) & 0x0F, (mag >> np.maximum(seg, 1)) & 0x0F))
+    return (code ^ mask).astype(np.uint8)
 
 
 def _nice(x: float) -> float:
