@@ -1,0 +1,16 @@
+"""The archive store: lossless Parquet under a DuckLake catalog, durable group commit.
+
+`Store` is the entry point (see docs/storage.md). The pieces, bottom up:
+`files` (the file-operations seam), `lake` (DuckDB + ducklake), `schema`
+(the tables), `codec` (sample encodings), `records` (objects as rows),
+`durable` (the durability order), `writer` (group commit), `queries` (read
+path and search), `measure` (background summaries), `compact` (merging files).
+"""
+
+from __future__ import annotations
+
+from waveform.store.files import FileOps, LocalFiles
+from waveform.store.queries import Page, SearchQuery, Trace
+from waveform.store.store import IngestResult, Store
+
+__all__ = ["FileOps", "IngestResult", "LocalFiles", "Page", "SearchQuery", "Store", "Trace"]

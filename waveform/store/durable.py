@@ -1,0 +1,181 @@
+"""The durability order: data files made durable by us, then one catalog commit.
+
+DuckDB closes Parquet files without fsync (duckdb PR #12371) and a committed
+DuckLake data file has been seen without its footer after a power loss
+(duckdb/ducklake#680), so the store writes its own data files and commits them
+in this order, every step through `FileOps`:
+
+1. each table's rows are written by pyarrow to a temporary name ``.<name>.tmp``,
+2. ``fsync`` the file, 3. ``rename`` it to its final name,
+4. ``fsync_dir`` each directory touched (the names are durable),
+5. one catalog transaction registers every file (``ducklake_add_data_files``),
+6. ``mark("commit")``, COMMIT, ``mark("committed")``; only then may a caller be
+   acknowledged (the writer marks ``ack``).
+
+A failure before the COMMIT leaves nothing visible: the transaction is rolled
+back and the published files are removed (best effort; a leftover file is an
+orphan that compaction removes). A failed fsync is never retried: the page cache
+may have dropped the dirty pages, so the store raises `DurabilityError` and the
+writer stops. A failed COMMIT is a `DurabilityError` too (its outcome is unknown).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from waveform.errors import DurabilityError, StorageError
+from waveform.store.files import FileOps
+from waveform.store.lake import ALIAS
+
+__all__ = ["WRITE_OPTIONS", "ParquetOptions", "commit_tables", "new_file_name", "table_dir"]
+
+
+@dataclass(frozen=True, slots=True)
+class ParquetOptions:
+    """How one table's data files are written."""
+
+    row_group_size: int = 1 << 20
+    compression: str = "zstd"
+    #: Columns that are stored uncompressed (already compressed by a codec).
+    uncompressed: tuple[str, ...] = ()
+    #: Columns without min/max statistics (large blobs would bloat the footer).
+    no_statistics: tuple[str, ...] = ()
+    sorting: tuple[str, ...] = field(default=())
+
+
+#: Per table. ``waveform`` keeps row groups small so that reading one ECG by its
+#: locator reads a few rows, not a whole batch (measured in bench/store.py).
+WRITE_OPTIONS: dict[str, ParquetOptions] = {
+    "ecg": ParquetOptions(no_statistics=("header",)),
+    "waveform": ParquetOptions(
+        row_group_size=8, uncompressed=("samples",), no_statistics=("samples", "channels")
+    ),
+    "summary": ParquetOptions(no_statistics=("document",)),
+}
+
+
+def new_file_name() -> str:
+    """A unique, time-ordered data file name."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+
+
+def table_dir(files: FileOps, data_path: str, table: str) -> str:
+    return files.join(data_path.rstrip("/" + os.sep) or data_path, table)
+
+
+def _parquet_bytes(table: pa.Table, opts: ParquetOptions) -> pa.Buffer:
+    compression: str | dict[str, str] = opts.compression
+    if opts.uncompressed:
+        compression = {
+            name: ("none" if name in opts.uncompressed else opts.compression)
+            for name in table.column_names
+        }
+    stats: bool | list[str] = True
+    if opts.no_statistics:
+        stats = [n for n in table.column_names if n not in opts.no_statistics]
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table, sink, row_group_size=opts.row_group_size, compression=compression,
+        write_statistics=stats, use_dictionary=[
+            n for n in table.column_names if n not in opts.uncompressed + opts.no_statistics
+        ],
+    )
+    return sink.getvalue()
+
+
+def _step(files: FileOps, op: str, *args: object) -> None:
+    """One file operation, its failure translated (fsyncs are never retried)."""
+    try:
+        getattr(files, op)(*args)
+    except OSError as e:
+        if op.startswith("fsync"):
+            raise DurabilityError(
+                f"{op} of {args[0]} failed ({e}); the writer stops because the data may "
+                "not be on disk and a retried fsync cannot tell"
+            ) from e
+        raise StorageError(f"{op} of {args[-1]} failed: {e}") from e
+
+
+def publish(files: FileOps, directory: str, table: pa.Table, opts: ParquetOptions) -> str:
+    """Steps 1-3 for one file: write to a temporary name, fsync, rename. Returns the path."""
+    name = new_file_name()
+    tmp = files.join(directory, "." + name + ".tmp")
+    final = files.join(directory, name)
+    data = _parquet_bytes(table, opts)
+    _step(files, "write", tmp, memoryview(data))
+    try:
+        _step(files, "fsync", tmp)
+        _step(files, "rename", tmp, final)
+    except BaseException:
+        _discard(files, tmp)
+        raise
+    return final
+
+
+def _discard(files: FileOps, path: str) -> None:
+    try:
+        files.remove(path)
+    except OSError:  # an orphan at worst; compaction removes it
+        pass
+
+
+def commit_tables(
+    cursor: duckdb.DuckDBPyConnection,
+    files: FileOps,
+    data_path: str,
+    tables: Mapping[str, pa.Table],
+    *,
+    options: Mapping[str, ParquetOptions] = WRITE_OPTIONS,
+) -> dict[str, str]:
+    """Make ``tables`` durable and visible in one catalog commit; the paths written.
+
+    Raises `StorageError` (nothing stored, safe to retry) or `DurabilityError`
+    (the caller must stop writing).
+    """
+    written: dict[str, str] = {}
+    try:
+        for name, table in tables.items():
+            if table.num_rows == 0:
+                continue
+            directory = table_dir(files, data_path, name)
+            written[name] = publish(files, directory, table, options.get(name, ParquetOptions()))
+        for directory in sorted({files.dirname(p) for p in written.values()}):
+            _step(files, "fsync_dir", directory)
+    except BaseException:
+        for p in written.values():
+            _discard(files, p)
+        raise
+    try:
+        cursor.execute("BEGIN TRANSACTION")
+        for name, path in written.items():
+            cursor.execute(f"CALL ducklake_add_data_files('{ALIAS}', '{name}', ?)", [path])
+    except duckdb.Error as e:
+        _rollback(cursor)
+        for p in written.values():
+            _discard(files, p)
+        raise StorageError(f"registering data files in the catalog failed: {e}") from e
+    try:
+        files.mark("commit")
+        cursor.execute("COMMIT")
+    except (duckdb.Error, OSError) as e:
+        _rollback(cursor)
+        raise DurabilityError(
+            f"the catalog commit failed ({e}); its outcome is unknown, so the writer stops"
+        ) from e
+    files.mark("committed")
+    return written
+
+
+def _rollback(cursor: duckdb.DuckDBPyConnection) -> None:
+    try:
+        cursor.execute("ROLLBACK")
+    except duckdb.Error:  # no transaction open any more: nothing to undo
+        pass

@@ -1,0 +1,255 @@
+"""The read path: rows by locator, traces, summaries and search.
+
+A locator is (data file, row number in the file). The store keeps one per
+object in memory, built from the catalog at open (DuckDB's ``filename`` and
+``file_row_number`` virtual columns over the ``ecg`` and ``waveform`` tables) and
+extended by every commit, so a lookup reads one small row group of one file
+instead of scanning: measured 8-98 ms for ``WHERE uid = ?`` against about a
+millisecond this way (docs/storage.md). Footers are cached per file.
+
+Search is SQL over ``ecg`` joined with the latest ``summary``; every value is a
+bound parameter, column names come from fixed tables, never from the request.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import datetime as dt
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from waveform.errors import InvalidArgument
+from waveform.store.files import FileOps
+from waveform.store.lake import ALIAS
+from waveform.store.schema import MEASURES
+
+__all__ = ["SORT_KEYS", "Page", "RowReader", "SearchQuery", "Trace", "search_sql"]
+
+
+class RowReader:
+    """Reads single rows of data files through `FileOps`, caching footers."""
+
+    def __init__(self, files: FileOps, cache_files: int = 4096) -> None:
+        self._files = files
+        self._meta: OrderedDict[str, tuple[pq.FileMetaData, list[int]]] = OrderedDict()
+        self._cap = cache_files
+        self._lock = threading.Lock()
+
+    def _footer(self, path: str) -> tuple[pq.FileMetaData, list[int]]:
+        with self._lock:
+            hit = self._meta.get(path)
+            if hit is not None:
+                self._meta.move_to_end(path)
+                return hit
+        with self._files.open_input(path) as f:
+            meta = pq.read_metadata(f)
+        starts = [0]
+        for i in range(meta.num_row_groups):
+            starts.append(starts[-1] + meta.row_group(i).num_rows)
+        with self._lock:
+            self._meta[path] = (meta, starts)
+            if len(self._meta) > self._cap:
+                self._meta.popitem(last=False)
+        return meta, starts
+
+    def read(self, path: str, row: int, columns: list[str], count: int = 1) -> list[dict[str, Any]]:
+        """``count`` consecutive rows from row ``row`` of the file (within one row group or not)."""
+        meta, starts = self._footer(path)
+        out: list[dict[str, Any]] = []
+        with self._files.open_input(path) as f:
+            pf = pq.ParquetFile(f, metadata=meta)
+            r = row
+            while len(out) < count:
+                rg = bisect.bisect_right(starts, r) - 1
+                if rg < 0 or rg >= meta.num_row_groups:
+                    raise IndexError(f"row {r} is outside {path} ({starts[-1]} rows)")
+                t = pf.read_row_group(rg, columns=columns)
+                take = min(count - len(out), starts[rg + 1] - r)
+                out.extend(t.slice(r - starts[rg], take).to_pylist())
+                r += take
+        return out
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            self._meta.pop(path, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """Samples of one group, sliced and optionally resampled.
+
+    ``data`` is (channels, samples): float32 µV when ``units == "uV"``; the stored
+    integers when ``units == "raw"`` (then physical = raw * sensitivity *
+    correction + baseline in ``channel_units``).
+    """
+
+    sop_instance_uid: str
+    group: int
+    label: str
+    leads: tuple[str, ...]
+    sampling_frequency: float
+    start_s: float
+    units: str
+    data: np.ndarray
+    sensitivity: tuple[float, ...] = ()
+    correction: tuple[float, ...] = ()
+    baseline: tuple[float, ...] = ()
+    channel_units: tuple[str | None, ...] = ()
+
+
+# ---------------------------------------------------------------- search
+
+#: Sort key -> SQL expression (a fixed table: requests never name columns).
+SORT_KEYS: dict[str, str] = {
+    "acquisition_datetime": "e.acquisition_datetime",
+    "ingested_at": "e.ingested_at",
+    **{m: f"s.{m}" for m in MEASURES},
+}
+
+#: Filter name -> (SQL expression, operator). Values are always bound.
+_EQUALS: dict[str, str] = {
+    "patient_id": "e.patient_id",
+    "patient_id_issuer": "e.patient_id_issuer",
+    "organisation": "e.organisation",
+    "sop_class_uid": "e.sop_class_uid",
+    "manufacturer": "e.manufacturer",
+    "model": "e.model",
+    "device_serial_number": "e.device_serial_number",
+    "study_instance_uid": "e.study_instance_uid",
+    "accession_number": "e.accession_number",
+}
+
+_RESULT_COLUMNS = (
+    "e.sop_instance_uid", "e.patient_id", "e.organisation", "e.sop_class_uid",
+    "e.acquisition_datetime", "e.ingested_at", "e.manufacturer", "e.model",
+    "e.institution", "s.analysis_version", *[f"s.{m}" for m in MEASURES],
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """Filters (all optional, combined with AND), order and page size.
+
+    ``ranges`` maps a measurement (`MEASURES`: heart_rate_bpm, pr_ms, qrs_ms,
+    qt_ms, qtc_ms) to (low, high), either bound None; ``acquired_from`` is
+    inclusive and ``acquired_to`` exclusive.
+    """
+
+    equals: tuple[tuple[str, str], ...] = ()
+    acquired_from: dt.datetime | None = None
+    acquired_to: dt.datetime | None = None
+    ranges: tuple[tuple[str, float | None, float | None], ...] = ()
+    sort: str = "acquisition_datetime"
+    descending: bool = True
+    limit: int = 100
+    cursor: str | None = None
+    analysis_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def _encode_cursor(sort_value: Any, uid: str) -> str:
+    v = sort_value.isoformat() if isinstance(sort_value, dt.datetime) else sort_value
+    kind = "t" if isinstance(sort_value, dt.datetime) else "v"
+    raw = json.dumps([kind, v, uid]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[Any, str]:
+    try:
+        kind, v, uid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if kind == "t" and v is not None:
+            v = dt.datetime.fromisoformat(v)
+        return v, str(uid)
+    except (ValueError, TypeError) as e:
+        raise InvalidArgument(f"page cursor {cursor[:40]!r} is not one this service issued") from e
+
+
+def search_sql(q: SearchQuery, current_version: str | None) -> tuple[str, list[Any]]:
+    """The SQL and bound parameters of ``q`` (one page plus one row to see if more follow)."""
+    if q.sort not in SORT_KEYS:
+        raise InvalidArgument(f"cannot sort by {q.sort!r}; expected one of {sorted(SORT_KEYS)}")
+    if not 1 <= q.limit <= 10_000:
+        raise InvalidArgument(f"limit {q.limit} is outside 1..10000")
+    params: list[Any] = []
+    version = q.analysis_version or current_version
+    if version is not None:
+        latest = f"SELECT * FROM {ALIAS}.summary WHERE analysis_version = ?"
+        params.append(version)
+    else:
+        latest = (f"SELECT * FROM {ALIAS}.summary QUALIFY row_number() OVER "
+                  "(PARTITION BY sop_instance_uid ORDER BY measured_at DESC) = 1")
+    where: list[str] = []
+    for name, value in q.equals:
+        col = _EQUALS.get(name)
+        if col is None:
+            raise InvalidArgument(f"cannot filter on {name!r}; expected one of {sorted(_EQUALS)}")
+        where.append(f"{col} = ?")
+        params.append(value)
+    if q.acquired_from is not None:
+        where.append("e.acquisition_datetime >= ?")
+        params.append(q.acquired_from)
+    if q.acquired_to is not None:
+        where.append("e.acquisition_datetime < ?")
+        params.append(q.acquired_to)
+    for name, lo, hi in q.ranges:
+        if name not in MEASURES:
+            raise InvalidArgument(f"no measurement {name!r}; expected one of {sorted(MEASURES)}")
+        if lo is not None:
+            where.append(f"s.{name} >= ?")
+            params.append(lo)
+        if hi is not None:
+            where.append(f"s.{name} <= ?")
+            params.append(hi)
+    key = SORT_KEYS[q.sort]
+    op, order = ("<", "DESC") if q.descending else (">", "ASC")
+    if q.cursor:
+        value, uid = _decode_cursor(q.cursor)
+        # Keyset pagination; NULL sort values come last in either direction.
+        if value is None:
+            where.append(f"({key} IS NULL AND e.sop_instance_uid {op} ?)")
+            params.append(uid)
+        else:
+            where.append(f"(({key} {op} ? OR {key} IS NULL) OR ({key} = ? AND "
+                         f"e.sop_instance_uid {op} ?))")
+            params.extend([value, value, uid])
+    sql = (
+        f"SELECT {', '.join(_RESULT_COLUMNS)}, {key} AS _sort "
+        f"FROM {ALIAS}.ecg e LEFT JOIN ({latest}) s USING (sop_instance_uid) "
+        + (f"WHERE {' AND '.join(where)} " if where else "")
+        + f"ORDER BY {key} {order} NULLS LAST, e.sop_instance_uid {order} LIMIT ?"
+    )
+    params.append(q.limit + 1)
+    return sql, params
+
+
+def page_from(rows: list[tuple[Any, ...]], names: list[str], limit: int) -> Page:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    out = []
+    for r in rows:
+        d = dict(zip(names, r, strict=True))
+        out.append(d)
+    cursor = None
+    if more and out:
+        last = out[-1]
+        cursor = _encode_cursor(last["_sort"], last["sop_instance_uid"])
+    for d in out:
+        d.pop("_sort", None)
+    return Page(out, cursor)
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()

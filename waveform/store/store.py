@@ -1,0 +1,535 @@
+"""`Store`: the archive's one entry point for writing and reading ECGs.
+
+Open it on a data directory; give the service `submit` (group commit, many
+threads) or use `ingest` for a batch in one transaction; read with `get_dicom`,
+`get_trace`, `get_summary` and `search`. See docs/storage.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from waveform.errors import (
+    Conflict,
+    DurabilityError,
+    InvalidArgument,
+    NotFound,
+    StorageError,
+    WaveformError,
+)
+from waveform.store import queries as _q
+from waveform.store import schema as _schema
+from waveform.store.durable import commit_tables, table_dir
+from waveform.store.files import FileOps, LocalFiles
+from waveform.store.lake import ALIAS, Lake, connect
+from waveform.store.records import Prepared, channels_from_row, decode_samples, prepare
+from waveform.store.writer import GroupCommitWriter
+
+__all__ = ["IngestResult", "Store"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What an ingest answers. ``already_stored``: the same bytes were stored before
+    (the other fields are those of the first ingest)."""
+
+    sop_instance_uid: str
+    sha256: str
+    size: int
+    ingested_at: dt.datetime
+    already_stored: bool = False
+    summary: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class _Entry:
+    sha256: str
+    size: int
+    ingested_at: dt.datetime
+    ecg: tuple[str, int]
+    groups: list[tuple[str, int]]
+
+    def result(self, uid: str, already: bool) -> IngestResult:
+        return IngestResult(uid, self.sha256, self.size, self.ingested_at, already)
+
+
+_WAVEFORM_META = [n for n in _schema.WAVEFORM.names if n != "samples"]
+
+
+class Store:
+    """A DuckLake-backed ECG archive. Thread-safe; one writer process per catalog."""
+
+    def __init__(self, lake: Lake, files: FileOps, data_path: str, clock: Clock) -> None:
+        self._lake = lake
+        self._files = files
+        self.data_path = data_path
+        self._clock = clock
+        self._local = threading.local()
+        self._ids = threading.Lock()
+        self._index: dict[str, _Entry] = {}
+        self._pending: dict[str, tuple[str, Future[IngestResult]]] = {}
+        self._commit_lock = threading.Lock()
+        self._reader = _q.RowReader(files)
+        self._writer: GroupCommitWriter[Prepared, IngestResult] | None = None
+        self._measure: Any = None
+        self.analysis_version: str | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | os.PathLike[str],
+        *,
+        catalog: str | None = None,
+        data_path: str | None = None,
+        files: FileOps | None = None,
+        clock: Clock | None = None,
+        max_batch: int = 256,
+        max_delay_ms: float = 5.0,
+        max_queued: int = 10_000,
+        analyze: Callable[[Any], Any] | str | None = "auto",
+        analysis_version: str | None = None,
+        measure: bool = True,
+    ) -> Store:
+        """Open (creating if needed) the store in ``data_dir``.
+
+        ``catalog``: a DuckLake metadata location (default ``data_dir/catalog.ducklake``;
+        ``postgres:...`` later). ``data_path``: where data files live (default
+        ``data_dir/lake/``). ``files``: the `FileOps` for them (default `LocalFiles`).
+        ``analyze``/``analysis_version``: the measurement function and its version
+        (``"auto"``: `waveform.analysis` when importable; None: no measurement).
+        """
+        data_dir = os.fspath(data_dir)
+        files = files or LocalFiles()
+        if data_path is None:
+            os.makedirs(data_dir, exist_ok=True)
+            data_path = os.path.join(data_dir, "lake") + os.sep
+        if catalog is None:
+            catalog = os.path.join(data_dir, "catalog.ducklake")
+        for table in _schema.TABLES:
+            files.makedirs(table_dir(files, data_path, table))
+        lake = connect(catalog, data_path)
+        store = cls(lake, files, data_path, clock or _utcnow)
+        try:
+            store._create_schema()
+            store._remove_temporaries()
+            store._load_index()
+            store._writer = GroupCommitWriter(
+                store._flush, max_objects=max_batch, max_delay_s=max_delay_ms / 1000,
+                max_queued=max_queued,
+            )
+            if analyze == "auto":
+                analyze, analysis_version = _default_analysis()
+            if callable(analyze) and measure:
+                from waveform.store.measure import MeasureStage
+
+                store.analysis_version = str(analysis_version)
+                store._measure = MeasureStage(store, analyze, str(analysis_version))
+                store._measure.catch_up()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._local.cursor = self._lake.cursor()
+        return cur
+
+    def _sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._cursor().execute(sql, list(params)).fetchall()
+        except duckdb.Error as e:
+            raise StorageError(f"catalog query failed: {e}") from e
+
+    def _create_schema(self) -> None:
+        cur = self._lake.cursor()
+        for stmt in _schema.ddl(ALIAS):
+            cur.execute(stmt)
+        rows = cur.execute(
+            f"SELECT value FROM {ALIAS}.meta WHERE key = 'schema_version'"
+        ).fetchall()
+        if not rows:
+            cur.execute(f"INSERT INTO {ALIAS}.meta VALUES ('schema_version', ?)",
+                        [str(_schema.SCHEMA_VERSION)])
+        elif rows[0][0] != str(_schema.SCHEMA_VERSION):
+            raise StorageError(
+                f"the catalog holds schema version {rows[0][0]}, this waveform writes version "
+                f"{_schema.SCHEMA_VERSION}; migrate it before opening"
+            )
+
+    def _remove_temporaries(self) -> None:
+        """Temporary files of writes a crash interrupted (never named by the catalog)."""
+        for table in _schema.TABLES:
+            for p in self._files.list(table_dir(self._files, self.data_path, table)):
+                if p.rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1].startswith("."):
+                    self._files.remove(p)
+
+    def _load_index(self) -> None:
+        cur = self._lake.cursor()
+        ecg = cur.execute(
+            f"SELECT sop_instance_uid, sha256, size, ingested_at, filename, file_row_number "
+            f"FROM {ALIAS}.ecg"
+        ).fetchall()
+        groups: dict[str, list[tuple[int, str, int]]] = {}
+        for uid, gi, fn, row in cur.execute(
+            f"SELECT sop_instance_uid, group_index, filename, file_row_number FROM {ALIAS}.waveform"
+        ).fetchall():
+            groups.setdefault(uid, []).append((gi, fn, row))
+        index = {}
+        for uid, sha, size, at, fn, row in ecg:
+            g = sorted(groups.get(uid, []))
+            index[uid] = _Entry(sha, size, at, (fn, row), [(f, r) for _, f, r in g])
+        self._index = index
+
+    # --------------------------------------------------------------- writing
+    def submit(self, data: bytes | memoryview, organisation: str) -> Future[IngestResult]:
+        """Queue one object for the next group commit; the future answers after it.
+
+        The future raises `Conflict` (same SOP Instance UID, other bytes),
+        `InvalidDicom`/`UnsupportedObject`, `StorageError` (not stored, retry) or
+        `DurabilityError` (the writer stopped).
+        """
+        try:
+            p = prepare(data, organisation, self._clock())
+        except WaveformError as e:
+            f: Future[IngestResult] = Future()
+            f.set_exception(e)
+            return f
+        return self._enqueue([p])[0]
+
+    def ingest(
+        self,
+        objects: Iterable[bytes | memoryview],
+        organisation: str,
+        *,
+        wait_summary: bool = False,
+        timeout: float | None = None,
+    ) -> list[IngestResult]:
+        """Store a batch in one transaction: all of it, or (raising) none of it.
+
+        Every object is decoded and checked (including conflicts) before anything
+        is written; the first invalid one raises and nothing is stored.
+        """
+        now = self._clock()
+        prepared = [prepare(d, organisation, now) for d in objects]
+        futures = self._enqueue(prepared)
+        results = [f.result(timeout) for f in futures]
+        if wait_summary:
+            results = [self._with_summary(r, timeout) for r in results]
+        return results
+
+    def _with_summary(self, r: IngestResult, timeout: float | None) -> IngestResult:
+        if self._measure is not None:
+            self._measure.wait_for(r.sop_instance_uid, timeout)
+        return dataclasses.replace(r, summary=self.get_summary(r.sop_instance_uid))
+
+    def _enqueue(self, prepared: list[Prepared]) -> list[Future[IngestResult]]:
+        if self._writer is None:
+            raise StorageError("the store is closed")
+        out: list[Future[IngestResult] | None] = [None] * len(prepared)
+        fresh: list[Prepared] = []
+        fresh_at: list[int] = []
+        with self._ids:
+            seen: dict[str, str] = {}
+            for i, p in enumerate(prepared):
+                uid = p.sop_instance_uid
+                known = self._index.get(uid)
+                if known is None and uid in seen:
+                    known_sha = seen[uid]
+                elif known is not None:
+                    known_sha = known.sha256
+                elif uid in self._pending:
+                    known_sha = self._pending[uid][0]
+                else:
+                    known_sha = None
+                if known_sha is not None and known_sha != p.sha256:
+                    raise Conflict(
+                        f"SOP Instance UID {uid} is already stored with other content "
+                        f"(SHA-256 {known_sha[:16]}..., this object {p.sha256[:16]}...); "
+                        "send it with a new SOP Instance UID"
+                    )
+                if known is not None:
+                    f: Future[IngestResult] = Future()
+                    f.set_result(known.result(uid, True))
+                    out[i] = f
+                elif uid in seen or uid in self._pending:
+                    out[i] = None  # chained below to the first copy
+                else:
+                    seen[uid] = p.sha256
+                    fresh.append(p)
+                    fresh_at.append(i)
+            futures = self._writer.submit(fresh) if fresh else []
+            for p, f in zip(fresh, futures, strict=True):
+                self._pending[p.sop_instance_uid] = (p.sha256, f)
+                f.add_done_callback(self._settler(p.sop_instance_uid))
+            for i, f in zip(fresh_at, futures, strict=True):
+                out[i] = f
+            for i, p in enumerate(prepared):
+                if out[i] is None:
+                    out[i] = _already(self._pending[p.sop_instance_uid][1])
+        return [f for f in out if f is not None]
+
+    def _settler(self, uid: str) -> Callable[[Future[IngestResult]], None]:
+        def settle(_: Future[IngestResult]) -> None:
+            with self._ids:
+                self._pending.pop(uid, None)
+
+        return settle
+
+    def _flush(self, items: list[Prepared]) -> list[IngestResult]:
+        """Writer thread: one durable commit for a group of objects."""
+        ecg = pa.Table.from_pylist([p.ecg_row for p in items], schema=_schema.ECG)
+        wf = pa.Table.from_pylist(
+            [r for p in items for r in p.waveform_rows], schema=_schema.WAVEFORM
+        )
+        with self._commit_lock:
+            paths = commit_tables(
+                self._writer_cursor(), self._files, self.data_path,
+                {"ecg": ecg, "waveform": wf},
+            )
+        results = []
+        row = 0
+        with self._ids:
+            for i, p in enumerate(items):
+                n = len(p.waveform_rows)
+                e = _Entry(
+                    p.sha256, p.size, p.ecg_row["ingested_at"], (paths["ecg"], i),
+                    [(paths["waveform"], row + k) for k in range(n)],
+                )
+                row += n
+                self._index[p.sop_instance_uid] = e
+                results.append(e.result(p.sop_instance_uid, False))
+        self._files.mark("ack")
+        if self._measure is not None:
+            self._measure.enqueue([p.sop_instance_uid for p in items])
+        return results
+
+    def _writer_cursor(self) -> duckdb.DuckDBPyConnection:
+        return self._cursor()
+
+    def commit_rows(self, tables: dict[str, pa.Table]) -> dict[str, str]:
+        """Durably commit rows of store tables (the measurement stage's way in)."""
+        with self._commit_lock:
+            return commit_tables(self._cursor(), self._files, self.data_path, tables)
+
+    # --------------------------------------------------------------- reading
+    def _entry(self, uid: str) -> _Entry:
+        e = self._index.get(uid)
+        if e is None:
+            raise NotFound(f"no ECG with SOP Instance UID {uid!r} is stored")
+        return e
+
+    def contains(self, uid: str) -> bool:
+        return uid in self._index
+
+    def uids(self) -> list[str]:
+        with self._ids:
+            return list(self._index)
+
+    def _waveform_rows(
+        self, e: _Entry, columns: list[str], groups: Sequence[int]
+    ) -> list[dict[str, Any]]:
+        return [self._reader.read(e.groups[g][0], e.groups[g][1], columns)[0] for g in groups]
+
+    def get_dicom(self, uid: str) -> bytes:
+        """The original object, byte for byte."""
+        from waveform.dicom import join
+
+        e = self._entry(uid)
+        head = self._reader.read(e.ecg[0], e.ecg[1], ["header", "sha256", "sop_instance_uid"])[0]
+        if head["sop_instance_uid"] != uid:
+            raise StorageError(f"locator of {uid} points at {head['sop_instance_uid']}")
+        rows = self._waveform_rows(e, ["retained", "dtype", "codec", "nbytes", "n_channels",
+                                       "n_samples", "samples"], range(len(e.groups)))
+        parts = []
+        for r in rows:
+            if r["retained"]:
+                from waveform.store.codec import EncodedSamples
+                from waveform.store.codec import decode_samples as _dec
+
+                parts.append(_dec(EncodedSamples(r["codec"], r["samples"], r["nbytes"]),
+                                  np.dtype(r["dtype"]), r["n_channels"]))
+        return join(head["header"], parts)
+
+    def get_trace(
+        self,
+        uid: str,
+        group: int = 0,
+        leads: Sequence[str] | None = None,
+        start_s: float = 0.0,
+        duration_s: float | None = None,
+        fs: float | None = None,
+        units: str = "uV",
+    ) -> _q.Trace:
+        """Samples of multiplex group ``group``, sliced to ``leads`` and the window."""
+        if units not in ("uV", "raw"):
+            raise InvalidArgument(f"units {units!r}: expected 'uV' or 'raw'")
+        if units == "raw" and fs is not None:
+            raise InvalidArgument("resampling (fs) gives µV; ask for units='uV' or no fs")
+        e = self._entry(uid)
+        if not 0 <= group < len(e.groups):
+            raise InvalidArgument(
+                f"ECG {uid} has {len(e.groups)} multiplex groups; no group {group}"
+            )
+        row = self._waveform_rows(e, [*_WAVEFORM_META, "samples"], [group])[0]
+        raw = decode_samples(row)
+        channels = channels_from_row(row["channels"])
+        names = [c.name for c in channels]
+        if leads:
+            missing = [name for name in leads if name not in names]
+            if missing:
+                raise InvalidArgument(f"ECG {uid} group {group} has no lead {missing[0]!r}; "
+                                      f"it has {names}")
+            idx = [names.index(name) for name in leads]
+        else:
+            idx = list(range(len(channels)))
+        rate = float(row["sampling_frequency"])
+        if start_s < 0 or (duration_s is not None and duration_s <= 0):
+            raise InvalidArgument(
+                f"window start {start_s} s, duration {duration_s} s is invalid"
+            )
+        i0 = round(start_s * rate)
+        n = raw.shape[1]
+        i1 = n if duration_s is None else min(n, i0 + round(duration_s * rate))
+        if i0 >= raw.shape[1]:
+            raise InvalidArgument(f"start {start_s} s is past the end "
+                                  f"({raw.shape[1] / rate:.3f} s)")
+        sel = [channels[i] for i in idx]
+        x = raw[idx, i0:i1]
+        common = dict(sop_instance_uid=uid, group=group, label=row["label"] or "",
+                      leads=tuple(names[i] for i in idx), start_s=i0 / rate)
+        if units == "raw":
+            return _q.Trace(**common, sampling_frequency=rate, units="raw",  # type: ignore[arg-type]
+                            data=np.ascontiguousarray(x),
+                            sensitivity=tuple(c.sensitivity for c in sel),
+                            correction=tuple(c.correction for c in sel),
+                            baseline=tuple(c.baseline for c in sel),
+                            channel_units=tuple(c.units for c in sel))
+        from waveform.dsp.scale import to_microvolts
+
+        uv = to_microvolts(
+            x, [c.sensitivity for c in sel], [c.correction for c in sel],
+            [c.baseline for c in sel], [c.units for c in sel], [c.padding for c in sel],
+        )
+        if fs is not None and fs != rate:
+            from waveform.dsp.resample import resample
+
+            uv = np.asarray(resample(uv, rate, fs), dtype=np.float32)
+            rate = float(fs)
+        return _q.Trace(**common, sampling_frequency=rate, units="uV", data=uv)  # type: ignore[arg-type]
+
+    def get_summary(self, uid: str, analysis_version: str | None = None) -> dict[str, Any] | None:
+        """The latest summary of ``uid`` (of ``analysis_version`` if given), or None."""
+        self._entry(uid)
+        if analysis_version is not None:
+            rows = self._sql(
+                f"SELECT document FROM {ALIAS}.summary WHERE sop_instance_uid = ? AND "
+                "analysis_version = ? ORDER BY measured_at DESC LIMIT 1", [uid, analysis_version])
+        else:
+            rows = self._sql(
+                f"SELECT document FROM {ALIAS}.summary WHERE sop_instance_uid = ? "
+                "ORDER BY analysis_version = ? DESC, measured_at DESC LIMIT 1",
+                [uid, self.analysis_version or ""])
+        if not rows:
+            return None
+        import json
+
+        doc: dict[str, Any] = json.loads(rows[0][0])
+        return doc
+
+    def search(self, query: _q.SearchQuery | None = None, **filters: Any) -> _q.Page:
+        """One page of ECGs matching ``query`` (or keyword filters, see `SearchQuery`)."""
+        if query is None:
+            equals = tuple((k, filters.pop(k)) for k in list(filters) if k in _q._EQUALS)
+            ranges = tuple(filters.pop("ranges", ()))
+            query = _q.SearchQuery(equals=equals, ranges=ranges, **filters)
+        sql, params = _q.search_sql(query, self.analysis_version)
+        cur = self._cursor()
+        try:
+            res = cur.execute(sql, params)
+            names = [d[0] for d in res.description]
+            rows = res.fetchall()
+        except duckdb.Error as e:
+            raise StorageError(f"search failed: {e}") from e
+        return _q.page_from(rows, names, query.limit)
+
+    def sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Read-only SQL over the catalog (tables are ``lake.ecg`` etc.), bound parameters."""
+        return self._sql(sql, params)
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def stopped(self) -> BaseException | None:
+        """The `DurabilityError` that stopped the writer, if any."""
+        return self._writer.stopped if self._writer else None
+
+    def wait_measured(self, timeout: float | None = None) -> None:
+        """Block until the measurement stage has caught up (tests, batch jobs)."""
+        if self._measure is not None:
+            self._measure.join(timeout)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+        if self._measure is not None:
+            self._measure.close()
+        self._lake.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _already(first: Future[IngestResult]) -> Future[IngestResult]:
+    """A future that answers as ``first`` does, marked already stored."""
+    out: Future[IngestResult] = Future()
+
+    def done(f: Future[IngestResult]) -> None:
+        err = f.exception()
+        if err is not None:
+            out.set_exception(err)
+        else:
+            out.set_result(dataclasses.replace(f.result(), already_stored=True))
+
+    first.add_done_callback(done)
+    return out
+
+
+def _default_analysis() -> tuple[Callable[[Any], Any] | None, str | None]:
+    try:
+        from waveform.analysis import ANALYSIS_VERSION, analyze
+    except ImportError:
+        log.warning("waveform.analysis is not importable; summaries will not be computed")
+        return None, None
+    return analyze, str(ANALYSIS_VERSION)
+
+
+_ = DurabilityError  # re-exported through the errors the futures raise
