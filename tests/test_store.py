@@ -1,0 +1,225 @@
+"""Store behaviour: byte-identical round trip, idempotency, traces, summaries, search."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import SHARED_DICOM
+from waveform.dicom import decode, encode
+from waveform.dicom.synthetic import synthetic_ecg
+from waveform.errors import Conflict, InvalidArgument, InvalidDicom, NotFound
+from waveform.store import SearchQuery, Store
+
+
+def fake_analyze(ecg: Any) -> dict[str, Any]:
+    """A stand-in for waveform.analysis: deterministic values derived from the ECG."""
+    g = ecg.rhythm
+    return {"heart_rate_bpm": float(g.n_samples % 97), "qtc_ms": 400.0 + len(ecg.patient_id),
+            "n_samples": g.n_samples}
+
+
+def _obj(seed: int, **kw: Any) -> bytes:
+    return encode(synthetic_ecg(seed=seed, duration_s=2.0, **kw))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path / "data", analyze=fake_analyze, analysis_version="test-1",
+                   max_delay_ms=2)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("path", SHARED_DICOM, ids=[p.name for p in SHARED_DICOM])
+def test_get_dicom_is_byte_identical_for_shared_files(store: Store, path: Path) -> None:
+    data = path.read_bytes()
+    [r] = store.ingest([data], organisation="org")
+    back = store.get_dicom(r.sop_instance_uid)
+    assert hashlib.sha256(back).hexdigest() == hashlib.sha256(data).hexdigest() == r.sha256
+    assert back == data
+
+
+def test_round_trip_survives_reopen(tmp_path: Path) -> None:
+    objs = [_obj(i) for i in range(4)]
+    with Store.open(tmp_path, analyze=None) as s:
+        res = s.ingest(objs, organisation="org")
+    with Store.open(tmp_path, analyze=None) as s:
+        assert sorted(s.uids()) == sorted(r.sop_instance_uid for r in res)
+        for r, o in zip(res, objs, strict=True):
+            assert s.get_dicom(r.sop_instance_uid) == o
+
+
+def test_same_bytes_again_answers_already_stored_with_first_result(store: Store) -> None:
+    data = _obj(1)
+    [first] = store.ingest([data], organisation="org")
+    [again] = store.ingest([data], organisation="other-org")
+    assert not first.already_stored and again.already_stored
+    assert (again.sop_instance_uid, again.sha256, again.ingested_at) == (
+        first.sop_instance_uid, first.sha256, first.ingested_at)
+    assert store.sql("SELECT count(*) FROM lake.ecg")[0][0] == 1
+
+
+def test_same_uid_other_bytes_is_a_conflict_and_nothing_changes(store: Store) -> None:
+    ecg = synthetic_ecg(seed=2, duration_s=2.0)
+    data = encode(ecg)
+    [first] = store.ingest([data], organisation="org")
+    other = encode(ecg.replace(patient_name="Someone^Else"))
+    with pytest.raises(Conflict, match=first.sop_instance_uid):
+        store.ingest([other], organisation="org")
+    with pytest.raises(Conflict, match="already stored with other content"):
+        store.submit(other, "org").result(5)
+    assert store.get_dicom(first.sop_instance_uid) == data
+    assert store.sql("SELECT count(*) FROM lake.ecg")[0][0] == 1
+
+
+def test_a_batch_with_a_conflict_stores_nothing(store: Store) -> None:
+    ecg = synthetic_ecg(seed=3, duration_s=2.0)
+    store.ingest([encode(ecg)], organisation="org")
+    fresh = _obj(4)
+    with pytest.raises(Conflict):
+        store.ingest([fresh, encode(ecg.replace(patient_id="X"))], organisation="org")
+    assert not store.contains(decode(fresh).sop_instance_uid)
+
+
+def test_invalid_object_fails_only_its_own_request(store: Store) -> None:
+    fut = store.submit(b"not dicom at all", "org")
+    with pytest.raises(InvalidDicom):
+        fut.result(5)
+    r = store.submit(_obj(5), "org").result(5)
+    assert store.contains(r.sop_instance_uid)
+
+
+def test_concurrent_submits_share_commits_and_duplicates_store_once(tmp_path: Path) -> None:
+    objs = [_obj(i) for i in range(24)]
+    with Store.open(tmp_path, analyze=None, max_delay_ms=20, max_batch=64) as s:
+        results: list[Any] = []
+        lock = threading.Lock()
+
+        def worker(k: int) -> None:
+            for o in objs[k::4] + objs[:3]:  # every worker also sends the first three
+                r = s.submit(o, "org").result(30)
+                with lock:
+                    results.append(r)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert s.sql("SELECT count(*), count(DISTINCT sop_instance_uid) FROM lake.ecg")[0] == (
+            24, 24)
+        files = s.sql("SELECT count(DISTINCT filename) FROM lake.ecg")[0][0]
+        assert files < 24  # requests were grouped into fewer commits
+        first = {r.sop_instance_uid: r for r in results if not r.already_stored}
+        assert len(first) == 24
+        for r in results:
+            assert r.ingested_at == first[r.sop_instance_uid].ingested_at
+
+
+def test_trace_matches_decoded_samples(store: Store) -> None:
+    data = encode(synthetic_ecg(seed=6, duration_s=4.0, groups=2))
+    ecg = decode(data)
+    [r] = store.ingest([data], organisation="org")
+    raw = store.get_trace(r.sop_instance_uid, units="raw")
+    g = ecg.groups[0]
+    assert np.array_equal(raw.data, g.raw) and raw.leads == g.leads
+    assert raw.sensitivity == tuple(c.sensitivity for c in g.channels)
+    uv = store.get_trace(r.sop_instance_uid, leads=["V2", "I"], start_s=1.0, duration_s=0.5)
+    fs = g.sampling_frequency
+    i0, i1 = int(fs), int(1.5 * fs)
+    from waveform.dsp.scale import to_microvolts
+    ref = to_microvolts(g.raw, [c.sensitivity for c in g.channels],
+                        [c.correction for c in g.channels], [c.baseline for c in g.channels],
+                        [c.units for c in g.channels])
+    want = ref[[g.leads.index("V2"), g.leads.index("I")], i0:i1]
+    assert uv.leads == ("V2", "I") and uv.start_s == pytest.approx(1.0)
+    np.testing.assert_allclose(uv.data, want, rtol=1e-6)
+    half = store.get_trace(r.sop_instance_uid, fs=fs / 2)
+    assert half.sampling_frequency == fs / 2 and half.data.shape == (12, g.n_samples // 2)
+    median = store.get_trace(r.sop_instance_uid, group=1, units="raw")
+    assert np.array_equal(median.data, ecg.groups[1].raw)
+
+
+def test_trace_arguments_are_checked(store: Store) -> None:
+    [r] = store.ingest([_obj(7)], organisation="org")
+    uid = r.sop_instance_uid
+    with pytest.raises(InvalidArgument, match="no lead 'V9'"):
+        store.get_trace(uid, leads=["V9"])
+    with pytest.raises(InvalidArgument, match="no group 3"):
+        store.get_trace(uid, group=3)
+    with pytest.raises(InvalidArgument, match="past the end"):
+        store.get_trace(uid, start_s=100)
+    with pytest.raises(NotFound, match="no ECG with SOP Instance UID"):
+        store.get_trace("1.2.3.4")
+
+
+def test_background_summary_and_wait(store: Store) -> None:
+    data = _obj(8)
+    [r] = store.ingest([data], organisation="org", wait_summary=True, timeout=30)
+    assert r.summary == fake_analyze(decode(data))
+    assert store.get_summary(r.sop_instance_uid, "nope") is None
+
+
+def test_catch_up_measures_what_lacks_the_current_version(tmp_path: Path) -> None:
+    objs = [_obj(i) for i in range(3)]
+    with Store.open(tmp_path, analyze=None) as s:
+        res = s.ingest(objs, organisation="org")
+    calls: list[str] = []
+
+    def counting(ecg: Any) -> dict[str, Any]:
+        calls.append(ecg.sop_instance_uid)
+        return fake_analyze(ecg)
+
+    with Store.open(tmp_path, analyze=counting, analysis_version="v2") as s:
+        s.wait_measured(30)
+        assert sorted(calls) == sorted(r.sop_instance_uid for r in res)
+    with Store.open(tmp_path, analyze=counting, analysis_version="v2") as s:
+        s.wait_measured(30)
+    assert len(calls) == 3  # nothing measured twice
+
+
+def test_search_filters_ranges_sorting_and_pages(store: Store) -> None:
+    base = dt.datetime(2025, 1, 1)
+    objs = []
+    for i in range(9):
+        e = synthetic_ecg(seed=100 + i, duration_s=1.0 + 0.1 * i)
+        e = e.replace(patient_id=f"P{i % 3}", acquisition_datetime=base + dt.timedelta(days=i))
+        objs.append(encode(e))
+    store.ingest(objs[:6], organisation="A")
+    store.ingest(objs[6:], organisation="B")
+    store.wait_measured(30)
+    page = store.search(patient_id="P1")
+    assert {r["patient_id"] for r in page.rows} == {"P1"} and len(page.rows) == 3
+    q = SearchQuery(equals=(("organisation", "A"),), acquired_from=base + dt.timedelta(days=1),
+                    acquired_to=base + dt.timedelta(days=5), sort="acquisition_datetime",
+                    descending=False, limit=2)
+    seen = []
+    while True:
+        page = store.search(q)
+        seen += [r["acquisition_datetime"] for r in page.rows]
+        if page.next_cursor is None:
+            break
+        q = SearchQuery(**{**{f: getattr(q, f) for f in q.__slots__}, "cursor": page.next_cursor})
+    assert seen == [base + dt.timedelta(days=d) for d in range(1, 5)]
+    hr = store.search(SearchQuery(ranges=(("heart_rate_bpm", 50.0, None),), sort="heart_rate_bpm"))
+    values = [r["heart_rate_bpm"] for r in hr.rows]
+    assert values == sorted(values, reverse=True) and all(v >= 50 for v in values)
+    assert len(values) == sum(fake_analyze(decode(o))["heart_rate_bpm"] >= 50 for o in objs)
+
+
+def test_search_values_are_bound_not_formatted(store: Store) -> None:
+    store.ingest([_obj(9)], organisation="A")
+    page = store.search(patient_id="x' OR '1'='1")
+    assert page.rows == []
+    with pytest.raises(InvalidArgument, match="cannot sort by"):
+        store.search(SearchQuery(sort="patient_id; DROP TABLE ecg"))
+    with pytest.raises(InvalidArgument, match="not one this service issued"):
+        store.search(SearchQuery(cursor="garbage!"))
