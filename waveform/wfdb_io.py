@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import wfdb
@@ -74,6 +75,7 @@ def read_record(path: str | Path) -> Ecg:
     has_pad = pad is not None and bool(np.any(d == pad))
 
     lo, hi = (int(d.min()), int(d.max())) if d.size else (0, 0)
+    dtype: np.dtype[Any]
     if -32768 <= lo and hi <= 32767:
         sop_class, dtype, interp = GENERAL_ECG, np.dtype(np.int16), "SS"
     elif -(2**31) <= lo and hi < 2**31:
@@ -167,7 +169,7 @@ def write_record(ecg: Ecg, path: str | Path, group: int = 0) -> None:
             raise InvalidArgument("a channel sensitivity of 0 cannot be written as a WFDB gain")
         gain = 1.0 / scale
         base = [c.baseline for c in g.channels]
-        baseline = [int(round(-b * k)) for b, k in zip(base, gain, strict=True)]
+        baseline = [round(float(-b * k)) for b, k in zip(base, gain, strict=True)]
         d = g.raw.T.astype(np.int64)
         wfdb.wrsamp(d_signal=d, fmt=[fmt] * g.n_channels, adc_gain=list(gain),
                     baseline=baseline, **common)
