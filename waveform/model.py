@@ -16,10 +16,14 @@ import numpy as np
 
 __all__ = [
     "LEADS",
+    "SUMMARY_MEASURES",
     "Annotation",
     "Channel",
     "Code",
     "Ecg",
+    "LeadQuality",
+    "Measured",
+    "Summary",
     "WaveformGroup",
 ]
 
@@ -243,3 +247,153 @@ class Ecg:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return Ecg(**values)
+
+
+# ---------------------------------------------------------------------------
+# Measurements: the analysis result (`waveform.analysis.analyze`) and its parts.
+# Persisted by the store as flat, Arrow-friendly columns via to_dict/from_dict.
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """A measured value, or None with the reason it could not be measured."""
+
+    value: float | None = None
+    reason: str = ""
+
+    @property
+    def present(self) -> bool:
+        return self.value is not None
+
+    @classmethod
+    def absent(cls, reason: str) -> Measured:
+        return cls(None, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class LeadQuality:
+    """Signal quality 0..1 of one lead and the reason that limits it ("OK" if none)."""
+
+    lead: str
+    quality: float
+    reason: str = "OK"
+
+
+#: Scalar measurements of a Summary, in the order columns are written.
+SUMMARY_MEASURES: tuple[str, ...] = (
+    "heart_rate_bpm", "heart_rate_min_bpm", "heart_rate_max_bpm",
+    "rr_mean_ms", "rr_sd_ms",
+    "p_onset_ms", "p_offset_ms", "qrs_onset_ms", "qrs_offset_ms", "t_offset_ms",
+    "pr_ms", "qrs_ms", "qt_ms",
+    "qtc_bazett_ms", "qtc_fridericia_ms", "qtc_framingham_ms", "qtc_hodges_ms",
+    "p_axis_deg", "qrs_axis_deg", "t_axis_deg",
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Summary:
+    """What the analysis measured on one ECG's rhythm group.
+
+    ``beats`` are sample indices at the group's own rate (``sampling_frequency``)
+    with one class each: "N" normal, "P" premature, "U" unknown. ``median_beat``
+    is float32 µV (leads, samples) at ``median_fs``; fiducials (``*_onset_ms``,
+    ``*_offset_ms``) are ms from the start of the median beat, global over leads
+    as in the CSE convention (earliest onset, latest offset). Each scalar is a
+    `Measured`: absent with a reason, never guessed.
+    """
+
+    analysis_version: str
+    sampling_frequency: float
+    beats: np.ndarray
+    beat_classes: tuple[str, ...]
+    heart_rate_bpm: Measured
+    heart_rate_min_bpm: Measured
+    heart_rate_max_bpm: Measured
+    rr_mean_ms: Measured
+    rr_sd_ms: Measured
+    median_leads: tuple[str, ...]
+    median_fs: float
+    median_beat: np.ndarray
+    p_onset_ms: Measured
+    p_offset_ms: Measured
+    qrs_onset_ms: Measured
+    qrs_offset_ms: Measured
+    t_offset_ms: Measured
+    pr_ms: Measured
+    qrs_ms: Measured
+    qt_ms: Measured
+    qtc_bazett_ms: Measured
+    qtc_fridericia_ms: Measured
+    qtc_framingham_ms: Measured
+    qtc_hodges_ms: Measured
+    p_axis_deg: Measured
+    qrs_axis_deg: Measured
+    t_axis_deg: Measured
+    lead_quality: tuple[LeadQuality, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat columns: scalars, ``<name>_reason`` strings and lists (Arrow-friendly)."""
+        d: dict[str, Any] = {
+            "analysis_version": self.analysis_version,
+            "sampling_frequency": self.sampling_frequency,
+            "beats": [int(b) for b in self.beats],
+            "beat_classes": list(self.beat_classes),
+            "median_leads": list(self.median_leads),
+            "median_fs": self.median_fs,
+            "median_beat": [[float(v) for v in row] for row in self.median_beat],
+            "quality_leads": [q.lead for q in self.lead_quality],
+            "quality": [q.quality for q in self.lead_quality],
+            "quality_reasons": [q.reason for q in self.lead_quality],
+        }
+        for name in SUMMARY_MEASURES:
+            m: Measured = getattr(self, name)
+            d[name] = m.value
+            d[f"{name}_reason"] = m.reason
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Summary:
+        """The inverse of `to_dict`."""
+        measures = {
+            name: Measured(
+                None if d.get(name) is None else float(d[name]), d.get(f"{name}_reason") or ""
+            )
+            for name in SUMMARY_MEASURES
+        }
+        median = np.asarray(d.get("median_beat") or [], dtype=np.float32)
+        if median.ndim != 2:
+            median = median.reshape(len(d.get("median_leads") or ()), -1)
+        quality = tuple(
+            LeadQuality(lead, float(q), r)
+            for lead, q, r in zip(
+                d.get("quality_leads") or (), d.get("quality") or (),
+                d.get("quality_reasons") or (), strict=True,
+            )
+        )
+        return cls(
+            analysis_version=str(d["analysis_version"]),
+            sampling_frequency=float(d["sampling_frequency"]),
+            beats=np.asarray(d.get("beats") or [], dtype=np.int64),
+            beat_classes=tuple(d.get("beat_classes") or ()),
+            median_leads=tuple(d.get("median_leads") or ()),
+            median_fs=float(d["median_fs"]),
+            median_beat=median,
+            lead_quality=quality,
+            **measures,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Summary):
+            return NotImplemented
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, np.ndarray):
+                if not (isinstance(b, np.ndarray) and a.shape == b.shape
+                        and bool(np.array_equal(a, b))):
+                    return False
+            elif a != b:
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]

@@ -97,47 +97,64 @@ def design(spec: FilterSpec) -> Design:
     return Design(sos, zi, 3 * ntaps)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _sos_pass(buf: np.ndarray, sos: np.ndarray, zi: np.ndarray, forward: bool) -> None:
-    # Direct form II transposed, section by section per sample, as scipy's sosfilt;
-    # the state starts at zi * first sample (steady state for a step).
+    # Direct form II transposed, as scipy's sosfilt, the state starting at
+    # zi * first sample (steady state for a step). ``buf`` is (samples, channels):
+    # the innermost loop runs across channels, whose recursions are independent,
+    # so it vectorises where a single channel's recursion cannot.
+    n, n_ch = buf.shape
     n_sec = sos.shape[0]
-    n = buf.shape[0]
-    z = np.empty((n_sec, 2))
-    x0 = buf[0] if forward else buf[n - 1]
+    z0 = np.empty((n_sec, n_ch))
+    z1 = np.empty((n_sec, n_ch))
+    r = 0 if forward else n - 1
     for s in range(n_sec):
-        z[s, 0] = zi[s, 0] * x0
-        z[s, 1] = zi[s, 1] * x0
+        for c in range(n_ch):
+            z0[s, c] = zi[s, 0] * buf[r, c]
+            z1[s, c] = zi[s, 1] * buf[r, c]
+    v = np.empty(n_ch)
     for k in range(n):
-        i = k if forward else n - 1 - k
-        v = buf[i]
+        row = buf[k if forward else n - 1 - k]
+        for c in range(n_ch):
+            v[c] = row[c]
         for s in range(n_sec):
-            y = sos[s, 0] * v + z[s, 0]
-            z[s, 0] = sos[s, 1] * v - sos[s, 4] * y + z[s, 1]
-            z[s, 1] = sos[s, 2] * v - sos[s, 5] * y
-            v = y
-        buf[i] = v
+            b0 = sos[s, 0]
+            b1 = sos[s, 1]
+            b2 = sos[s, 2]
+            a1 = sos[s, 4]
+            a2 = sos[s, 5]
+            zs0 = z0[s]
+            zs1 = z1[s]
+            for c in range(n_ch):
+                xv = v[c]
+                y = b0 * xv + zs0[c]
+                zs0[c] = b1 * xv - a1 * y + zs1[c]
+                zs1[c] = b2 * xv - a2 * y
+                v[c] = y
+        for c in range(n_ch):
+            row[c] = v[c]
 
 
 @numba.njit(cache=True, nogil=True)
 def _sosfiltfilt(x: np.ndarray, sos: np.ndarray, zi: np.ndarray, padlen: int) -> np.ndarray:
     n_ch, n = x.shape
     edge = min(padlen, n - 1)
-    out = np.empty((n_ch, n), dtype=x.dtype)
-    buf = np.empty(n + 2 * edge)
+    buf = np.empty((n + 2 * edge, n_ch))
     for c in range(n_ch):
         x_first = float(x[c, 0])
         x_last = float(x[c, n - 1])
         # Odd extension about the end points (scipy's odd_ext).
         for i in range(edge):
-            buf[i] = 2.0 * x_first - x[c, edge - i]
-            buf[edge + n + i] = 2.0 * x_last - x[c, n - 2 - i]
+            buf[i, c] = 2.0 * x_first - x[c, edge - i]
+            buf[edge + n + i, c] = 2.0 * x_last - x[c, n - 2 - i]
         for i in range(n):
-            buf[edge + i] = x[c, i]
-        _sos_pass(buf, sos, zi, True)
-        _sos_pass(buf, sos, zi, False)
+            buf[edge + i, c] = x[c, i]
+    _sos_pass(buf, sos, zi, True)
+    _sos_pass(buf, sos, zi, False)
+    out = np.empty((n_ch, n), dtype=x.dtype)
+    for c in range(n_ch):
         for i in range(n):
-            out[c, i] = buf[edge + i]
+            out[c, i] = buf[edge + i, c]
     return out
 
 
