@@ -51,8 +51,8 @@ def decode_annotations(r: Reader, tokens: Tokens, items: np.ndarray) -> tuple[An
     for ai in range(items.size):
         o, n, v = f.offs[ai], f.lens[ai], f.vrs[ai]
         numeric = r.floats(o[kn], n[kn], v[kn])
-        chans = r.uints(o[kc], n[kc], v[kc])
-        group = r.uints(o[kg], n[kg], v[kg])
+        chans = r.uints(o[kc], n[kc], v[kc], 2)
+        group = r.uints(o[kg], n[kg], v[kg], 2)
         out.append(Annotation(
             text=r.string(o[kt], n[kt], text=True) if o[kt] >= 0 else None,
             concept=names[ai],
@@ -62,7 +62,7 @@ def decode_annotations(r: Reader, tokens: Tokens, items: np.ndarray) -> tuple[An
             group_number=group[0] if group else None,
             channels=tuple(zip(chans[0::2], chans[1::2], strict=False)),
             temporal_range_type=r.string(o[kr], n[kr]) or None,
-            sample_positions=r.uints(o[kp], n[kp], v[kp]),
+            sample_positions=r.uints(o[kp], n[kp], v[kp], 4),
             time_offsets=r.floats(o[ko], n[ko], v[ko]),
         ))
     return tuple(out)

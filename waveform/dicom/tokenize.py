@@ -237,7 +237,8 @@ class Tokens:
 
 
 _MESSAGES = {
-    TRUNCATED: "the data ends inside an element (truncated object)",
+    TRUNCATED: "its value runs past the end of the data (a truncated object or a corrupt "
+               "length)",
     OVERRUN: "its length runs past the end of the enclosing {container}",
     DEPTH: f"sequences are nested deeper than {MAX_DEPTH} levels",
     STRAY_ITEM: "an Item (FFFE,E000) appears outside a sequence",

@@ -174,13 +174,15 @@ class Reader:
             raise InvalidDicom(f"{name} has a value of {n} bytes, expected 2, 4 or 8")
         return int.from_bytes(b, self.order)
 
-    def uints(self, o: int, n: int, vr: int) -> tuple[int, ...]:
+    def uints(self, o: int, n: int, vr: int, width: int) -> tuple[int, ...]:
+        """All values of a US/UL element; ``width`` applies when the VR is implicit."""
         if o < 0:
             return ()
         b = self.raw(o, n)
         if vr == _VR_IS:
             return tuple(int(x) for x in b.split(b"\\") if x.strip(b" \x00"))
-        width = 4 if vr == _VR_UL else 2
+        if vr:
+            width = 4 if vr == _VR_UL else 2
         fmt = ("<" if self.little else ">") + ("I" if width == 4 else "H") * (n // width)
         return struct.unpack(fmt, b[:struct.calcsize(fmt)])
 
