@@ -82,6 +82,21 @@ def test_import_wfdb_writes_general_ecg_objects(tmp_path: Path) -> None:
     assert ds.WaveformSequence[0].NumberOfWaveformChannels == 12
 
 
+def test_imported_objects_pass_dciodvfy(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        pytest.fail("dciodvfy is not installed: `make test` installs it (dicom3tools)")
+    recs = [shared("wfdb", f, f"{n}.hea").with_suffix("")
+            for f, n in (("ludb", "1"), ("other", "a103l"), ("other", "s0010_re"))]
+    for out in import_wfdb(recs, tmp_path):
+        run = subprocess.run([tool, str(out)], capture_output=True, text=True, timeout=60)
+        errors = [x for x in (run.stdout + run.stderr).splitlines() if "Error" in x]
+        assert not errors, (out.name, errors)
+
+
 def test_write_then_read_is_lossless(tmp_path: Path) -> None:
     ecg = synthetic_ecg(sop_class_uid=GENERAL_ECG, duration_s=2.0, seed=4)
     write_record(ecg, tmp_path / "syn")

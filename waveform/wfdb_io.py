@@ -179,13 +179,26 @@ def write_record(ecg: Ecg, path: str | Path, group: int = 0) -> None:
         raise StorageError(f"WFDB record {path} could not be written: {exc}") from exc
 
 
-def import_wfdb(records: list[str | Path], out_dir: str | Path) -> list[Path]:
-    """Read each WFDB record and write it as ``out_dir/<record>.dcm``; the paths written."""
+def import_wfdb(
+    records: list[str | Path], out_dir: str | Path, *, when: dt.datetime | None = None
+) -> list[Path]:
+    """Read each WFDB record and write it as ``out_dir/<record>.dcm``; the paths written.
+
+    Acquisition DateTime is Type 1 in a waveform object, but most WFDB headers carry
+    no base date. A record without one gets ``when`` if given, else the time its
+    header file was last modified (UTC), so that the object stays conformant.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for record in records:
         ecg = read_record(record)
+        if ecg.acquisition_datetime is None:
+            header = Path(f"{record}.hea")
+            stamp = when or dt.datetime.fromtimestamp(
+                header.stat().st_mtime, tz=dt.UTC
+            ).replace(microsecond=0)
+            ecg = ecg.replace(acquisition_datetime=stamp)
         target = out / f"{Path(record).name}.dcm"
         try:
             target.write_bytes(encode(ecg))
