@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import warnings
 import zlib
 from collections.abc import Sequence
 from typing import Literal
@@ -52,6 +53,13 @@ _MIN_INFLATE_CAP = 64 << 20
 EXPLICIT_LE = TRANSFER_SYNTAXES["1.2.840.10008.1.2.1"]
 IMPLICIT_LE = TRANSFER_SYNTAXES["1.2.840.10008.1.2"]
 EXPLICIT_BE = TRANSFER_SYNTAXES["1.2.840.10008.1.2.2"]
+
+
+def _uid_name(uid: str) -> str:
+    """The standard's name for ``uid`` (pydicom's table), quietly, for messages."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return UID(uid).name
 
 
 def _t(group: int, element: int) -> int:
@@ -231,7 +239,7 @@ def locate(data: bytes | memoryview) -> tuple[bytes | memoryview, np.ndarray, Tr
         ts_uid = meta[0x0010].rstrip(b" \x00").decode("latin-1")
         ts = TRANSFER_SYNTAXES.get(ts_uid)
         if ts is None:
-            name = UID(ts_uid).name if ts_uid else "empty"
+            name = _uid_name(ts_uid) if ts_uid else "empty"
             raise UnsupportedObject(
                 f"Transfer Syntax UID (0002,0010) is {ts_uid!r} ({name}); waveforms are accepted "
                 "in Implicit VR LE, Explicit VR LE, Deflated Explicit VR LE and Explicit VR BE"
@@ -278,7 +286,7 @@ def decode(data: bytes | memoryview) -> Ecg:
         if not sop_class_uid:
             raise InvalidDicom("SOP Class UID (0008,0016) is missing or empty")
         raise UnsupportedObject(
-            f"SOP Class UID (0008,0016) {sop_class_uid} ({UID(sop_class_uid).name}) is not a "
+            f"SOP Class UID (0008,0016) {sop_class_uid} ({_uid_name(sop_class_uid)}) is not a "
             "waveform storage class this archive keeps"
         )
     sop_uid = val("sop_instance")
