@@ -2,8 +2,9 @@
 
 Each table is an Arrow schema: the store writes its Parquet data files with
 pyarrow from exactly these schemas, and the catalog DDL is derived from them, so
-the two cannot drift. `SCHEMA_VERSION` is recorded in the ``meta`` table; a store
-opened by a different version is refused with a message rather than misread.
+the two cannot drift. `SCHEMA_VERSION` is recorded as the comment of the ``ecg``
+table (catalog metadata, so no data file is written for it); a store opened by a
+different version is refused with a message rather than misread.
 
 Tables owned here: ``ecg`` (one row per SOP instance), ``waveform`` (one row per
 multiplex group, the samples losslessly encoded, see `waveform.store.codec`) and
@@ -22,12 +23,16 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUMMARY",
     "TABLES",
+    "VERSION_COMMENT",
     "WAVEFORM",
     "ddl",
     "duck_type",
 ]
 
 SCHEMA_VERSION = 1
+
+#: The comment of the ``ecg`` table that records the schema version.
+VERSION_COMMENT = f"waveform schema {SCHEMA_VERSION}"
 
 _TS = pa.timestamp("us")
 _TS_UTC = pa.timestamp("us", tz="UTC")
@@ -155,7 +160,7 @@ def duck_type(t: pa.DataType) -> str:
 
 def ddl(catalog: str) -> list[str]:
     """Statements that create every table (if absent) in ``catalog``."""
-    out = [f"CREATE TABLE IF NOT EXISTS {catalog}.meta (key VARCHAR, value VARCHAR)"]
+    out = []
     for name, schema in TABLES.items():
         cols = ", ".join(f"{f.name} {duck_type(f.type)}" for f in schema)
         out.append(f"CREATE TABLE IF NOT EXISTS {catalog}.{name} ({cols})")

@@ -7,6 +7,7 @@ threads) or use `ingest` for a batch in one transaction; read with `get_dicom`,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -31,10 +32,12 @@ from waveform.errors import (
 )
 from waveform.store import queries as _q
 from waveform.store import schema as _schema
+from waveform.store.codec import EncodedSamples
+from waveform.store.codec import decode_samples as decode_encoded
 from waveform.store.durable import commit_tables, table_dir
 from waveform.store.files import FileOps, LocalFiles
 from waveform.store.lake import ALIAS, Lake, connect
-from waveform.store.records import Prepared, channels_from_row, decode_samples, prepare
+from waveform.store.records import Prepared, channels_from_row, decode_samples, prepare, sha256
 from waveform.store.writer import GroupCommitWriter
 
 __all__ = ["IngestResult", "Store"]
@@ -88,7 +91,8 @@ class Store:
         self._ids = threading.Lock()
         self._index: dict[str, _Entry] = {}
         self._pending: dict[str, tuple[str, Future[IngestResult]]] = {}
-        self._commit_lock = threading.Lock()
+        self._commit_lock = threading.RLock()
+        self._compact_lock = threading.Lock()
         self._reader = _q.RowReader(files)
         self._writer: GroupCommitWriter[Prepared, IngestResult] | None = None
         self._measure: Any = None
@@ -166,18 +170,22 @@ class Store:
 
     def _create_schema(self) -> None:
         cur = self._lake.cursor()
+        # Every row is in a data file we wrote and fsynced: no rows inlined into
+        # the catalog, and a whole-file DELETE ends the file (compaction needs it).
+        cur.execute(f"CALL {ALIAS}.set_option('data_inlining_row_limit', 0)")
         for stmt in _schema.ddl(ALIAS):
             cur.execute(stmt)
         rows = cur.execute(
-            f"SELECT value FROM {ALIAS}.meta WHERE key = 'schema_version'"
+            "SELECT comment FROM duckdb_tables() WHERE database_name = ? AND table_name = 'ecg'",
+            [ALIAS],
         ).fetchall()
-        if not rows:
-            cur.execute(f"INSERT INTO {ALIAS}.meta VALUES ('schema_version', ?)",
-                        [str(_schema.SCHEMA_VERSION)])
-        elif rows[0][0] != str(_schema.SCHEMA_VERSION):
+        found = rows[0][0] if rows else None
+        if not found:
+            cur.execute(f"COMMENT ON TABLE {ALIAS}.ecg IS '{_schema.VERSION_COMMENT}'")
+        elif found != _schema.VERSION_COMMENT:
             raise StorageError(
-                f"the catalog holds schema version {rows[0][0]}, this waveform writes version "
-                f"{_schema.SCHEMA_VERSION}; migrate it before opening"
+                f"the catalog is marked {found!r}; this waveform reads and writes "
+                f"{_schema.VERSION_COMMENT!r}; migrate it before opening"
             )
 
     def _remove_temporaries(self) -> None:
@@ -305,30 +313,70 @@ class Store:
         wf = pa.Table.from_pylist(
             [r for p in items for r in p.waveform_rows], schema=_schema.WAVEFORM
         )
+        results = []
+        # The index is updated under the commit lock too, so that compaction never
+        # sees a committed file whose locators are not in the index yet.
         with self._commit_lock:
             paths = commit_tables(
-                self._writer_cursor(), self._files, self.data_path,
-                {"ecg": ecg, "waveform": wf},
+                self._cursor(), self._files, self.data_path, {"ecg": ecg, "waveform": wf},
             )
-        results = []
-        row = 0
-        with self._ids:
-            for i, p in enumerate(items):
-                n = len(p.waveform_rows)
-                e = _Entry(
-                    p.sha256, p.size, p.ecg_row["ingested_at"], (paths["ecg"], i),
-                    [(paths["waveform"], row + k) for k in range(n)],
-                )
-                row += n
-                self._index[p.sop_instance_uid] = e
-                results.append(e.result(p.sop_instance_uid, False))
+            row = 0
+            with self._ids:
+                for i, p in enumerate(items):
+                    n = len(p.waveform_rows)
+                    e = _Entry(
+                        p.sha256, p.size, p.ecg_row["ingested_at"], (paths["ecg"], i),
+                        [(paths["waveform"], row + k) for k in range(n)],
+                    )
+                    row += n
+                    self._index[p.sop_instance_uid] = e
+                    results.append(e.result(p.sop_instance_uid, False))
         self._files.mark("ack")
         if self._measure is not None:
             self._measure.enqueue([p.sop_instance_uid for p in items])
         return results
 
-    def _writer_cursor(self) -> duckdb.DuckDBPyConnection:
-        return self._cursor()
+    def _commit_replacement(
+        self, table: str, old: list[str], new: str, counts: list[int]
+    ) -> None:
+        """Compaction: one commit that ends ``old`` files and names ``new`` (their rows in
+        order), then the locators move. Same failure rules as `commit_tables`."""
+        cur = self._cursor()
+        with self._commit_lock:
+            try:
+                cur.execute("BEGIN TRANSACTION")
+                cur.execute(f"DELETE FROM {ALIAS}.{table} WHERE list_contains(?, filename)", [old])
+                cur.execute(f"CALL ducklake_add_data_files('{ALIAS}', '{table}', ?)", [new])
+            except duckdb.Error as e:
+                cur.execute("ROLLBACK")
+                self._files.remove(new)
+                raise StorageError(f"compaction of {table} was not registered: {e}") from e
+            try:
+                self._files.mark("commit")
+                cur.execute("COMMIT")
+            except (duckdb.Error, OSError) as e:
+                with contextlib.suppress(duckdb.Error):
+                    cur.execute("ROLLBACK")
+                raise DurabilityError(f"the compaction commit of {table} failed: {e}") from e
+            self._files.mark("committed")
+            start: dict[str, int] = {}
+            pos = 0
+            for f, n in zip(old, counts, strict=True):
+                start[f] = pos
+                pos += n
+            with self._ids:
+                for entry in self._index.values():
+                    if table == "ecg" and entry.ecg[0] in start:
+                        entry.ecg = (new, start[entry.ecg[0]] + entry.ecg[1])
+                    elif table == "waveform":
+                        entry.groups = [(new, start[f] + r) if f in start else (f, r)
+                                        for f, r in entry.groups]
+
+    def compact(self, **options: Any) -> Any:
+        """Merge small data files and remove unreferenced ones (`waveform.store.compact`)."""
+        from waveform.store.compact import compact
+
+        return compact(self, **options)
 
     def commit_rows(self, tables: dict[str, pa.Table]) -> dict[str, str]:
         """Durably commit rows of store tables (the measurement stage's way in)."""
@@ -336,11 +384,36 @@ class Store:
             return commit_tables(self._cursor(), self._files, self.data_path, tables)
 
     # --------------------------------------------------------------- reading
-    def _entry(self, uid: str) -> _Entry:
-        e = self._index.get(uid)
+    def _entry(self, uid: str, refresh: bool = False) -> _Entry:
+        e = None if refresh else self._index.get(uid)
         if e is None:
-            raise NotFound(f"no ECG with SOP Instance UID {uid!r} is stored")
+            # Not (or no longer correctly) known here: another process may have
+            # stored it, or compaction moved it. Ask the catalog.
+            e = self._lookup(uid)
+            if e is None:
+                raise NotFound(f"no ECG with SOP Instance UID {uid!r} is stored")
+            with self._ids:
+                self._index[uid] = e
         return e
+
+    def _lookup(self, uid: str) -> _Entry | None:
+        ecg = self._sql(
+            f"SELECT sha256, size, ingested_at, filename, file_row_number FROM {ALIAS}.ecg "
+            "WHERE sop_instance_uid = ?", [uid])
+        if not ecg:
+            return None
+        groups = self._sql(
+            f"SELECT filename, file_row_number FROM {ALIAS}.waveform "
+            "WHERE sop_instance_uid = ? ORDER BY group_index", [uid])
+        sha, size, at, fn, row = ecg[0]
+        return _Entry(sha, size, at, (fn, row), [(f, r) for f, r in groups])
+
+    def _read(self, uid: str, fn: Callable[[_Entry], Any]) -> Any:
+        """``fn(entry)``, retried once with a fresh locator if its file is gone."""
+        try:
+            return fn(self._entry(uid))
+        except (OSError, IndexError):
+            return fn(self._entry(uid, refresh=True))
 
     def contains(self, uid: str) -> bool:
         return uid in self._index
@@ -354,25 +427,31 @@ class Store:
     ) -> list[dict[str, Any]]:
         return [self._reader.read(e.groups[g][0], e.groups[g][1], columns)[0] for g in groups]
 
-    def get_dicom(self, uid: str) -> bytes:
-        """The original object, byte for byte."""
-        from waveform.dicom import join
-
-        e = self._entry(uid)
+    def _dicom_parts(self, uid: str, e: _Entry) -> tuple[bytes, list[bytes], str]:
         head = self._reader.read(e.ecg[0], e.ecg[1], ["header", "sha256", "sop_instance_uid"])[0]
         if head["sop_instance_uid"] != uid:
-            raise StorageError(f"locator of {uid} points at {head['sop_instance_uid']}")
-        rows = self._waveform_rows(e, ["retained", "dtype", "codec", "nbytes", "n_channels",
-                                       "n_samples", "samples"], range(len(e.groups)))
+            raise IndexError(f"locator of {uid} points at {head['sop_instance_uid']}")
+        rows = self._waveform_rows(e, ["sop_instance_uid", "retained", "dtype", "codec",
+                                       "nbytes", "n_channels", "samples"], range(len(e.groups)))
         parts = []
         for r in rows:
+            if r["sop_instance_uid"] != uid:
+                raise IndexError(f"locator of {uid} points at {r['sop_instance_uid']}")
             if r["retained"]:
-                from waveform.store.codec import EncodedSamples
-                from waveform.store.codec import decode_samples as _dec
+                enc = EncodedSamples(r["codec"], r["samples"], r["nbytes"])
+                parts.append(decode_encoded(enc, np.dtype(r["dtype"]), r["n_channels"]))
+        return head["header"], parts, head["sha256"]
 
-                parts.append(_dec(EncodedSamples(r["codec"], r["samples"], r["nbytes"]),
-                                  np.dtype(r["dtype"]), r["n_channels"]))
-        return join(head["header"], parts)
+    def get_dicom(self, uid: str) -> bytes:
+        """The original object, byte for byte (its SHA-256 is checked before it is returned)."""
+        from waveform.dicom import join
+
+        header, parts, digest = self._read(uid, lambda e: self._dicom_parts(uid, e))
+        data = join(header, parts)
+        if sha256(data) != digest:
+            raise StorageError(f"ECG {uid} reassembles to other bytes than were stored "
+                               f"(SHA-256 {digest[:16]}...); the archive copy is damaged")
+        return data
 
     def get_trace(
         self,
@@ -389,12 +468,17 @@ class Store:
             raise InvalidArgument(f"units {units!r}: expected 'uV' or 'raw'")
         if units == "raw" and fs is not None:
             raise InvalidArgument("resampling (fs) gives µV; ask for units='uV' or no fs")
-        e = self._entry(uid)
-        if not 0 <= group < len(e.groups):
-            raise InvalidArgument(
-                f"ECG {uid} has {len(e.groups)} multiplex groups; no group {group}"
-            )
-        row = self._waveform_rows(e, [*_WAVEFORM_META, "samples"], [group])[0]
+        n_groups = len(self._entry(uid).groups)
+        if not 0 <= group < n_groups:
+            raise InvalidArgument(f"ECG {uid} has {n_groups} multiplex groups; no group {group}")
+
+        def fetch(e: _Entry) -> dict[str, Any]:
+            r = self._waveform_rows(e, [*_WAVEFORM_META, "samples"], [group])[0]
+            if r["sop_instance_uid"] != uid:
+                raise IndexError(f"locator of {uid} points at {r['sop_instance_uid']}")
+            return r
+
+        row: dict[str, Any] = self._read(uid, fetch)
         raw = decode_samples(row)
         channels = channels_from_row(row["channels"])
         names = [c.name for c in channels]
