@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -9,14 +10,25 @@ from typing import Any
 
 
 def median_time(fn: Callable[[], Any], repeat: int = 50, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeat`` runs."""
+    """Median wall time of ``fn()`` in seconds over ``repeat`` runs.
+
+    The garbage collector is paused while timing (as `timeit` does), for ours and
+    the peer alike, so that one's garbage is not charged to the other.
+    """
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    finally:
+        if enabled:
+            gc.enable()
     return statistics.median(times)
 
 

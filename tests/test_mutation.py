@@ -97,7 +97,7 @@ class Mutator:
             return bytes(d[:end] + d[start:end] + d[end:])
         if kind == 5:  # delete an element
             return bytes(d[:start] + d[end:])
-        other_start, other_end = rng.choice(self.elements)  # move an element elsewhere
+        other_start, _ = rng.choice(self.elements)  # move an element elsewhere
         piece = d[start:end]
         rest = d[:start] + d[end:]
         pos = min(other_start, len(rest))

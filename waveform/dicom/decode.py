@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import struct
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -159,6 +160,12 @@ _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 # --- the reader --------------------------------------------------------------------------
+_META_HEAD = struct.Struct("<HH2sH")
+_U32 = struct.Struct("<I")
+_META_LONG_VRS = frozenset({b"OB", b"OW", b"UN", b"UT", b"SQ", b"UC", b"UR", b"OD", b"OF", b"OL",
+                            b"OV", b"SV", b"UV"})
+
+
 def _meta(data: bytes | memoryview, buf: np.ndarray) -> tuple[int, dict[int, bytes]]:
     """Offset of the data set and the File Meta Information elements (PS3.10 7.1)."""
     start = 0
@@ -171,19 +178,17 @@ def _meta(data: bytes | memoryview, buf: np.ndarray) -> tuple[int, dict[int, byt
     end = buf.size
     # The meta group is always explicit VR little endian.
     while pos + 8 <= end:
-        group = int(buf[pos]) | int(buf[pos + 1]) << 8
+        group, element, vr, short_len = _META_HEAD.unpack_from(data, pos)
         if group != 0x0002:
             break
-        element = int(buf[pos + 2]) | int(buf[pos + 3]) << 8
-        vr = bytes(data[pos + 4:pos + 6])
-        if vr in (b"OB", b"OW", b"UN", b"UT", b"SQ", b"UC", b"UR"):
+        if vr in _META_LONG_VRS:
             if pos + 12 > end:
                 raise InvalidDicom(f"File Meta element (0002,{element:04X}) at byte {pos} is "
                                    "truncated")
-            length = int.from_bytes(data[pos + 8:pos + 12], "little")
+            (length,) = _U32.unpack_from(data, pos + 8)
             pos += 12
         else:
-            length = int.from_bytes(data[pos + 6:pos + 8], "little")
+            length = short_len
             pos += 8
         if length == 0xFFFFFFFF or pos + length > end:
             raise InvalidDicom(
@@ -496,16 +501,19 @@ def _channels(r: Reader, tokens: Tokens, seq: int, items: np.ndarray, fs: float,
     stop = int(tokens.offs[end_tok]) + (int(tokens.lens[end_tok]) if end_tok > seq else 0)
     key = b"".join((r.raw(start, stop - start), b"|", r.little.to_bytes(1, "little"),
                     r.implicit.to_bytes(1, "little"), r.charset.encode(), repr(fs).encode(),
-                    repr(padding).encode(), where.encode()))
+                    repr(padding).encode()))
     hit = _CHANNEL_CACHE.get(key)
     if hit is None:
         warnings_before = len(r.warnings)
         channels = _decode_channels(r, tokens, items, fs, padding, where)
         if len(_CHANNEL_CACHE) >= _CHANNEL_CACHE_LIMIT:
             _CHANNEL_CACHE.clear()
-        hit = _CHANNEL_CACHE[key] = (channels, tuple(r.warnings[warnings_before:]))
+        # Warnings are kept with the group's name as a placeholder: the same
+        # definitions serve every group (rhythm and median) and every object.
+        notes = tuple(w.replace(where, "\0") for w in r.warnings[warnings_before:])
+        hit = _CHANNEL_CACHE[key] = (channels, notes)
     else:
-        r.warnings.extend(hit[1])
+        r.warnings.extend(w.replace("\0", where) for w in hit[1])
     return hit[0]
 
 
