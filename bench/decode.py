@@ -10,6 +10,7 @@ definitions and codes) before each run, as for an object from a new cart.
 from __future__ import annotations
 
 import io
+from functools import partial
 from pathlib import Path
 
 import pydicom
@@ -55,10 +56,10 @@ def main(small: bool = False) -> None:
     rows = []
     for path in _files()[: 1 if small else None]:
         data = path.read_bytes()
-        ours = median_time(lambda: _ours_raw(data), repeat)
-        ours_p = median_time(lambda: _ours_physical(data), repeat)
-        cold = median_time(lambda: _first_sight(data), repeat)
-        peer = median_time(lambda: _pydicom(data), max(3, repeat // 5))
+        ours = median_time(partial(_ours_raw, data), repeat)
+        ours_p = median_time(partial(_ours_physical, data), repeat)
+        cold = median_time(partial(_first_sight, data), repeat)
+        peer = median_time(partial(_pydicom, data), max(3, repeat // 5))
         rows.append([path.name, f"{len(data) // 1024} KB", fmt_time(ours), fmt_time(ours_p),
                      fmt_time(cold), fmt_time(peer), f"{peer / ours:.0f}x",
                      f"{peer / ours_p:.0f}x", f"{peer / cold:.0f}x"])
