@@ -13,7 +13,9 @@ never removes a file a reader may still hold:
    `FileOps` (DuckLake's ``ducklake_expire_snapshots`` lists them), so a reader
    that looked up a locator just before the commit still finds its file.
 4. Orphans, files in the data directories that the catalog never named (a crash
-   after the rename and before the commit), are removed once older than ``grace_s``.
+   after the rename and before the commit), are removed once older than ``grace_s``
+   (their name carries their creation time), while holding the commit lock so
+   that no write of this process is in flight.
 
 DuckLake's own ``ducklake_merge_adjacent_files`` is not used: it writes the
 merged file with DuckDB, which does not fsync it (duckdb PR #12371).
@@ -108,7 +110,10 @@ def compact(
             merged += m
             written += w
         removed = _remove_expired(store, grace_s)
-        orphans = _remove_orphans(store, grace_s)
+        # Under the commit lock: every write of this process publishes and commits
+        # while holding it, so no file seen here is in flight (others: grace_s).
+        with store._commit_lock:
+            orphans = _remove_orphans(store, grace_s)
     return CompactionReport(merged, written, removed, orphans)
 
 
