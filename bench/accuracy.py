@@ -130,14 +130,15 @@ def ludb_reference(record: Path, fs: float = 500.0) -> LudbReference:
     marks = [x for ws in per_lead for w in ws for x in (w.on, w.off)]
     span = (min(marks), max(marks)) if marks else (0, 0)
     pr, qrs_d, qt = [], [], []
-    for b in beats:
+    for k, b in enumerate(beats):
+        nxt = beats[k + 1] if k + 1 < len(beats) else b + 0.7 * fs
         q_on, q_off, t_off, p_on = [], [], [], []
         for ws in per_lead:
             for w in ws:
                 if w.kind == "N" and abs(w.peak - b) < 0.1 * fs:
                     q_on.append(w.on)
                     q_off.append(w.off)
-                elif w.kind == "t" and b < w.peak < b + 0.7 * fs:
+                elif w.kind == "t" and b < w.peak < min(nxt, b + 0.7 * fs):
                     t_off.append(w.off)
                 elif w.kind == "p" and b - 0.45 * fs < w.peak < b:
                     p_on.append(w.on)

@@ -1,0 +1,225 @@
+"""Ecg -> Summary: the measurements the archive serves, versioned.
+
+The rhythm group is scaled to µV, resampled to 500 Hz, filtered once with the
+diagnostic band (0.67-40 Hz zero-phase: AHA/ACCF/HRS recommendations,
+Kligfield et al., Circulation 115:1306, 2007), and that one signal feeds beat
+detection, the median beats, the fiducials and the measurements. Whatever
+cannot be measured is absent with a reason; nothing is guessed.
+Bump `ANALYSIS_VERSION` whenever a change can alter a stored summary: the
+archive re-measures every ECG whose summary carries another version.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from waveform.dsp import delineate, filters, leads, measure, qrs, quality, resample, scale
+from waveform.errors import InvalidArgument
+from waveform.model import LeadQuality, Measured, Summary, WaveformGroup
+
+__all__ = ["ANALYSIS_FS", "ANALYSIS_VERSION", "analyze", "detect_beats"]
+
+ANALYSIS_VERSION = "1.0.0"
+#: Rate every rhythm group is analysed at (Hz).
+ANALYSIS_FS = 500.0
+#: The diagnostic filter every stage shares.
+_BAND = (0.67, 40.0)
+#: Median beat window around the QRS fiducial (s): room for a long PR before
+#: and a long QT after.
+_PRE_S = 0.5
+_POST_S = 0.7
+#: A beat is premature when it comes this much earlier than the median RR
+#: (the usual 20% prematurity criterion of Holter analysis).
+_PREMATURE = 0.8
+
+
+def _filtered(x: np.ndarray, fs: float) -> np.ndarray:
+    return filters.apply(x, filters.FilterSpec(fs, _BAND[0], _BAND[1], None))
+
+
+def detect_beats(signal: np.ndarray, fs: float) -> np.ndarray:
+    """int64 sample indices of the QRS complexes in a (channels, samples) or 1-D signal.
+
+    Any amplitude unit (each lead is normalised); all leads vote. The signal is
+    filtered as `analyze` does, then `waveform.dsp.qrs.detect` finds the beats.
+    """
+    arr = np.asarray(signal)
+    if arr.ndim not in (1, 2):
+        raise InvalidArgument(f"signal must be 1-D or (channels, samples), got shape {arr.shape}")
+    if fs <= 0:
+        raise InvalidArgument(f"sampling frequency must be positive, got {fs}")
+    arr2 = np.nan_to_num(np.atleast_2d(np.asarray(arr, dtype=np.float64)))
+    if arr2.shape[1] < int(0.5 * fs):
+        return np.empty(0, dtype=np.int64)
+    return qrs.detect(_filtered(arr2, float(fs)), float(fs), band_passed=True)
+
+
+def _voltage_rows(g: WaveformGroup) -> list[int]:
+    rows = []
+    for i, c in enumerate(g.channels):
+        if c.units is None or c.units.strip() in scale.VOLT_TO_UV:
+            rows.append(i)
+    return rows
+
+
+def _complete_limb_leads(x: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Add III, aVR, aVL, aVF from I and II when they are missing."""
+    if "I" not in names or "II" not in names:
+        return x, names
+    missing = [k for k, lead in enumerate(leads.DERIVED) if lead not in names]
+    if not missing:
+        return x, names
+    d = leads.derive_limb_leads(x[names.index("I")], x[names.index("II")])
+    return (np.vstack([x, d[missing]]), names + [leads.DERIVED[k] for k in missing])
+
+
+def _absent(reason: str) -> Measured:
+    return Measured(None, reason)
+
+
+def _ms(v: float | None, reason: str, nd: int = 1) -> Measured:
+    return Measured(round(float(v), nd), "") if v is not None else Measured(None, reason)
+
+
+def analyze(ecg: object) -> Summary:
+    """Measure the rhythm group of ``ecg`` (a `waveform.model.Ecg`)."""
+    g = getattr(ecg, "rhythm", None)
+    if not isinstance(g, WaveformGroup):
+        raise InvalidArgument("the ECG has no waveform group to analyse")
+    rows = _voltage_rows(g)
+    if not rows:
+        raise InvalidArgument(f"group {g.label!r} has no channel in voltage units")
+    chans = [g.channels[i] for i in rows]
+    raw = g.raw if len(rows) == g.n_channels else g.raw[rows]
+    uv = scale.to_microvolts(
+        raw,
+        [c.sensitivity for c in chans],
+        [c.correction for c in chans],
+        [c.baseline for c in chans],
+        [c.units for c in chans],
+        [c.padding for c in chans],
+    )
+    fs0 = float(g.sampling_frequency)
+    if fs0 != ANALYSIS_FS:
+        uv = resample.resample(np.nan_to_num(uv), fs0, ANALYSIS_FS)
+    fs = ANALYSIS_FS
+    names = [c.name or f"ch{i + 1}" for i, c in enumerate(chans)]
+    lq = quality.assess(uv, fs)
+    lead_quality = tuple(
+        LeadQuality(n, round(q.quality, 3), q.reason.name) for n, q in zip(names, lq, strict=True)
+    )
+    bp = _filtered(np.nan_to_num(uv), fs)
+    # Leads with nothing usable (flat, off) would only add noise to the vote.
+    usable = np.array([q.quality > 0.0 for q in lq])
+    det_in = bp if usable.all() or not usable.any() else np.ascontiguousarray(bp[usable])
+    beats = qrs.detect(det_in, fs, band_passed=True)
+    bp_full, all_names = _complete_limb_leads(bp, names)
+    return _summarise(beats, bp_full, all_names, fs, fs0, lead_quality)
+
+
+def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, fs0: float,
+               lead_quality: tuple[LeadQuality, ...]) -> Summary:
+    nb = beats.shape[0]
+    orig = np.round(beats * (fs0 / fs)).astype(np.int64)
+    pre, post = int(_PRE_S * fs), int(_POST_S * fs)
+    no_beats = "fewer than 2 beats detected"
+    classes = ["U"] * nb
+    if nb >= 2:
+        rr = np.diff(beats) / fs
+        rr_med = float(np.median(rr))
+        for k in range(1, nb):
+            classes[k] = "P" if rr[k - 1] < _PREMATURE * rr_med else "N"
+        hr = 60.0 / rr
+        rate = _ms(60.0 / float(rr.mean()), "", 1)
+        rate_min = _ms(float(hr.min()), "", 1)
+        rate_max = _ms(float(hr.max()), "", 1)
+        rr_mean = _ms(float(rr.mean()) * 1000.0, "", 1)
+        rr_sd = _ms(float(rr.std(ddof=1)) * 1000.0 if nb >= 3 else None, "fewer than 3 beats")
+        rr_s = float(rr.mean())
+    else:
+        rate = rate_min = rate_max = rr_mean = rr_sd = _absent(no_beats)
+        rr_s = 1.0
+    normal = beats[[c == "N" for c in classes]] if nb >= 2 else beats
+    use = normal if normal.shape[0] >= 3 else beats
+    med = delineate.median_beats(np.ascontiguousarray(bp), use, pre, post)
+    fid = (delineate.fiducials(med, fs, pre, rr_s) if not np.isnan(med).any()
+           else np.full(5, -1, dtype=np.int64))
+    to_ms = 1000.0 / fs
+    no_median = "no complete beat for a median beat" if np.isnan(med).any() else ""
+    no_p = "no P wave on the median beat (atrial fibrillation, flutter or P below noise)"
+    reasons = {
+        0: no_median or no_p,
+        1: no_median or no_p,
+        2: no_median or "QRS onset not found on the median beat",
+        3: no_median or "QRS offset not found on the median beat",
+        4: no_median or "T wave end not found on the median beat",
+    }
+    pts = [_ms(fid[k] * to_ms if fid[k] >= 0 else None, reasons[k]) for k in range(5)]
+    p_on, _, q_on, q_off, t_off = (int(v) for v in fid)
+    pr = _ms((q_on - p_on) * to_ms if p_on >= 0 and q_on >= 0 else None, reasons[0])
+    qrs_d = _ms((q_off - q_on) * to_ms if q_on >= 0 and q_off >= 0 else None,
+                reasons[2] if q_on < 0 else reasons[3])
+    qt_v = (t_off - q_on) * to_ms if q_on >= 0 and t_off >= 0 else None
+    qt = _ms(qt_v, reasons[4] if q_on >= 0 else reasons[2])
+    if qt_v is not None and nb >= 2:
+        c = measure.qtc(qt_v, rr_s)
+        qtcs = {k: _ms(v, "") for k, v in c.items()}
+    else:
+        why = qt.reason or no_beats
+        qtcs = {k: _absent(why) for k in measure.QTC_FORMULAS}
+    axes = _axes(med, names, fid)
+    return Summary(
+        analysis_version=ANALYSIS_VERSION,
+        sampling_frequency=fs0,
+        beats=orig,
+        beat_classes=tuple(classes),
+        heart_rate_bpm=rate,
+        heart_rate_min_bpm=rate_min,
+        heart_rate_max_bpm=rate_max,
+        rr_mean_ms=rr_mean,
+        rr_sd_ms=rr_sd,
+        median_leads=tuple(names),
+        median_fs=fs,
+        median_beat=med,
+        p_onset_ms=pts[0],
+        p_offset_ms=pts[1],
+        qrs_onset_ms=pts[2],
+        qrs_offset_ms=pts[3],
+        t_offset_ms=pts[4],
+        pr_ms=pr,
+        qrs_ms=qrs_d,
+        qt_ms=qt,
+        qtc_bazett_ms=qtcs["bazett"],
+        qtc_fridericia_ms=qtcs["fridericia"],
+        qtc_framingham_ms=qtcs["framingham"],
+        qtc_hodges_ms=qtcs["hodges"],
+        p_axis_deg=axes[0],
+        qrs_axis_deg=axes[1],
+        t_axis_deg=axes[2],
+        lead_quality=lead_quality,
+    )
+
+
+def _axes(med: np.ndarray, names: list[str], fid: np.ndarray) -> list[Measured]:
+    if "I" not in names or "aVF" not in names:
+        return [_absent("leads I and aVF (or I and II) are needed for a frontal axis")] * 3
+    i, f = med[names.index("I")], med[names.index("aVF")]
+    p_on, p_off, q_on, q_off, t_off = (int(v) for v in fid)
+    if q_on < 0 or q_off < 0:
+        return [_absent("QRS not delineated on the median beat")] * 3
+    iso = max(q_on - 5, 0)
+    bi = float(i[iso:q_on].mean()) if q_on > 0 else 0.0
+    bf = float(f[iso:q_on].mean()) if q_on > 0 else 0.0
+    spans = [
+        (p_on, p_off, "no P wave on the median beat"),
+        (q_on, q_off + 1, ""),
+        (q_off, t_off, "T wave end not found on the median beat"),
+    ]
+    out = []
+    for a, b, why in spans:
+        if a < 0 or b < 0 or b <= a:
+            out.append(_absent(why))
+            continue
+        ax = measure.frontal_axis(i, f, a, b, bi, bf)
+        out.append(Measured(ax, "") if ax is not None else _absent("no net deflection"))
+    return out
