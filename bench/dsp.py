@@ -1,0 +1,103 @@
+"""Signal kernels and the whole analysis, timed beside their peers (one 12-lead ECG).
+
+Rows: resampling 12 x 10,000 at 1000 -> 500 Hz vs scipy.signal.resample_poly;
+zero-phase filtering 12 x 5,000 (0.67-40 Hz + 50 Hz notch) vs
+scipy.signal.sosfiltfilt with the same SOS; beat detection (12 leads) vs
+neurokit2.ecg_peaks and wfdb gqrs_detect (lead II each); analyze() vs
+neurokit2.ecg_process on every lead. Inputs are LUDB record 2 when
+../shared/data is present, else a synthetic 12-lead ECG. The numba JIT cost
+is printed too: a fresh process with cache=True loads compiled kernels.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from bench._util import fmt_time, median_time, table
+
+
+def _input() -> tuple[object, np.ndarray]:
+    from bench.accuracy import WFDB, wfdb_ecg
+
+    rec = WFDB / "ludb" / "2"
+    if rec.with_suffix(".hea").exists():
+        ecg = wfdb_ecg(rec)
+    else:
+        from tests.test_analysis import make_ecg, synthetic_ecg
+
+        ecg = make_ecg(synthetic_ecg(np.full(11, 0.85))[0][:, :5000])
+    g = ecg.rhythm  # type: ignore[attr-defined]
+    x = (g.raw * np.array([c.sensitivity for c in g.channels])[:, None]
+         + np.array([c.baseline for c in g.channels])[:, None]) * 1000.0
+    return ecg, np.ascontiguousarray(x.astype(np.float32))
+
+
+def _cold_start() -> float:
+    """Seconds for a fresh interpreter to import and run analyze() once."""
+    code = (
+        "import time;t=time.perf_counter();import numpy as np;"
+        "from waveform.analysis import detect_beats;"
+        "from waveform.dsp import resample, filters;"
+        "x=np.random.default_rng(0).standard_normal((12,5000));"
+        "detect_beats(x,500.0);resample.resample(x,1000,500);"
+        "print(time.perf_counter()-t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip())
+
+
+def main(small: bool = False) -> None:
+    import neurokit2 as nk
+    from scipy import signal
+    from wfdb import processing
+
+    from waveform.analysis import analyze, detect_beats
+    from waveform.dsp import filters, resample
+
+    repeat = 3 if small else 50
+    peer_repeat = 1 if small else 10
+    ecg, x = _input()
+    fs = 500.0
+    x1000 = resample.resample(x, fs, 1000.0)
+    rows = []
+
+    def row(name: str, ours: float, peer: float | None, peer_name: str) -> None:
+        ratio = f"{peer / ours:.1f}x faster" if peer else "-"
+        rows.append([name, fmt_time(ours), peer_name, fmt_time(peer) if peer else "-", ratio])
+
+    t_ours = median_time(lambda: resample.resample_poly(x1000, 1, 2), repeat)
+    t_peer = median_time(lambda: signal.resample_poly(x1000, 1, 2, axis=-1), repeat)
+    row("resample 12x10000 1000->500 Hz", t_ours, t_peer, "scipy resample_poly")
+    spec = filters.FilterSpec(fs, 0.67, 40.0, 50.0)
+    sos = filters.design(spec).sos.copy()
+    t_ours = median_time(lambda: filters.apply(x, spec), repeat)
+    t_peer = median_time(lambda: signal.sosfiltfilt(sos, x, axis=-1), repeat)
+    row("filter 12x5000 0.67-40 Hz + notch", t_ours, t_peer, "scipy sosfiltfilt")
+    t_design = median_time(
+        lambda: filters.design.__wrapped__(spec), repeat)  # type: ignore[attr-defined]
+    row("  filter design (cached in use)", t_design, None, "")
+    lead_ii = np.ascontiguousarray(x[1].astype(np.float64))
+    t_ours = median_time(lambda: detect_beats(x, fs), repeat)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t_nk = median_time(lambda: nk.ecg_peaks(lead_ii, sampling_rate=500), repeat)
+        t_gq = median_time(lambda: processing.gqrs_detect(lead_ii / 1000.0, fs=fs),
+                           peer_repeat, warmup=1)
+        row("detect beats (ours 12 leads)", t_ours, t_nk, "neurokit2 ecg_peaks (1 lead)")
+        row("detect beats (ours 12 leads)", t_ours, t_gq, "wfdb gqrs_detect (1 lead)")
+        t_ours = median_time(lambda: analyze(ecg), repeat)
+        t_peer = median_time(lambda: [nk.ecg_process(lead, sampling_rate=500)
+                                      for lead in x.astype(np.float64)], peer_repeat, warmup=1)
+    row("analyze() 12-lead 10 s", t_ours, t_peer, "neurokit2 ecg_process x12")
+    print(table(["operation", "ours", "peer", "peer time", "ratio"], rows))
+    if not small:
+        t0 = time.perf_counter()
+        cold = _cold_start()
+        print(f"\nfresh process, import + first calls (JIT cache warm): {fmt_time(cold)} "
+              f"(measured in {time.perf_counter() - t0:.1f} s)")
