@@ -440,11 +440,14 @@ def _group(r: Reader, tokens: Tokens, f: Fields, gi: int, sop: SopClass) -> Wave
         r.warnings.append(f"{where}: Waveform Data holds {extra} bytes more than "
                           f"{n_ch} x {n_s} samples need; they are ignored")
     order: Literal["<", ">"] = "<" if r.little else ">"
-    flat = np.frombuffer(r.data, dtype.newbyteorder(order), count=n_ch * n_s, offset=offset)
-    if not r.little and size > 1:
+    if r.little:
+        flat = np.frombuffer(r.data, dtype, count=n_ch * n_s, offset=offset)
+    else:
+        flat = np.frombuffer(r.data, dtype.newbyteorder(order), count=n_ch * n_s, offset=offset)
         flat = flat.astype(dtype)  # native byte order for the kernels
     raw = flat.reshape(n_s, n_ch).T
-    raw.flags.writeable = False
+    if raw.flags.writeable:
+        raw.flags.writeable = False
 
     padding: int | None = None
     kp = _G["padding"]

@@ -72,11 +72,26 @@ def first_items(tags, last, seqs):  # pragma: no cover - compiled
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _children(parent, last, seq):  # pragma: no cover - compiled
+    lo = seq + 1
+    hi = last[seq]
+    count = 0
+    for j in range(lo, hi):
+        if parent[j] == seq:
+            count += 1
+    out = np.empty(count, np.int64)
+    k = 0
+    for j in range(lo, hi):
+        if parent[j] == seq:
+            out[k] = j
+            k += 1
+    return out
+
+
 def items_of(tokens: Tokens, seq: int) -> np.ndarray:
     """Item tokens directly inside sequence token ``seq``."""
-    lo, hi = seq + 1, int(tokens.last[seq])
-    idx = np.flatnonzero(tokens.parent[lo:hi] == seq)
-    return idx + lo
+    return _children(tokens.parent, tokens.last, seq)
 
 
 # --- text encodings ----------------------------------------------------------------------
@@ -190,6 +205,26 @@ class Reader:
 _VR_FD, _VR_FL, _VR_IS, _VR_DS, _VR_UL = (vr_code(v) for v in ("FD", "FL", "IS", "DS", "UL"))
 
 
+@numba.njit(cache=True, nogil=True)
+def _locations(idx, offs, lens, vrs):  # pragma: no cover - compiled
+    """Value offset (-1 absent), length and VR of each gathered token; any duplicate?"""
+    rows, cols = idx.shape
+    o = np.full((rows, cols), -1, np.int64)
+    n = np.zeros((rows, cols), np.int64)
+    v = np.zeros((rows, cols), np.int64)
+    dup = False
+    for i in range(rows):
+        for k in range(cols):
+            j = idx[i, k]
+            if j >= 0:
+                o[i, k] = offs[j]
+                n[i, k] = lens[j]
+                v[i, k] = vrs[j]
+            elif j == -2:
+                dup = True
+    return o, n, v, dup
+
+
 class Fields:
     """For each item of one kind, where each wanted element's value is."""
 
@@ -198,19 +233,18 @@ class Fields:
     def __init__(self, tokens: Tokens, items: np.ndarray, wanted: np.ndarray, keys: list[str],
                  where: str) -> None:
         idx = gather(tokens.tags, tokens.parent, items, wanted)
-        if (idx == -2).any():
+        offs, lens, vrs, dup = _locations(idx, tokens.offs, tokens.lens, tokens.vrs)
+        if dup:
             rows, cols = np.nonzero(idx == -2)
             k = int(cols[0])
             raise InvalidDicom(
                 f"{where}: element {tag_str(int(wanted[k]))} ({keys[k]}) appears more than "
                 f"once in item {int(rows[0]) + 1}; its value would be a guess"
             )
-        present = idx >= 0
-        safe = np.where(present, idx, 0)
         self.idx = idx
-        self.offs: list[list[int]] = np.where(present, tokens.offs[safe], -1).tolist()
-        self.lens: list[list[int]] = np.where(present, tokens.lens[safe], 0).tolist()
-        self.vrs: list[list[int]] = tokens.vrs[safe].tolist()
+        self.offs: list[list[int]] = offs.tolist()
+        self.lens: list[list[int]] = lens.tolist()
+        self.vrs: list[list[int]] = vrs.tolist()
 
 
 _CODE_CACHE: dict[bytes, Code] = {}
