@@ -377,12 +377,13 @@ def cart_table() -> str | None:
         if a.value is not None and a.concept is not None:
             cart[a.concept.meaning] = f"{a.value:g} {a.units or ''}".strip()
     ours = {
-        "heart rate": s.heart_rate_bpm, "PR": s.pr_ms, "QRS": s.qrs_ms, "QT": s.qt_ms,
+        "heart rate": s.heart_rate_bpm, "RR": s.rr_mean_ms, "PR": s.pr_ms, "QRS": s.qrs_ms,
+        "QT": s.qt_ms,
         "QTc Bazett": s.qtc_bazett_ms, "QTc Fridericia": s.qtc_fridericia_ms,
         "P axis": s.p_axis_deg, "QRS axis": s.qrs_axis_deg, "T axis": s.t_axis_deg,
     }
-    keys = {"heart rate": ("Heart Rate", "Ventricular"), "PR": ("PR",), "QRS": ("QRS Duration",
-            "QRS dur"), "QT": ("QT Interval",), "QTc Bazett": ("QTc",),
+    keys = {"heart rate": ("Heart Rate", "Ventricular"), "RR": ("RR Interval",), "PR": ("PR",),
+            "QRS": ("QRS Duration", "QRS dur"), "QT": ("QT Interval",), "QTc Bazett": ("QTc",),
             "QTc Fridericia": ("QTc F", "Fridericia"), "P axis": ("P Axis",),
             "QRS axis": ("QRS Axis",), "T axis": ("T Axis",)}
     rows = []
