@@ -17,7 +17,8 @@ def _files_on_disk(path: Path) -> set[str]:
 
 
 def test_compaction_under_concurrent_readers_and_writers(tmp_path: Path) -> None:
-    objs = [encode(synthetic_ecg(seed=i, duration_s=1.0)) for i in range(40)]
+    objs = [encode(synthetic_ecg(seed=i, duration_s=1.0).replace(patient_id=f"P{(7 * i) % 5}"))
+            for i in range(40)]
     uids = [decode(o).sop_instance_uid for o in objs]
     s = Store.open(tmp_path, analyze=None, max_delay_ms=1)
     try:
@@ -65,6 +66,12 @@ def test_compaction_under_concurrent_readers_and_writers(tmp_path: Path) -> None
         assert named <= _files_on_disk(tmp_path)
         for u, o in zip(uids, objs, strict=True):
             assert s.get_dicom(u) == o
+        # Merged ecg files are sorted by patient, so one patient's rows are adjacent.
+        for (f,) in s.sql("SELECT DISTINCT filename FROM lake.ecg"):
+            pats = [r[0] for r in s.sql("SELECT patient_id FROM lake.ecg WHERE filename = ? "
+                                        "ORDER BY file_row_number", [f])]
+            assert pats == sorted(pats)
+        assert s.sql("SELECT count(DISTINCT filename) FROM lake.ecg")[0][0] < 24
     finally:
         s.close()
     with Store.open(tmp_path, analyze=None) as s2:

@@ -3,9 +3,10 @@
 Safe while readers and writers run, because it follows the durability order and
 never removes a file a reader may still hold:
 
-1. Small live files of a table (fewer than ``target_bytes``) are read and
-   written as one merged file with the same durability order as ingest (temp
-   name, fsync, rename, fsync the directory).
+1. Small live files of a table (fewer than ``target_bytes``) are read, sorted
+   by the table's ``sorting`` keys (`durable.WRITE_OPTIONS`) so that search
+   filters prune row groups, and written as one merged file with the same
+   durability order as ingest (temp name, fsync, rename, fsync the directory).
 2. One catalog transaction deletes the merged files' rows (a whole-file DELETE
    ends those files in the new snapshot) and registers the new file; commit.
    The store's locators move to the new file only after that commit.
@@ -28,7 +29,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from waveform.store.durable import WRITE_OPTIONS, ParquetOptions, publish, table_dir
@@ -87,9 +90,24 @@ def _merge_table(store: Store, table: str, target_bytes: int, min_files: int) ->
                 parts.append(pq.read_table(src, schema=TABLES[table]))
         merged_table = pa.concat_tables(parts)
         opts: ParquetOptions = WRITE_OPTIONS.get(table, ParquetOptions())
+        order = np.arange(merged_table.num_rows)
+        if opts.sorting:
+            order = pc.sort_indices(
+                merged_table, sort_keys=[(k, "ascending", "at_end") for k in opts.sorting]
+            ).to_numpy()
+            merged_table = merged_table.take(order)
+        # new_row[i]: where the i-th row of the concatenated sources landed.
+        new_row = np.empty_like(order)
+        new_row[order] = np.arange(len(order))
+        moved: dict[tuple[str, int], int] = {}
+        pos = 0
+        for f, part in zip(g, parts, strict=True):
+            for r in range(part.num_rows):
+                moved[(f, r)] = int(new_row[pos + r])
+            pos += part.num_rows
         directory = table_dir(files, store.data_path, table)
         new = publish(files, directory, merged_table, opts)
-        store._commit_replacement(table, g, new, [p.num_rows for p in parts])
+        store._commit_replacement(table, g, new, moved)
         merged += len(g)
         written += 1
     return merged, written

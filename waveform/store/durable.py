@@ -53,12 +53,21 @@ class ParquetOptions:
 
 #: Per table. ``waveform`` keeps row groups small so that reading one ECG by its
 #: locator reads a few rows, not a whole batch (measured in bench/store.py).
+#: ``sorting`` is applied by compaction: ``ecg`` by patient (one patient's
+#: history prunes to a row group), ``summary`` by organisation and time (the
+#: filters of measurement queries).
 WRITE_OPTIONS: dict[str, ParquetOptions] = {
-    "ecg": ParquetOptions(no_statistics=("header",)),
+    "ecg": ParquetOptions(
+        row_group_size=1 << 16, no_statistics=("header",),
+        sorting=("patient_id", "acquisition_datetime"),
+    ),
     "waveform": ParquetOptions(
         row_group_size=8, uncompressed=("samples",), no_statistics=("samples", "channels")
     ),
-    "summary": ParquetOptions(no_statistics=("document",)),
+    "summary": ParquetOptions(
+        row_group_size=1 << 16, no_statistics=("document",),
+        sorting=("organisation", "acquisition_datetime"),
+    ),
 }
 
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from waveform.errors import DurabilityError, WaveformError
 from waveform.store.lake import ALIAS
-from waveform.store.schema import MEASURES, SUMMARY
+from waveform.store.schema import MEASURES, SUMMARY, SUMMARY_CONTEXT
 
 if TYPE_CHECKING:
     from waveform.store.store import Store
@@ -46,10 +46,14 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def summary_row(uid: str, version: str, measured_at: Any, summary: Any) -> dict[str, Any]:
-    """A ``summary`` row from an analysis result (anything with ``to_dict()``, or a dict)."""
+def summary_row(
+    uid: str, version: str, measured_at: Any, summary: Any, context: dict[str, Any]
+) -> dict[str, Any]:
+    """A ``summary`` row from an analysis result (anything with ``to_dict()``, or a
+    dict) and the ECG's ``context`` (its `SUMMARY_CONTEXT` columns)."""
     doc = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary)
     row: dict[str, Any] = {
+        **{k: context.get(k) for k in SUMMARY_CONTEXT},
         "sop_instance_uid": uid,
         "analysis_version": version,
         "measured_at": measured_at,
@@ -121,12 +125,13 @@ class MeasureStage:
         from waveform.dicom import decode
 
         now = self._store._clock()
+        context = self._store.ecg_context(uid)
         try:
             summary = self._analyze(decode(self._store.get_dicom(uid)))
         except (WaveformError, ValueError, ArithmeticError, IndexError) as e:
             log.info("ECG %s could not be measured: %s", uid, e)
-            return summary_row(uid, self.version, now, {"error": f"{type(e).__name__}: {e}"})
-        return summary_row(uid, self.version, now, summary)
+            summary = {"error": f"{type(e).__name__}: {e}"}
+        return summary_row(uid, self.version, now, summary, context)
 
     def _run(self) -> None:
         while True:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from waveform.errors import InvalidArgument
 from waveform.store.files import FileOps
 from waveform.store.lake import ALIAS
-from waveform.store.schema import MEASURES
+from waveform.store.schema import MEASURES, SUMMARY_CONTEXT
 
 __all__ = ["SORT_KEYS", "Page", "RowReader", "SearchQuery", "Trace", "search_sql"]
 
@@ -107,32 +107,29 @@ class Trace:
 
 # ---------------------------------------------------------------- search
 
-#: Sort key -> SQL expression (a fixed table: requests never name columns).
-SORT_KEYS: dict[str, str] = {
-    "acquisition_datetime": "e.acquisition_datetime",
-    "ingested_at": "e.ingested_at",
-    **{m: f"s.{m}" for m in MEASURES},
-}
-
-#: Filter name -> (SQL expression, operator). Values are always bound.
-_EQUALS: dict[str, str] = {
-    "patient_id": "e.patient_id",
-    "patient_id_issuer": "e.patient_id_issuer",
-    "organisation": "e.organisation",
-    "sop_class_uid": "e.sop_class_uid",
-    "manufacturer": "e.manufacturer",
-    "model": "e.model",
-    "device_serial_number": "e.device_serial_number",
-    "study_instance_uid": "e.study_instance_uid",
-    "accession_number": "e.accession_number",
-}
-
-_RESULT_COLUMNS = (
-    "e.sop_instance_uid", "e.patient_id", "e.organisation", "e.sop_class_uid",
-    "e.acquisition_datetime", "e.ingested_at", "e.manufacturer", "e.model",
-    "e.institution", "s.analysis_version", *[f"s.{m}" for m in MEASURES],
+#: ``ecg`` columns a search returns; each is copied into ``summary`` rows too
+#: (`schema.SUMMARY_CONTEXT`), so that filters can prune both tables.
+_ECG_RESULT = (
+    "sop_instance_uid", "patient_id", "organisation", "sop_class_uid", "acquisition_datetime",
+    "ingested_at", "manufacturer", "model", "institution",
 )
+_SUMMARY_RESULT = ("analysis_version", *MEASURES)
 
+#: Sort key -> (column, table it lives in). A fixed table: requests never name columns.
+SORT_KEYS: dict[str, tuple[str, str]] = {
+    "acquisition_datetime": ("acquisition_datetime", "e"),
+    "ingested_at": ("ingested_at", "e"),
+    **{m: (m, "s") for m in MEASURES},
+}
+
+#: Equality filters: request name -> column (in ``ecg``; in ``summary`` when also in
+#: `SUMMARY_CONTEXT`). Values are always bound.
+_EQUALS: dict[str, str] = {
+    name: name for name in (
+        "patient_id", "patient_id_issuer", "organisation", "sop_class_uid", "manufacturer",
+        "model", "device_serial_number", "study_instance_uid", "accession_number",
+    )
+}
 
 @dataclass(frozen=True, slots=True)
 class SearchQuery:
@@ -178,58 +175,87 @@ def _decode_cursor(cursor: str) -> tuple[Any, str]:
 
 
 def search_sql(q: SearchQuery, current_version: str | None) -> tuple[str, list[Any]]:
-    """The SQL and bound parameters of ``q`` (one page plus one row to see if more follow)."""
+    """The SQL and bound parameters of ``q`` (one page plus one row to see if more follow).
+
+    Without measurement ranges: ``ecg`` LEFT JOIN the latest ``summary``, every
+    filter applied to both sides (the context columns are copied into ``summary``)
+    so that each scan prunes on its own statistics. With ranges only ECGs that have
+    a summary can match, so ``summary`` alone answers and ``ecg`` is not read.
+    """
     if q.sort not in SORT_KEYS:
         raise InvalidArgument(f"cannot sort by {q.sort!r}; expected one of {sorted(SORT_KEYS)}")
     if not 1 <= q.limit <= 10_000:
         raise InvalidArgument(f"limit {q.limit} is outside 1..10000")
-    params: list[Any] = []
-    version = q.analysis_version or current_version
-    if version is not None:
-        latest = f"SELECT * FROM {ALIAS}.summary WHERE analysis_version = ?"
-        params.append(version)
-    else:
-        latest = (f"SELECT * FROM {ALIAS}.summary QUALIFY row_number() OVER "
-                  "(PARTITION BY sop_instance_uid ORDER BY measured_at DESC) = 1")
-    where: list[str] = []
+    e_where: list[str] = []
+    e_params: list[Any] = []
+    s_where: list[str] = []
+    s_params: list[Any] = []
+
+    def both(cond: str, value: Any, in_summary: bool = True) -> None:
+        e_where.append(cond)
+        e_params.append(value)
+        if in_summary:
+            s_where.append(cond)
+            s_params.append(value)
+
     for name, value in q.equals:
         col = _EQUALS.get(name)
         if col is None:
             raise InvalidArgument(f"cannot filter on {name!r}; expected one of {sorted(_EQUALS)}")
-        where.append(f"{col} = ?")
-        params.append(value)
+        both(f"{col} = ?", value, col in SUMMARY_CONTEXT)
     if q.acquired_from is not None:
-        where.append("e.acquisition_datetime >= ?")
-        params.append(q.acquired_from)
+        both("acquisition_datetime >= ?", q.acquired_from)
     if q.acquired_to is not None:
-        where.append("e.acquisition_datetime < ?")
-        params.append(q.acquired_to)
+        both("acquisition_datetime < ?", q.acquired_to)
     for name, lo, hi in q.ranges:
         if name not in MEASURES:
             raise InvalidArgument(f"no measurement {name!r}; expected one of {sorted(MEASURES)}")
-        if lo is not None:
-            where.append(f"s.{name} >= ?")
-            params.append(lo)
-        if hi is not None:
-            where.append(f"s.{name} <= ?")
-            params.append(hi)
-    key = SORT_KEYS[q.sort]
+        for bound, op in ((lo, ">="), (hi, "<=")):
+            if bound is not None:
+                s_where.append(f"{name} {op} ?")
+                s_params.append(bound)
+    version = q.analysis_version or current_version
+    if version is not None:
+        s_where.insert(0, "analysis_version = ?")
+        s_params.insert(0, version)
+        latest = f"SELECT * FROM {ALIAS}.summary WHERE {' AND '.join(s_where)}"
+    else:
+        latest = (f"SELECT * FROM {ALIAS}.summary "
+                  + (f"WHERE {' AND '.join(s_where)} " if s_where else "")
+                  + "QUALIFY row_number() OVER (PARTITION BY sop_instance_uid "
+                  "ORDER BY measured_at DESC) = 1")
+    summary_only = bool(q.ranges)
+    if summary_only:
+        source = f"({latest}) s"
+        params = list(s_params)
+        where: list[str] = []
+        cols = [f"s.{c}" for c in (*_ECG_RESULT, *_SUMMARY_RESULT)]
+        table_of = {"e": "s", "s": "s"}
+    else:
+        source = (f"(SELECT * FROM {ALIAS}.ecg"
+                  + (f" WHERE {' AND '.join(e_where)}" if e_where else "")
+                  + f") e LEFT JOIN ({latest}) s USING (sop_instance_uid)")
+        params = [*e_params, *s_params]
+        where = []
+        cols = [*(f"e.{c}" for c in _ECG_RESULT), *(f"s.{c}" for c in _SUMMARY_RESULT)]
+        table_of = {"e": "e", "s": "s"}
+    column, side = SORT_KEYS[q.sort]
+    key = f"{table_of[side]}.{column}"
+    uid = f"{table_of['e']}.sop_instance_uid"
     op, order = ("<", "DESC") if q.descending else (">", "ASC")
     if q.cursor:
-        value, uid = _decode_cursor(q.cursor)
+        value, after = _decode_cursor(q.cursor)
         # Keyset pagination; NULL sort values come last in either direction.
         if value is None:
-            where.append(f"({key} IS NULL AND e.sop_instance_uid {op} ?)")
-            params.append(uid)
+            where.append(f"({key} IS NULL AND {uid} {op} ?)")
+            params.append(after)
         else:
-            where.append(f"(({key} {op} ? OR {key} IS NULL) OR ({key} = ? AND "
-                         f"e.sop_instance_uid {op} ?))")
-            params.extend([value, value, uid])
+            where.append(f"({key} {op} ? OR {key} IS NULL OR ({key} = ? AND {uid} {op} ?))")
+            params.extend([value, value, after])
     sql = (
-        f"SELECT {', '.join(_RESULT_COLUMNS)}, {key} AS _sort "
-        f"FROM {ALIAS}.ecg e LEFT JOIN ({latest}) s USING (sop_instance_uid) "
+        f"SELECT {', '.join(cols)}, {key} AS _sort FROM {source} "
         + (f"WHERE {' AND '.join(where)} " if where else "")
-        + f"ORDER BY {key} {order} NULLS LAST, e.sop_instance_uid {order} LIMIT ?"
+        + f"ORDER BY {key} {order} NULLS LAST, {uid} {order} LIMIT ?"
     )
     params.append(q.limit + 1)
     return sql, params

@@ -22,6 +22,7 @@ __all__ = [
     "RESERVED",
     "SCHEMA_VERSION",
     "SUMMARY",
+    "SUMMARY_CONTEXT",
     "TABLES",
     "VERSION_COMMENT",
     "WAVEFORM",
@@ -118,10 +119,19 @@ MEASURES: dict[str, tuple[str, ...]] = {
     "qtc_ms": ("qtc_ms", "qtc", "qtc_interval_ms"),
 }
 
+#: ``ecg`` columns copied into each ``summary`` row: search filters and sorts on
+#: them in ``summary`` alone (a measurement query reads one table, and compaction
+#: sorts ``summary`` by organisation and time so that those filters prune).
+SUMMARY_CONTEXT: tuple[str, ...] = (
+    "patient_id", "organisation", "sop_class_uid", "acquisition_datetime", "ingested_at",
+    "manufacturer", "model", "institution",
+)
+
 SUMMARY = pa.schema([
     ("sop_instance_uid", pa.string()),
     ("analysis_version", pa.string()),
     ("measured_at", _TS_UTC),
+    *[(name, ECG.field(name).type) for name in SUMMARY_CONTEXT],
     *[(name, pa.float64()) for name in MEASURES],
     # The whole `Summary.to_dict()` as JSON: the typed columns are for search.
     ("document", pa.string()),

@@ -337,10 +337,11 @@ class Store:
         return results
 
     def _commit_replacement(
-        self, table: str, old: list[str], new: str, counts: list[int]
+        self, table: str, old: list[str], new: str, moved: dict[tuple[str, int], int]
     ) -> None:
-        """Compaction: one commit that ends ``old`` files and names ``new`` (their rows in
-        order), then the locators move. Same failure rules as `commit_tables`."""
+        """Compaction: one commit that ends ``old`` files and names ``new``; then the
+        locators move (``moved``: (old file, row) -> row in ``new``). Same failure
+        rules as `commit_tables`."""
         cur = self._cursor()
         with self._commit_lock:
             try:
@@ -359,18 +360,13 @@ class Store:
                     cur.execute("ROLLBACK")
                 raise DurabilityError(f"the compaction commit of {table} failed: {e}") from e
             self._files.mark("committed")
-            start: dict[str, int] = {}
-            pos = 0
-            for f, n in zip(old, counts, strict=True):
-                start[f] = pos
-                pos += n
             with self._ids:
                 for entry in self._index.values():
-                    if table == "ecg" and entry.ecg[0] in start:
-                        entry.ecg = (new, start[entry.ecg[0]] + entry.ecg[1])
+                    if table == "ecg" and entry.ecg in moved:
+                        entry.ecg = (new, moved[entry.ecg])
                     elif table == "waveform":
-                        entry.groups = [(new, start[f] + r) if f in start else (f, r)
-                                        for f, r in entry.groups]
+                        entry.groups = [(new, moved[loc]) if loc in moved else loc
+                                        for loc in entry.groups]
 
     def compact(self, **options: Any) -> Any:
         """Merge small data files and remove unreferenced ones (`waveform.store.compact`)."""
@@ -441,6 +437,19 @@ class Store:
                 enc = EncodedSamples(r["codec"], r["samples"], r["nbytes"])
                 parts.append(decode_encoded(enc, np.dtype(r["dtype"]), r["n_channels"]))
         return head["header"], parts, head["sha256"]
+
+    def ecg_context(self, uid: str) -> dict[str, Any]:
+        """The ``ecg`` columns that summary rows carry (`schema.SUMMARY_CONTEXT`)."""
+        cols = ["sop_instance_uid", *_schema.SUMMARY_CONTEXT]
+
+        def fetch(e: _Entry) -> dict[str, Any]:
+            row = self._reader.read(e.ecg[0], e.ecg[1], cols)[0]
+            if row["sop_instance_uid"] != uid:
+                raise IndexError(f"locator of {uid} points at {row['sop_instance_uid']}")
+            return row
+
+        out: dict[str, Any] = self._read(uid, fetch)
+        return out
 
     def get_dicom(self, uid: str) -> bytes:
         """The original object, byte for byte (its SHA-256 is checked before it is returned)."""
