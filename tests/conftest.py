@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+
+from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
+from waveform.service.identity import Identity, TokenIdentities, add_token
+from waveform.service.server import start
+from waveform.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -17,3 +25,47 @@ def shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"reference data {path} is absent (only ../shared/data has it)")
     return path
+
+
+# --------------------------------------------------------------------------------------
+# One real in-process gRPC server on 127.0.0.1 over a temporary store, for the session.
+
+
+class Archive:
+    """A running archive server and the tokens of a few callers."""
+
+    def __init__(self, server: Any, tokens: dict[str, str]) -> None:
+        self.server = server
+        self.store = server.store
+        self.address = server.address
+        self.tokens = tokens
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = pb_grpc.EcgArchiveStub(self.channel)
+
+    def auth(self, who: str) -> list[tuple[str, str]]:
+        """Call metadata of caller ``who`` (a key of ``tokens``)."""
+        return [("authorization", f"Bearer {self.tokens[who]}")]
+
+
+CALLERS = {
+    "cart_a": Identity("org-a", "cart-1", "device"),
+    "cart_b": Identity("org-b", "cart-2", "device"),
+    "dr_a": Identity("org-a", "dr-a", "clinician"),
+    "dr_b": Identity("org-b", "dr-b", "clinician"),
+    "citizen": Identity("citizens", "p-1", "citizen", patient_id="SYN000001"),
+    "admin": Identity("org-a", "ops", "admin"),
+    "auditor": Identity("org-a", "audit", "auditor"),
+}
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    root = tmp_path_factory.mktemp("archive")
+    tokens_file = root / "tokens.json"
+    tokens = {who: add_token(tokens_file, ident) for who, ident in CALLERS.items()}
+    store = Store.open(root / "data")
+    server = start(store, TokenIdentities.load(tokens_file), port=0, owns_store=True)
+    arch = Archive(server, tokens)
+    yield arch
+    arch.channel.close()
+    server.stop(5)

@@ -1,0 +1,1 @@
+"""The gRPC service: handlers, identity, access policy, status codes, server."""

@@ -1,0 +1,146 @@
+"""Between the model/store and the protobuf messages of `waveform.v1`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from waveform.errors import InvalidArgument
+from waveform.model import SUMMARY_MEASURES
+from waveform.service._proto.waveform.v1 import archive_pb2 as pb
+from waveform.store import SearchQuery, Trace
+
+__all__ = ["TRACE_CHUNK_SAMPLES", "search_query", "search_response", "summary", "trace_chunks"]
+
+#: Frames per TraceChunk when the caller does not choose: about 1 MB of float32 for
+#: 12 leads, well under the message limit.
+TRACE_CHUNK_SAMPLES = 20_000
+_MAX_CHUNK_BYTES = 4 << 20
+
+
+def measured(value: Any, reason: str = "") -> pb.Measured:
+    m = pb.Measured(reason=reason or "")
+    if value is not None:
+        m.value = float(value)
+    return m
+
+
+def summary(uid: str, doc: Mapping[str, Any]) -> pb.Summary:
+    """A `Summary` message from a stored summary document (`Summary.to_dict()`)."""
+    out = pb.Summary(sop_instance_uid=uid, analysis_version=str(doc.get("analysis_version", "")),
+                     beat_count=len(doc.get("beats") or ()),
+                     document_json=json.dumps(doc, default=str, separators=(",", ":")))
+    for name in SUMMARY_MEASURES:
+        if name in pb.Summary.DESCRIPTOR.fields_by_name:
+            getattr(out, name).CopyFrom(measured(doc.get(name), doc.get(f"{name}_reason", "")))
+    for lead, q, why in zip(doc.get("quality_leads") or (), doc.get("quality") or (),
+                            doc.get("quality_reasons") or (), strict=False):
+        out.lead_quality.add(lead=str(lead), quality=float(q), reason=str(why or ""))
+    return out
+
+
+def _timestamp(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value if value.tzinfo else value.replace(tzinfo=dt.UTC))
+    return ts
+
+
+def _datetime(ts: pb.SearchRequest, field: str) -> dt.datetime | None:
+    if not ts.HasField(field):
+        return None
+    value: dt.datetime = getattr(ts, field).ToDatetime(tzinfo=dt.UTC)
+    return value
+
+
+_EQUALS = ("patient_id", "patient_id_issuer", "organisation", "sop_class_uid", "manufacturer",
+           "model", "study_instance_uid", "accession_number")
+
+
+def search_query(req: pb.SearchRequest, scope: Mapping[str, str]) -> SearchQuery:
+    """The store query of a request, confined to ``scope`` (equality filters the
+    access policy imposes; a request naming another value finds nothing)."""
+    equals = {name: getattr(req, name) for name in _EQUALS if getattr(req, name)}
+    for name, value in scope.items():
+        if name in equals and equals[name] != value:
+            equals[name] = "\0no such value"  # outside the caller's scope: an empty page
+        else:
+            equals[name] = value
+    ranges = []
+    for r in req.ranges:
+        ranges.append((r.measure, r.low if r.HasField("low") else None,
+                       r.high if r.HasField("high") else None))
+    size = req.page_size or 100
+    if not 1 <= size <= 10_000:
+        raise InvalidArgument(f"page_size {req.page_size} is outside 1..10000")
+    return SearchQuery(
+        equals=tuple(sorted(equals.items())),
+        acquired_from=_datetime(req, "acquired_from"),
+        acquired_to=_datetime(req, "acquired_to"),
+        ranges=tuple(ranges),
+        sort=req.order_by or "acquisition_datetime",
+        descending=not req.ascending,
+        limit=size,
+        cursor=req.page_token or None,
+    )
+
+
+def search_response(rows: list[dict[str, Any]], next_cursor: str | None) -> pb.SearchResponse:
+    out = pb.SearchResponse(next_page_token=next_cursor or "")
+    for row in rows:
+        hit = out.hits.add(
+            sop_instance_uid=row["sop_instance_uid"], patient_id=row.get("patient_id") or "",
+            organisation=row.get("organisation") or "",
+            sop_class_uid=row.get("sop_class_uid") or "",
+            study_instance_uid=row.get("study_instance_uid") or "",
+            accession_number=row.get("accession_number") or "",
+            manufacturer=row.get("manufacturer") or "", model=row.get("model") or "",
+            analysis_version=row.get("analysis_version") or "",
+        )
+        acquired = _timestamp(row.get("acquisition_datetime"))
+        if acquired is not None:
+            hit.acquired.CopyFrom(acquired)
+        for name in ("heart_rate_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms"):
+            value = row.get(name)
+            getattr(hit, name).CopyFrom(
+                measured(value, "" if value is not None else "not measured"))
+    return out
+
+
+def trace_chunks(trace: Trace, samples_per_chunk: int = 0) -> Iterator[pb.TraceChunk]:
+    """The trace as chunks of whole frames, channel-major within each chunk."""
+    data = trace.data
+    if trace.units == "raw":
+        data = data.astype("<i8", copy=False)
+        units = pb.UNITS_RAW
+    else:
+        data = data.astype("<f4", copy=False)
+        units = pb.UNITS_MICROVOLTS
+    n_ch, n = data.shape
+    per_frame = max(1, n_ch * data.dtype.itemsize)
+    step = samples_per_chunk or TRACE_CHUNK_SAMPLES
+    step = max(1, min(step, _MAX_CHUNK_BYTES // per_frame))
+    first = True
+    for i0 in range(0, max(n, 1), step):
+        block = np.ascontiguousarray(data[:, i0:i0 + step])
+        chunk = pb.TraceChunk(first_sample=i0, samples=block.shape[1], data=block.tobytes())
+        if first:
+            chunk.sop_instance_uid = trace.sop_instance_uid
+            chunk.leads.extend(trace.leads)
+            chunk.sampling_frequency = trace.sampling_frequency
+            chunk.start_s = trace.start_s
+            chunk.units = units
+            chunk.total_samples = n
+            if trace.units == "raw":
+                chunk.sensitivity.extend(trace.sensitivity)
+                chunk.correction.extend(trace.correction)
+                chunk.baseline.extend(trace.baseline)
+                chunk.channel_units.extend(u or "" for u in trace.channel_units)
+            first = False
+        yield chunk

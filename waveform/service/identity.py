@@ -1,0 +1,140 @@
+"""Who is calling: bearer tokens (stored only as hashes) mapped to identities.
+
+A tokens file is JSON::
+
+    {"tokens": [
+      {"sha256": "<hex of SHA-256 of the token>", "organisation": "org-1",
+       "user": "cart-7", "role": "device"},
+      {"sha256": "...", "organisation": "org-1", "user": "dr-a", "role": "clinician"},
+      {"sha256": "...", "organisation": "citizens", "user": "p-1", "role": "citizen",
+       "patient_id": "123456"}
+    ]}
+
+`TokenIdentities` answers `authenticate(token, certificate_organisation)`; with
+mutual TLS the organisation in the client certificate must match the token's.
+The service receives an `IdentityProvider` (a seam: tests inject their own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from waveform.errors import AccessDenied, InvalidArgument, Unauthenticated
+
+__all__ = [
+    "ROLES",
+    "Identity",
+    "IdentityProvider",
+    "TokenIdentities",
+    "add_token",
+    "hash_token",
+    "new_token",
+]
+
+ROLES = ("device", "clinician", "citizen", "auditor", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    organisation: str
+    user: str
+    role: str
+    patient_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise InvalidArgument(f"role {self.role!r} is not one of {', '.join(ROLES)}")
+        if not self.organisation or not self.user:
+            raise InvalidArgument("an identity needs an organisation and a user")
+        if self.role == "citizen" and not self.patient_id:
+            raise InvalidArgument(f"citizen {self.user!r} needs a patient_id")
+
+    def describe(self) -> str:
+        return f"{self.role} {self.user} of {self.organisation}"
+
+
+class IdentityProvider(Protocol):
+    def authenticate(self, token: str | None, certificate_organisation: str | None
+                     ) -> Identity: ...
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh random bearer token (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+class TokenIdentities:
+    """Identities from a tokens file; tokens are compared by hash in constant time."""
+
+    def __init__(self, entries: dict[str, Identity]) -> None:
+        self._by_hash = dict(entries)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TokenIdentities:
+        p = Path(path)
+        try:
+            doc = json.loads(p.read_text())
+        except OSError as e:
+            raise InvalidArgument(f"tokens file {p}: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise InvalidArgument(f"tokens file {p} is not JSON: {e}") from None
+        entries: dict[str, Identity] = {}
+        for i, item in enumerate(doc.get("tokens", []) if isinstance(doc, dict) else []):
+            try:
+                digest = str(item["sha256"]).lower()
+                ident = Identity(str(item["organisation"]), str(item["user"]),
+                                 str(item["role"]), str(item.get("patient_id", "")))
+            except (KeyError, TypeError) as e:
+                raise InvalidArgument(f"tokens file {p} entry {i + 1} lacks {e}") from None
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise InvalidArgument(f"tokens file {p} entry {i + 1}: sha256 must be 64 hex "
+                                      "digits (the hash of the token, never the token)")
+            entries[digest] = ident
+        return cls(entries)
+
+    def authenticate(self, token: str | None, certificate_organisation: str | None = None
+                     ) -> Identity:
+        if not token:
+            raise Unauthenticated("no credentials: send 'authorization: Bearer <token>'")
+        digest = hash_token(token)
+        found = None
+        for known, ident in self._by_hash.items():  # constant time per entry
+            if hmac.compare_digest(known, digest):
+                found = ident
+        if found is None:
+            raise Unauthenticated("the bearer token is not known to this archive")
+        if certificate_organisation is not None and certificate_organisation != found.organisation:
+            raise AccessDenied(
+                f"the client certificate is of organisation {certificate_organisation!r} but the "
+                f"token is of {found.organisation!r}"
+            )
+        return found
+
+
+def add_token(path: str | os.PathLike[str], identity: Identity, token: str | None = None) -> str:
+    """Add an identity to a tokens file (created if absent); returns the token,
+    which is shown once and stored only as its hash."""
+    p = Path(path)
+    doc: dict[str, list[dict[str, str]]] = {"tokens": []}
+    if p.exists():
+        doc = json.loads(p.read_text())
+    token = token or new_token()
+    entry = {"sha256": hash_token(token), **{k: v for k, v in asdict(identity).items() if v}}
+    doc.setdefault("tokens", []).append(entry)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, p)
+    return token

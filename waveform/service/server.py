@@ -1,0 +1,177 @@
+"""Building and running the gRPC server: the archive service, health, reflection.
+
+`start(...)` returns a running `Server` on a store; `serve(...)` is the command
+line's loop around it: on SIGTERM/SIGINT health turns NOT_SERVING, new calls are
+refused, in-flight calls and commits finish, the store closes, and the process
+exits. Nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from waveform.errors import InvalidArgument, StorageError
+from waveform.service._proto.waveform.v1 import archive_pb2 as pb
+from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
+from waveform.service.handlers import EcgArchive
+from waveform.service.identity import IdentityProvider
+from waveform.service.metrics import Metrics
+from waveform.store import Store
+
+__all__ = ["SERVICE_NAME", "Server", "TlsFiles", "configure_logging", "start"]
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgArchive"].full_name
+DEFAULT_MAX_MESSAGE = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+class Server:
+    """A running server; `stop()` shuts it down gracefully."""
+
+    def __init__(self, grpc_server: grpc.Server, port: int, health_servicer: Any,
+                 service: EcgArchive, store: Store, owns_store: bool) -> None:
+        self.grpc = grpc_server
+        self.port = port
+        self.health = health_servicer
+        self.service = service
+        self.store = store
+        self._owns_store = owns_store
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """NOT_SERVING, refuse new calls, let in-flight ones finish, close the store."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.grpc.stop(grace_s).wait()
+        if self._owns_store:
+            self.store.close()
+
+    def wait(self) -> None:
+        self.grpc.wait_for_termination()
+
+
+def start(
+    store: Store,
+    identities: IdentityProvider,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    tls: TlsFiles | None = None,
+    workers: int = 32,
+    max_concurrent: int = 256,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    metrics: Metrics | None = None,
+    owns_store: bool = False,
+) -> Server:
+    """Start serving ``store`` on ``host:port`` (port 0: any free port).
+
+    Calls beyond ``max_concurrent`` are answered RESOURCE_EXHAUSTED at once. The
+    port is never shared: if it is taken, `StorageError` says so.
+    """
+    metrics = metrics or Metrics()
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),  # no silent port sharing with another server
+    ]
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+                         options=options, maximum_concurrent_rpcs=max_concurrent)
+    service = EcgArchive(store, identities, metrics)
+    pb_grpc.add_EcgArchiveServicer_to_server(service, server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    writer = getattr(store, "_writer", None)
+    if writer is not None:
+        metrics.watch_queue(lambda: float(getattr(writer, "_queued", 0)))
+    address = f"{host}:{port}"
+    try:
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            creds = grpc.ssl_server_credentials(
+                [(tls.key.read_bytes(), tls.cert.read_bytes())],
+                root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+                require_client_auth=tls.client_ca is not None,
+            )
+            bound = server.add_secure_port(address, creds)
+    except RuntimeError as exc:
+        raise StorageError(f"cannot listen on {address}: {exc} (is the port taken?)") from None
+    except OSError as exc:
+        raise InvalidArgument(f"TLS files: {exc}") from None
+    if bound == 0:
+        raise StorageError(f"cannot listen on {address}: the port is taken or not allowed")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Server(server, bound, health_servicer, service, store, owns_store)
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object a line; `extra` fields become keys."""
+
+    _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+                               "level": record.levelname, "logger": record.name,
+                               "msg": record.getMessage()}
+        for key, value in vars(record).items():
+            if key not in self._STANDARD:
+                doc[key] = value
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLines())
+    root = logging.getLogger("waveform")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def run_until_signalled(server: Server, grace_s: float = 30.0) -> None:
+    """Block until SIGTERM or SIGINT, then stop gracefully."""
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        logging.getLogger("waveform.service").info(
+            "stopping", extra={"signal": signal.Signals(signum).name})
+        done.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        done.wait()
+    finally:
+        server.stop(grace_s)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
