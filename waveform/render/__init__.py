@@ -59,8 +59,9 @@ def render(
         raise InvalidArgument(
             f"dpi {dpi!r} is out of range; expected {_DPI_RANGE[0]:g} to {_DPI_RANGE[1]:g}"
         )
-    page = page_geometry(layout, paper, speed_mm_s, gain_mm_mv)
+    page_geometry(layout, paper, speed_mm_s, gain_mm_mv)  # the arguments, before decoding
     sig = signals.lead_signals(ecg)
+    page = page_geometry(layout, paper, speed_mm_s, gain_mm_mv, sig.duration_s)
     header = text.header_blocks(ecg, summary, qtc)
     footer = text.footer(sig.group, summary, page.speed_mm_s, page.gain_mm_mv, sig.derived)
     return draw.draw_page(page, sig, header, footer, fmt, dpi_f)

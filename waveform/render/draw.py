@@ -34,13 +34,14 @@ from waveform.render.signals import LeadSignals
 __all__ = ["GRID_MAJOR", "GRID_MINOR", "TRACE", "draw_page"]
 
 #: Colours: the usual pink paper grid and black traces.
-GRID_MINOR = "#f5bcbc"
-GRID_MAJOR = "#e06666"
+GRID_MINOR = "#f2aaaa"
+GRID_MAJOR = "#e05a5a"
 TRACE = "#000000"
 _MM_PER_INCH = 25.4
 _PT_PER_MM = 72.0 / 25.4
-#: Line widths in points: minor grid 0.1 mm, major 0.2 mm, traces 0.2 mm.
-_LW_MINOR = 0.1 * _PT_PER_MM
+#: Line widths in points: minor grid 0.15 mm (still seen at 100 dpi), major 0.2 mm,
+#: traces 0.2 mm.
+_LW_MINOR = 0.15 * _PT_PER_MM
 _LW_MAJOR = 0.2 * _PT_PER_MM
 _LW_TRACE = 0.2 * _PT_PER_MM
 
@@ -173,19 +174,23 @@ def _png(rgba: np.ndarray, dpi: float) -> bytes:
         b"\x89PNG\r\n\x1a\n",
         chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)),
         chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1)),
-        chunk(b"IDAT", zlib.compress(rows, 3)),
+        chunk(b"IDAT", zlib.compress(memoryview(rows), 3)),
         chunk(b"IEND", b""),
     ])
 
 
 #: Static figures for PNG, by (page, dpi), with their drawn background: a page
 #: is then restored from the background and only the ECG is drawn on it.
-_CACHE: OrderedDict[tuple[Page, float], tuple[Figure, Axes, Any]] = OrderedDict()
+_CACHE: OrderedDict[tuple[object, ...], tuple[Figure, Axes, Any]] = OrderedDict()
 _CACHE_SIZE = 4
 
 
 def _cached(page: Page, dpi: float) -> tuple[Figure, Axes, Any]:
-    key = (page, dpi)
+    # What `_static` draws: the time slices of the segments play no part.
+    key = (page.width_mm, page.height_mm, page.grid_x0, page.grid_y0, page.grid_x1,
+           page.grid_y1, dpi,
+           tuple((r.baseline_mm, tuple((s.lead, s.x_mm) for s in r.segments))
+                 for r in page.rows))
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)

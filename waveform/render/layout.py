@@ -138,8 +138,15 @@ def page_geometry(
     paper: str = "A4",
     speed_mm_s: float = 25.0,
     gain_mm_mv: float = 10.0,
+    duration_s: float | None = None,
 ) -> Page:
-    """The geometry of one printout. Raises `InvalidArgument` for an unknown choice."""
+    """The geometry of one printout. Raises `InvalidArgument` for an unknown choice.
+
+    Column ``c`` of a row shows the ``c``-th slice of the recording. A recording
+    of ``duration_s`` shorter than a row holds is cut into as many equal slices
+    as the row has columns, each drawn at the same speed from its column's start,
+    so that every lead is shown (the rest of the column stays blank).
+    """
     if layout not in LAYOUTS:
         _check("layout", layout, sorted(LAYOUTS))
     if paper not in PAPERS:
@@ -168,6 +175,8 @@ def page_geometry(
         baseline = float(round(grid_y1 - row_h * (k + BASELINE_FROM_TOP)))
         col_w = TRACE_WIDTH_MM / len(leads)
         dur = col_w / speed
+        if duration_s is not None and duration_s > 0:
+            dur = min(dur, duration_s / len(leads))
         segs = tuple(
             Segment(lead, c * dur, (c + 1) * dur, trace_x0 + c * col_w)
             for c, lead in enumerate(leads)
