@@ -174,7 +174,7 @@ def _png(rgba: np.ndarray, dpi: float) -> bytes:
         b"\x89PNG\r\n\x1a\n",
         chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)),
         chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1)),
-        chunk(b"IDAT", zlib.compress(memoryview(rows), 3)),
+        chunk(b"IDAT", zlib.compress(rows.data, 3)),
         chunk(b"IEND", b""),
     ])
 
