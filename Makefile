@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/waveform demo
+	$(BIN)/waveform serve --data ./data --port 50051 --demo
 
 # dicom3tools (dciodvfy) validates what our encoder writes; install it where we can.
 tools:

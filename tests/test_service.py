@@ -170,3 +170,13 @@ def test_health_and_reflection(archive: Archive) -> None:
     names = {s.name for s in answers[0].list_services_response.service}
     assert {"waveform.v1.EcgArchive", "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+def test_compact_is_for_admins(archive: Archive) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        archive.stub.Compact(pb.CompactRequest(), metadata=archive.auth("dr_a"))
+    assert _code(e.value) == grpc.StatusCode.PERMISSION_DENIED
+    before = {uid: archive.store.get_dicom(uid) for uid in archive.store.uids()}
+    r = archive.stub.Compact(pb.CompactRequest(), metadata=archive.auth("admin"))
+    assert r.merged_files >= 0 and r.removed_files >= 0
+    assert {uid: archive.store.get_dicom(uid) for uid in archive.store.uids()} == before

@@ -1,5 +1,6 @@
 """The `waveform` command line.
 
+    waveform serve --data DIR --tokens FILE   the gRPC service (--demo: dev tokens + demo ECGs)
     waveform demo                       decode and measure the bundled demo ECGs
     waveform info FILE.dcm...           what an object holds (groups, leads, warnings)
     waveform import-wfdb RECORD... -o DIR   WFDB records as General ECG DICOM objects
@@ -89,6 +90,107 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_CALLERS = (
+    ("device", "demo-clinic", "cart-1", ""),
+    ("clinician", "demo-clinic", "dr-demo", ""),
+    ("clinician", "other-hospital", "dr-other", ""),
+    ("admin", "demo-clinic", "ops", ""),
+)
+
+
+def _demo_tokens(path: Path) -> dict[str, str]:
+    """A fresh dev tokens file; the tokens themselves are only printed, never stored."""
+    from waveform.service.identity import Identity, add_token
+
+    if path.exists():
+        path.unlink()
+    return {f"{role}:{org}:{user}": add_token(path, Identity(org, user, role, patient))
+            for role, org, user, patient in DEMO_CALLERS}
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from waveform.service.identity import TokenIdentities
+    from waveform.service.metrics import Metrics
+    from waveform.service.server import TlsFiles, configure_logging, run_until_signalled, start
+    from waveform.store import Store
+
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    data = Path(args.data)
+    tokens_path = args.tokens
+    tokens: dict[str, str] = {}
+    if args.demo and tokens_path is None:
+        tokens_path = data / "dev-tokens.json"
+        data.mkdir(parents=True, exist_ok=True)
+        tokens = _demo_tokens(tokens_path)
+    if tokens_path is None:
+        print("waveform serve: --tokens FILE is required (create one with "
+              "'waveform tokens add'), or use --demo", file=sys.stderr)
+        return 1
+    tls = None
+    if args.tls_cert or args.tls_key or args.client_ca:
+        if not (args.tls_cert and args.tls_key):
+            print("waveform serve: TLS needs both --tls-cert and --tls-key", file=sys.stderr)
+            return 1
+        tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key),
+                       Path(args.client_ca) if args.client_ca else None)
+    metrics = Metrics()
+    try:
+        identities = TokenIdentities.load(tokens_path)
+        store = Store.open(data)
+    except (WaveformError, OSError) as exc:
+        print(f"waveform serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        server = start(store, identities, host=args.host, port=args.port, tls=tls,
+                       workers=args.workers, max_concurrent=args.max_concurrent,
+                       max_message_bytes=args.max_message_mb << 20, metrics=metrics,
+                       owns_store=True)
+    except WaveformError as exc:
+        store.close()
+        print(f"waveform serve: {exc}", file=sys.stderr)
+        return 1
+    if args.metrics_port:
+        metrics.serve(args.metrics_port, args.host)
+    where = f"{args.host}:{server.port}"
+    print(f"waveform: serving {data.resolve()} on {where}"
+          + (f", metrics on http://{args.host}:{args.metrics_port}/metrics"
+             if args.metrics_port else ""), flush=True)
+    if args.demo:
+        _load_demo(store, where, tokens)
+    run_until_signalled(server)
+    print("waveform: stopped", flush=True)
+    return 0
+
+
+def _load_demo(store: object, where: str, tokens: dict[str, str]) -> None:
+    from waveform.store import Store
+
+    assert isinstance(store, Store)
+    results = store.ingest([data for _, data in demo_objects()], "demo-clinic")
+    stored = sum(not r.already_stored for r in results)
+    print(f"demo: {len(results)} ECGs of demo-clinic ({stored} new, "
+          f"{len(results) - stored} already stored)")
+    if tokens:
+        print("dev tokens (shown once; only their hashes are in the tokens file):")
+        for who, token in tokens.items():
+            print(f"  {who:<34} {token}")
+    clinician = tokens.get("clinician:demo-clinic:dr-demo", "<clinician token>")
+    uid = results[0].sop_instance_uid if results else "<uid>"
+    print("try, in another terminal:")
+    for line in (
+        f"export WAVEFORM_SERVER={where} WAVEFORM_TOKEN={clinician}",
+        "waveform health",
+        "waveform search --format table",
+        f"waveform summary {uid}",
+        f"waveform trace {uid} --leads II,V5 --duration 2 -o trace.csv",
+        f"waveform export {uid} -o ecg.dcm",
+    ):
+        print(f"  {line}")
+    print("Ctrl-C stops the server cleanly.", flush=True)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from waveform.dicom import decode
 
@@ -130,6 +232,22 @@ def _parser() -> argparse.ArgumentParser:
         q.set_defaults(fn=fn)
         return q
 
+    q = add("serve", _cmd_serve, "run the gRPC service")
+    q.add_argument("--data", default="./data", help="the archive's folder (default ./data)")
+    q.add_argument("--host", default="127.0.0.1")
+    q.add_argument("--port", type=int, default=50051)
+    q.add_argument("--tokens", type=Path, help="tokens file (hashes of bearer tokens)")
+    q.add_argument("--tls-cert", help="server certificate (PEM)")
+    q.add_argument("--tls-key", help="server private key (PEM)")
+    q.add_argument("--client-ca", help="require client certificates from this CA (PEM)")
+    q.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port")
+    q.add_argument("--workers", type=int, default=32, help="RPC threads")
+    q.add_argument("--max-concurrent", type=int, default=256,
+                   help="calls in progress; more are refused with RESOURCE_EXHAUSTED")
+    q.add_argument("--max-message-mb", type=int, default=64, help="largest message (MiB)")
+    q.add_argument("--demo", action="store_true",
+                   help="dev tokens (printed) and the demo ECGs loaded")
+    q.add_argument("-v", "--verbose", action="store_true")
     add("demo", _cmd_demo, "decode and measure the bundled demo ECGs")
     q = add("info", _cmd_info, "describe DICOM waveform objects")
     q.add_argument("files", nargs="+", metavar="FILE")

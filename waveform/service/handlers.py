@@ -288,3 +288,15 @@ class EcgArchive(pb_grpc.EcgArchiveServicer):
                 chunk.total_bytes = len(data)
                 chunk.sha256 = digest
             yield chunk
+
+    # -------------------------------------------------------- maintenance
+    @_rpc
+    def Compact(self, request: pb.CompactRequest, context: grpc.ServicerContext,
+                call: _Call) -> pb.CompactResponse:
+        assert call.identity is not None
+        policy.require_role(call.identity, "compact the archive", "admin")
+        report = self.store.compact()
+        return pb.CompactResponse(merged_files=report.merged_files,
+                                  written_files=report.written_files,
+                                  removed_files=report.removed_files,
+                                  orphans_removed=report.orphans_removed)

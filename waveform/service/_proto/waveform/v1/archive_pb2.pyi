@@ -270,3 +270,19 @@ class DicomChunk(_message.Message):
     total_bytes: int
     sha256: str
     def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class CompactRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CompactResponse(_message.Message):
+    __slots__ = ("merged_files", "written_files", "removed_files", "orphans_removed")
+    MERGED_FILES_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FILES_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FILES_FIELD_NUMBER: _ClassVar[int]
+    ORPHANS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    merged_files: int
+    written_files: int
+    removed_files: int
+    orphans_removed: int
+    def __init__(self, merged_files: _Optional[int] = ..., written_files: _Optional[int] = ..., removed_files: _Optional[int] = ..., orphans_removed: _Optional[int] = ...) -> None: ...

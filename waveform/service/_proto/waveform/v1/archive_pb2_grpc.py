@@ -64,6 +64,11 @@ class EcgArchiveStub:
                 request_serializer=waveform_dot_v1_dot_archive__pb2.GetDicomRequest.SerializeToString,
                 response_deserializer=waveform_dot_v1_dot_archive__pb2.DicomChunk.FromString,
                 _registered_method=True)
+        self.Compact = channel.unary_unary(
+                '/waveform.v1.EcgArchive/Compact',
+                request_serializer=waveform_dot_v1_dot_archive__pb2.CompactRequest.SerializeToString,
+                response_deserializer=waveform_dot_v1_dot_archive__pb2.CompactResponse.FromString,
+                _registered_method=True)
 
 
 class EcgArchiveServicer:
@@ -113,6 +118,14 @@ class EcgArchiveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Compact(self, request, context):
+        """Merge small data files and remove unreferenced ones (role admin). Safe while
+        readers and writers run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EcgArchiveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +158,11 @@ def add_EcgArchiveServicer_to_server(servicer, server):
                     servicer.GetDicom,
                     request_deserializer=waveform_dot_v1_dot_archive__pb2.GetDicomRequest.FromString,
                     response_serializer=waveform_dot_v1_dot_archive__pb2.DicomChunk.SerializeToString,
+            ),
+            'Compact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compact,
+                    request_deserializer=waveform_dot_v1_dot_archive__pb2.CompactRequest.FromString,
+                    response_serializer=waveform_dot_v1_dot_archive__pb2.CompactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +327,33 @@ class EcgArchive:
             '/waveform.v1.EcgArchive/GetDicom',
             waveform_dot_v1_dot_archive__pb2.GetDicomRequest.SerializeToString,
             waveform_dot_v1_dot_archive__pb2.DicomChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/waveform.v1.EcgArchive/Compact',
+            waveform_dot_v1_dot_archive__pb2.CompactRequest.SerializeToString,
+            waveform_dot_v1_dot_archive__pb2.CompactResponse.FromString,
             options,
             channel_credentials,
             insecure,
