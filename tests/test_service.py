@@ -180,3 +180,22 @@ def test_compact_is_for_admins(archive: Archive) -> None:
     r = archive.stub.Compact(pb.CompactRequest(), metadata=archive.auth("admin"))
     assert r.merged_files >= 0 and r.removed_files >= 0
     assert {uid: archive.store.get_dicom(uid) for uid in archive.store.uids()} == before
+
+
+def test_metrics_count_calls_by_method_and_code(archive: Archive) -> None:
+    from prometheus_client import generate_latest
+
+    with pytest.raises(grpc.RpcError):
+        archive.stub.GetSummary(pb.GetSummaryRequest(sop_instance_uid="1.2.3"),
+                                metadata=archive.auth("dr_a"))
+    text = generate_latest(archive.server.service.metrics.registry).decode()
+    assert 'waveform_calls_total{code="NOT_FOUND",method="GetSummary"}' in text
+    assert 'waveform_call_seconds_bucket{le="0.5",method="GetSummary"}' in text
+    assert "waveform_ingest_queue_depth" in text
+
+
+def test_deadline_is_honoured(archive: Archive) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        archive.stub.Ingest(pb.IngestRequest(dicom=_ecg_bytes()), metadata=archive.auth("cart_a"),
+                            timeout=0.000001)
+    assert _code(e.value) == grpc.StatusCode.DEADLINE_EXCEEDED

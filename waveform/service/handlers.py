@@ -57,6 +57,12 @@ def _certificate_organisation(context: grpc.ServicerContext) -> str | None:
     return str(names[0].value) if names else ""
 
 
+def _remaining(context: grpc.ServicerContext) -> float | None:
+    """Seconds left before the call's deadline (None: no deadline)."""
+    left = context.time_remaining()
+    return None if left is None or left > 1e7 else max(0.0, left)
+
+
 class _Call:
     """What one call did, for the log line and the metrics."""
 
@@ -192,7 +198,13 @@ class EcgArchive(pb_grpc.EcgArchiveServicer):
                call: _Call) -> pb.IngestResponse:
         assert call.identity is not None
         policy.require_role(call.identity, "ingest ECGs", "device")
-        result = self._submit(request, call.identity).result()
+        try:
+            result = self._submit(request, call.identity).result(_remaining(context))
+        except TimeoutError:
+            self._finish(call, grpc.StatusCode.DEADLINE_EXCEEDED)
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                          "the commit did not finish before the call's deadline; sending the "
+                          "object again is safe (it is answered 'already stored' if it was)")
         call.uid = result.sop_instance_uid
         return self._response(request, result)
 
