@@ -199,3 +199,29 @@ def test_deadline_is_honoured(archive: Archive) -> None:
         archive.stub.Ingest(pb.IngestRequest(dicom=_ecg_bytes()), metadata=archive.auth("cart_a"),
                             timeout=0.000001)
     assert _code(e.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_render_is_a_printout_for_clinicians_only(archive: Archive) -> None:
+    data = _ecg_bytes()
+    uid = decode(data).sop_instance_uid
+    archive.stub.Ingest(pb.IngestRequest(dicom=data, wait_for_summary=True),
+                        metadata=archive.auth("cart_a"))
+    chunks = list(archive.stub.Render(pb.RenderRequest(sop_instance_uid=uid, format="pdf"),
+                                      metadata=archive.auth("dr_a")))
+    pdf = b"".join(c.data for c in chunks)
+    assert pdf.startswith(b"%PDF") and chunks[0].media_type == "application/pdf"
+    assert chunks[0].total_bytes == len(pdf)
+    png = b"".join(c.data for c in archive.stub.Render(
+        pb.RenderRequest(sop_instance_uid=uid, dpi=50), metadata=archive.auth("dr_a")))
+    assert png.startswith(b"\x89PNG")
+    for who, code in (("citizen", grpc.StatusCode.PERMISSION_DENIED),
+                      ("cart_a", grpc.StatusCode.PERMISSION_DENIED),
+                      ("dr_b", grpc.StatusCode.NOT_FOUND)):
+        with pytest.raises(grpc.RpcError) as e:
+            list(archive.stub.Render(pb.RenderRequest(sop_instance_uid=uid),
+                                     metadata=archive.auth(who)))
+        assert _code(e.value) == code, who
+    with pytest.raises(grpc.RpcError) as e:
+        list(archive.stub.Render(pb.RenderRequest(sop_instance_uid=uid, layout="5x5"),
+                                 metadata=archive.auth("dr_a")))
+    assert _code(e.value) == grpc.StatusCode.INVALID_ARGUMENT

@@ -38,6 +38,8 @@ STREAM_WINDOW = 512
 DICOM_CHUNK_BYTES = 1 << 20
 
 T = TypeVar("T")
+_RENDER_LOCK = threading.Lock()
+_MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
 
 
 def _certificate_organisation(context: grpc.ServicerContext) -> str | None:
@@ -299,6 +301,32 @@ class EcgArchive(pb_grpc.EcgArchiveServicer):
             if i == 0:
                 chunk.total_bytes = len(data)
                 chunk.sha256 = digest
+            yield chunk
+
+    @_stream
+    def Render(self, request: pb.RenderRequest, context: grpc.ServicerContext,
+               call: _Call) -> Iterator[pb.RenderChunk]:
+        assert call.identity is not None
+        call.uid = request.sop_instance_uid
+        policy.require_role(call.identity, "print ECGs", "clinician")
+        self._context(request.sop_instance_uid, call.identity)
+        from waveform.dicom import decode
+        from waveform.model import Summary
+        from waveform.render import render
+
+        ecg = decode(self.store.get_dicom(request.sop_instance_uid))
+        doc = self.store.get_summary(request.sop_instance_uid)
+        fmt = request.format or "png"
+        with _RENDER_LOCK:  # matplotlib keeps global state; one printout at a time
+            data = render(ecg, summary=Summary.from_dict(doc) if doc else None,
+                          layout=request.layout or "3x4+1", paper=request.paper or "A4",
+                          speed_mm_s=request.speed_mm_s or 25, gain_mm_mv=request.gain_mm_mv or 10,
+                          fmt=fmt, dpi=request.dpi or 150, qtc=request.qtc_formula or "Bazett")
+        for i in range(0, max(len(data), 1), DICOM_CHUNK_BYTES):
+            chunk = pb.RenderChunk(data=data[i:i + DICOM_CHUNK_BYTES])
+            if i == 0:
+                chunk.media_type = _MEDIA_TYPES[fmt]
+                chunk.total_bytes = len(data)
             yield chunk
 
     # -------------------------------------------------------- maintenance

@@ -286,3 +286,33 @@ class CompactResponse(_message.Message):
     removed_files: int
     orphans_removed: int
     def __init__(self, merged_files: _Optional[int] = ..., written_files: _Optional[int] = ..., removed_files: _Optional[int] = ..., orphans_removed: _Optional[int] = ...) -> None: ...
+
+class RenderRequest(_message.Message):
+    __slots__ = ("sop_instance_uid", "layout", "paper", "format", "dpi", "speed_mm_s", "gain_mm_mv", "qtc_formula")
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    PAPER_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DPI_FIELD_NUMBER: _ClassVar[int]
+    SPEED_MM_S_FIELD_NUMBER: _ClassVar[int]
+    GAIN_MM_MV_FIELD_NUMBER: _ClassVar[int]
+    QTC_FORMULA_FIELD_NUMBER: _ClassVar[int]
+    sop_instance_uid: str
+    layout: str
+    paper: str
+    format: str
+    dpi: float
+    speed_mm_s: float
+    gain_mm_mv: float
+    qtc_formula: str
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., layout: _Optional[str] = ..., paper: _Optional[str] = ..., format: _Optional[str] = ..., dpi: _Optional[float] = ..., speed_mm_s: _Optional[float] = ..., gain_mm_mv: _Optional[float] = ..., qtc_formula: _Optional[str] = ...) -> None: ...
+
+class RenderChunk(_message.Message):
+    __slots__ = ("data", "media_type", "total_bytes")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    media_type: str
+    total_bytes: int
+    def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[str] = ..., total_bytes: _Optional[int] = ...) -> None: ...

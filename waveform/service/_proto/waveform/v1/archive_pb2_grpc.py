@@ -64,6 +64,11 @@ class EcgArchiveStub:
                 request_serializer=waveform_dot_v1_dot_archive__pb2.GetDicomRequest.SerializeToString,
                 response_deserializer=waveform_dot_v1_dot_archive__pb2.DicomChunk.FromString,
                 _registered_method=True)
+        self.Render = channel.unary_stream(
+                '/waveform.v1.EcgArchive/Render',
+                request_serializer=waveform_dot_v1_dot_archive__pb2.RenderRequest.SerializeToString,
+                response_deserializer=waveform_dot_v1_dot_archive__pb2.RenderChunk.FromString,
+                _registered_method=True)
         self.Compact = channel.unary_unary(
                 '/waveform.v1.EcgArchive/Compact',
                 request_serializer=waveform_dot_v1_dot_archive__pb2.CompactRequest.SerializeToString,
@@ -118,6 +123,13 @@ class EcgArchiveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Render(self, request, context):
+        """The standard 12-lead printout of a stored ECG (role clinician), in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Compact(self, request, context):
         """Merge small data files and remove unreferenced ones (role admin). Safe while
         readers and writers run.
@@ -158,6 +170,11 @@ def add_EcgArchiveServicer_to_server(servicer, server):
                     servicer.GetDicom,
                     request_deserializer=waveform_dot_v1_dot_archive__pb2.GetDicomRequest.FromString,
                     response_serializer=waveform_dot_v1_dot_archive__pb2.DicomChunk.SerializeToString,
+            ),
+            'Render': grpc.unary_stream_rpc_method_handler(
+                    servicer.Render,
+                    request_deserializer=waveform_dot_v1_dot_archive__pb2.RenderRequest.FromString,
+                    response_serializer=waveform_dot_v1_dot_archive__pb2.RenderChunk.SerializeToString,
             ),
             'Compact': grpc.unary_unary_rpc_method_handler(
                     servicer.Compact,
@@ -327,6 +344,33 @@ class EcgArchive:
             '/waveform.v1.EcgArchive/GetDicom',
             waveform_dot_v1_dot_archive__pb2.GetDicomRequest.SerializeToString,
             waveform_dot_v1_dot_archive__pb2.DicomChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Render(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/waveform.v1.EcgArchive/Render',
+            waveform_dot_v1_dot_archive__pb2.RenderRequest.SerializeToString,
+            waveform_dot_v1_dot_archive__pb2.RenderChunk.FromString,
             options,
             channel_credentials,
             insecure,
