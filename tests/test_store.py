@@ -198,6 +198,13 @@ def test_search_filters_ranges_sorting_and_pages(store: Store) -> None:
     store.wait_measured(30)
     page = store.search(patient_id="P1")
     assert {r["patient_id"] for r in page.rows} == {"P1"} and len(page.rows) == 3
+    by_uid = {decode(o).sop_instance_uid: o for o in objs}
+    for r in page.rows:  # measurements joined to the page (phase two)
+        want = fake_analyze(decode(by_uid[r["sop_instance_uid"]]))
+        assert (r["heart_rate_bpm"], r["qtc_ms"]) == (want["heart_rate_bpm"], want["qtc_ms"])
+        assert r["analysis_version"] == "test-1"
+    assert [r["acquisition_datetime"] for r in page.rows] == sorted(
+        (r["acquisition_datetime"] for r in page.rows), reverse=True)
     q = SearchQuery(equals=(("organisation", "A"),), acquired_from=base + dt.timedelta(days=1),
                     acquired_to=base + dt.timedelta(days=5), sort="acquisition_datetime",
                     descending=False, limit=2)

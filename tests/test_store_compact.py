@@ -79,3 +79,17 @@ def test_compaction_under_concurrent_readers_and_writers(tmp_path: Path) -> None
             40, 40)
         for u, o in zip(uids, objs, strict=True):
             assert s2.get_dicom(u) == o
+
+
+def test_background_compaction_starts_after_n_commits(tmp_path: Path) -> None:
+    objs = [encode(synthetic_ecg(seed=100 + i, duration_s=1.0)) for i in range(8)]
+    with Store.open(tmp_path, analyze=None, auto_compact_commits=8) as s:
+        for o in objs[:7]:
+            s.ingest([o], "org")
+        assert s._compactor is None
+        s.ingest([objs[7]], "org")  # the 8th commit starts it
+        assert s._compactor is not None
+        s._compactor.join(60)
+        assert s.sql("SELECT count(DISTINCT filename) FROM lake.waveform")[0][0] == 1
+        for o in objs:
+            assert s.get_dicom(decode(o).sop_instance_uid) == o

@@ -31,7 +31,15 @@ from waveform.store.files import FileOps
 from waveform.store.lake import ALIAS
 from waveform.store.schema import MEASURES, SUMMARY_CONTEXT
 
-__all__ = ["SORT_KEYS", "Page", "RowReader", "SearchQuery", "Trace", "search_sql"]
+__all__ = [
+    "SORT_KEYS",
+    "Page",
+    "RowReader",
+    "SearchQuery",
+    "Trace",
+    "search_sql",
+    "summaries_sql",
+]
 
 
 class RowReader:
@@ -113,7 +121,7 @@ _ECG_RESULT = (
     "sop_instance_uid", "patient_id", "organisation", "sop_class_uid", "acquisition_datetime",
     "ingested_at", "manufacturer", "model", "institution",
 )
-_SUMMARY_RESULT = ("analysis_version", *MEASURES)
+SUMMARY_RESULT = ("analysis_version", *MEASURES)
 
 #: Sort key -> (column, table it lives in). A fixed table: requests never name columns.
 SORT_KEYS: dict[str, tuple[str, str]] = {
@@ -174,7 +182,9 @@ def _decode_cursor(cursor: str) -> tuple[Any, str]:
         raise InvalidArgument(f"page cursor {cursor[:40]!r} is not one this service issued") from e
 
 
-def search_sql(q: SearchQuery, current_version: str | None) -> tuple[str, list[Any]]:
+def search_sql(
+    q: SearchQuery, current_version: str | None
+) -> tuple[str, list[Any], bool]:
     """The SQL and bound parameters of ``q`` (one page plus one row to see if more follow).
 
     Without measurement ranges: ``ecg`` LEFT JOIN the latest ``summary``, every
@@ -225,19 +235,28 @@ def search_sql(q: SearchQuery, current_version: str | None) -> tuple[str, list[A
                   + "QUALIFY row_number() OVER (PARTITION BY sop_instance_uid "
                   "ORDER BY measured_at DESC) = 1")
     summary_only = bool(q.ranges)
-    if summary_only:
+    where: list[str] = []
+    two_phase = not summary_only and SORT_KEYS[q.sort][1] == "e"
+    if two_phase:
+        # Phase one reads ``ecg`` alone (sorted by patient after compaction, so a
+        # patient's history prunes to a row group); `summaries_sql` then fetches
+        # the page's summaries, pruned by organisation and time.
+        source = f"{ALIAS}.ecg e"
+        params = list(e_params)
+        where.extend(e_where)
+        cols = [f"e.{c}" for c in _ECG_RESULT]
+        table_of = {"e": "e", "s": "e"}
+    elif summary_only:
         source = f"({latest}) s"
         params = list(s_params)
-        where: list[str] = []
-        cols = [f"s.{c}" for c in (*_ECG_RESULT, *_SUMMARY_RESULT)]
+        cols = [f"s.{c}" for c in (*_ECG_RESULT, *SUMMARY_RESULT)]
         table_of = {"e": "s", "s": "s"}
     else:
         source = (f"(SELECT * FROM {ALIAS}.ecg"
                   + (f" WHERE {' AND '.join(e_where)}" if e_where else "")
                   + f") e LEFT JOIN ({latest}) s USING (sop_instance_uid)")
         params = [*e_params, *s_params]
-        where = []
-        cols = [*(f"e.{c}" for c in _ECG_RESULT), *(f"s.{c}" for c in _SUMMARY_RESULT)]
+        cols = [*(f"e.{c}" for c in _ECG_RESULT), *(f"s.{c}" for c in SUMMARY_RESULT)]
         table_of = {"e": "e", "s": "s"}
     column, side = SORT_KEYS[q.sort]
     key = f"{table_of[side]}.{column}"
@@ -258,7 +277,37 @@ def search_sql(q: SearchQuery, current_version: str | None) -> tuple[str, list[A
         + f"ORDER BY {key} {order} NULLS LAST, {uid} {order} LIMIT ?"
     )
     params.append(q.limit + 1)
-    return sql, params
+    return sql, params, two_phase
+
+
+def summaries_sql(
+    rows: list[dict[str, Any]], version: str | None
+) -> tuple[str, list[Any]] | None:
+    """SQL for the summaries of a page of ``ecg`` rows (phase two of `search_sql`).
+
+    Besides the UIDs it bounds organisation and acquisition time to the page's
+    values: summary rows carry exact copies of both, so the result is the same,
+    and the scan prunes the row groups of ``summary`` (sorted by them).
+    """
+    if not rows:
+        return None
+    uids = [r["sop_instance_uid"] for r in rows]
+    where = [f"sop_instance_uid IN ({', '.join('?' * len(uids))})"]
+    params: list[Any] = list(uids)
+    orgs = sorted({r["organisation"] for r in rows if r["organisation"] is not None})
+    if len(orgs) == len({r["organisation"] for r in rows}):  # no NULL organisation
+        where.append(f"organisation IN ({', '.join('?' * len(orgs))})")
+        params.extend(orgs)
+    times = [r["acquisition_datetime"] for r in rows]
+    if all(t is not None for t in times):
+        where.append("acquisition_datetime BETWEEN ? AND ?")
+        params.extend([min(times), max(times)])
+    if version is not None:
+        where.append("analysis_version = ?")
+        params.append(version)
+    cols = ", ".join(("sop_instance_uid", "measured_at", *SUMMARY_RESULT))
+    return (f"SELECT {cols} FROM {ALIAS}.summary WHERE {' AND '.join(where)} "
+            "ORDER BY measured_at"), params
 
 
 def page_from(rows: list[tuple[Any, ...]], names: list[str], limit: int) -> Page:

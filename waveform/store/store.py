@@ -98,6 +98,9 @@ class Store:
         self._measure: Any = None
         self.analysis_version: str | None = None
         self._closed = False
+        self.auto_compact_commits: int | None = None
+        self._commits_since_compact = 0
+        self._compactor: threading.Thread | None = None
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -115,6 +118,7 @@ class Store:
         analyze: Callable[[Any], Any] | str | None = "auto",
         analysis_version: str | None = None,
         measure: bool = True,
+        auto_compact_commits: int | None = 256,
     ) -> Store:
         """Open (creating if needed) the store in ``data_dir``.
 
@@ -123,6 +127,8 @@ class Store:
         ``data_dir/lake/``). ``files``: the `FileOps` for them (default `LocalFiles`).
         ``analyze``/``analysis_version``: the measurement function and its version
         (``"auto"``: `waveform.analysis` when importable; None: no measurement).
+        ``auto_compact_commits``: compact in the background after this many
+        commits (None: only when `compact` is called).
         """
         data_dir = os.fspath(data_dir)
         files = files or LocalFiles()
@@ -139,6 +145,7 @@ class Store:
             store._create_schema()
             store._remove_temporaries()
             store._load_index()
+            store.auto_compact_commits = auto_compact_commits
             store._writer = GroupCommitWriter(
                 store._flush, max_objects=max_batch, max_delay_s=max_delay_ms / 1000,
                 max_queued=max_queued,
@@ -332,6 +339,7 @@ class Store:
                     self._index[p.sop_instance_uid] = e
                     results.append(e.result(p.sop_instance_uid, False))
         self._files.mark("ack")
+        self._maybe_compact()
         if self._measure is not None:
             self._measure.enqueue([p.sop_instance_uid for p in items])
         return results
@@ -367,6 +375,24 @@ class Store:
                     elif table == "waveform":
                         entry.groups = [(new, moved[loc]) if loc in moved else loc
                                         for loc in entry.groups]
+
+    def _maybe_compact(self) -> None:
+        """Start a background compaction when enough small files have piled up."""
+        self._commits_since_compact += 1
+        if (self.auto_compact_commits is None
+                or self._commits_since_compact < self.auto_compact_commits
+                or (self._compactor is not None and self._compactor.is_alive())):
+            return
+        self._commits_since_compact = 0
+
+        def run() -> None:
+            try:
+                self.compact()
+            except (WaveformError, OSError) as e:  # the next trigger tries again
+                log.warning("background compaction failed: %s", e)
+
+        self._compactor = threading.Thread(target=run, name="waveform-compact", daemon=True)
+        self._compactor.start()
 
     def compact(self, **options: Any) -> Any:
         """Merge small data files and remove unreferenced ones (`waveform.store.compact`)."""
@@ -559,15 +585,29 @@ class Store:
             equals = tuple((k, filters.pop(k)) for k in list(filters) if k in _q._EQUALS)
             ranges = tuple(filters.pop("ranges", ()))
             query = _q.SearchQuery(equals=equals, ranges=ranges, **filters)
-        sql, params = _q.search_sql(query, self.analysis_version)
+        sql, params, two_phase = _q.search_sql(query, self.analysis_version)
         cur = self._cursor()
         try:
             res = cur.execute(sql, params)
             names = [d[0] for d in res.description]
-            rows = res.fetchall()
+            page = _q.page_from(res.fetchall(), names, query.limit)
+            if two_phase:
+                version = query.analysis_version or self.analysis_version
+                found: dict[str, tuple[Any, ...]] = {}
+                s_names = list(_q.SUMMARY_RESULT)
+                plan = _q.summaries_sql(page.rows, version)
+                if plan is not None:
+                    res = cur.execute(*plan)
+                    s_names = [d[0] for d in res.description][2:]
+                    for r in res.fetchall():  # ordered by measured_at: the latest wins
+                        found[r[0]] = r[2:]
+                for row in page.rows:
+                    values = found.get(row["sop_instance_uid"])
+                    for i, n in enumerate(s_names):
+                        row[n] = None if values is None else values[i]
         except duckdb.Error as e:
             raise StorageError(f"search failed: {e}") from e
-        return _q.page_from(rows, names, query.limit)
+        return page
 
     def sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read-only SQL over the catalog (tables are ``lake.ecg`` etc.), bound parameters."""
@@ -590,6 +630,8 @@ class Store:
         self._closed = True
         if self._writer is not None:
             self._writer.close()
+        if self._compactor is not None:
+            self._compactor.join()
         if self._measure is not None:
             self._measure.close()
         self._lake.close()
