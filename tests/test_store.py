@@ -230,3 +230,19 @@ def test_search_values_are_bound_not_formatted(store: Store) -> None:
         store.search(SearchQuery(sort="patient_id; DROP TABLE ecg"))
     with pytest.raises(InvalidArgument, match="not one this service issued"):
         store.search(SearchQuery(cursor="garbage!"))
+
+
+def test_a_failing_analysis_is_recorded_and_does_not_stop_the_stage(tmp_path: Path) -> None:
+    def flaky(ecg: Any) -> dict[str, Any]:
+        if ecg.patient_id.endswith("1"):
+            raise RuntimeError("no beats found")
+        return fake_analyze(ecg)
+
+    objs = [encode(synthetic_ecg(seed=i, duration_s=1.0).replace(patient_id=f"P{i}"))
+            for i in range(3)]
+    with Store.open(tmp_path, analyze=flaky, analysis_version="f1") as s:
+        res = s.ingest(objs, "org", wait_summary=True, timeout=30)
+        docs = {decode(o).patient_id: r.summary for o, r in zip(objs, res, strict=True)}
+    assert docs["P1"] == {"error": "RuntimeError: no beats found"}
+    assert docs["P0"] == fake_analyze(decode(objs[0]))
+    assert docs["P2"] == fake_analyze(decode(objs[2]))

@@ -128,7 +128,7 @@ class MeasureStage:
         context = self._store.ecg_context(uid)
         try:
             summary = self._analyze(decode(self._store.get_dicom(uid)))
-        except (WaveformError, ValueError, ArithmeticError, IndexError) as e:
+        except Exception as e:  # any failure of the algorithm is recorded, not fatal
             log.info("ECG %s could not be measured: %s", uid, e)
             summary = {"error": f"{type(e).__name__}: {e}"}
         return summary_row(uid, self.version, now, summary, context)
@@ -149,7 +149,12 @@ class MeasureStage:
                     stop = True
                     break
                 uids.append(u)
-            rows = [self._measure_one(u) for u in uids]
+            rows = []
+            for u in uids:
+                try:
+                    rows.append(self._measure_one(u))
+                except WaveformError as e:  # unreadable now; catch-up retries at next start
+                    log.warning("ECG %s was not measured: %s", u, e)
             try:
                 self._store.commit_rows({"summary": pa.Table.from_pylist(rows, schema=SUMMARY)})
             except DurabilityError as e:
