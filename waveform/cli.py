@@ -255,6 +255,7 @@ def _parser() -> argparse.ArgumentParser:
     q = add("import-wfdb", _cmd_import_wfdb, "write WFDB records as General ECG DICOM objects")
     q.add_argument("records", nargs="+", metavar="RECORD", help="record path without extension")
     q.add_argument("-o", "--output", required=True, type=Path, metavar="DIR")
+    __import__("waveform.client", fromlist=["register"]).register(sub)  # client commands
     return p
 
 
