@@ -339,3 +339,12 @@ def test_real_files_render_or_say_why_not(path: Path) -> None:
     # Traces cross every row: dark pixels in each of the four row bands.
     bands = np.array_split(inside, 4, axis=0)
     assert all((b > 0).sum() > 500 for b in bands)
+
+
+def test_bench_runs_small(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import render as bench_render
+
+    bench_render.main(small=True)
+    out = capsys.readouterr().out
+    assert re.search(r"PNG\s+[\d.]+ (us|ms|s)\s+[\d.]+ (us|ms|s)\s+[\d.]+x", out), out
+    assert "PDF" in out
