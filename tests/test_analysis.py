@@ -123,9 +123,11 @@ def test_analyze_synthetic_intervals() -> None:
     assert s.rr_sd_ms.value is not None and s.rr_sd_ms.value < 3
     assert set(s.beat_classes[1:]) == {"N"}
     assert np.abs(s.beats - r).max() <= 10
-    # Gaussian waves: P spans about 0.16 s +- 2 widths before R, QRS ~ +-25 ms.
-    assert s.pr_ms.value is not None and 150 < s.pr_ms.value < 260
-    assert s.qrs_ms.value is not None and 40 < s.qrs_ms.value < 110
+    # Gaussian waves: P spans about 0.16 s +- 2 widths before R, QRS from about
+    # -41 to +48 ms (2 widths of Q and S); the boundaries carry the readers'
+    # margins (QRS onset 18 ms earlier, offset 10 ms later, P onset 6 ms earlier).
+    assert s.pr_ms.value is not None and 130 < s.pr_ms.value < 260
+    assert s.qrs_ms.value is not None and 70 < s.qrs_ms.value < 130
     assert s.qt_ms.value is not None and 300 < s.qt_ms.value < 450
     rr = 0.8
     assert s.qtc_bazett_ms.value == pytest.approx(s.qt_ms.value / np.sqrt(rr), abs=0.2)
@@ -243,3 +245,35 @@ def test_wfdb_ecg_is_lossless_scaling() -> None:
     c = g.channels[0]
     np.testing.assert_allclose(g.raw[0] * c.sensitivity + c.baseline, r.p_signal[:, 0],
                                atol=1e-9)
+
+
+def test_t_end_area_indicator_matches_numpy() -> None:
+    # Zhang et al. 2006: the end maximises the signed area between the wave and
+    # the level at the candidate point over a sliding window that starts at the peak.
+    t = np.arange(600) / FS
+    x = 300 * _gauss(t, 0.75, 0.06) - 150 * _gauss(t, 0.5, 0.01)
+    med = np.vstack([x, -0.5 * x])
+    q_on, q_off = 240, 260
+    win = int(delineate._T_WINDOW_S * FS)
+    got = delineate._t_end(med, q_on, q_off, FS, 1.0, np.ones(2, dtype=np.bool_),
+                           np.zeros(2), delineate._T_WINDOW_S, 50.0, 5.0, 0)
+    tp = int(np.argmax(x[q_off + 30:])) + q_off + 30
+    t_hi = min(599, q_on + int(0.7 * FS))
+    area = [np.sum(x[max(k - win + 1, tp):k + 1] - x[k]) for k in range(tp + 1, t_hi + 1)]
+    assert got == tp + 1 + int(np.argmax(area))
+    assert 0.80 * FS < got < 0.95 * FS  # past the peak, where the wave has settled
+
+
+def test_qrs_boundaries_vote_over_leads() -> None:
+    t = np.arange(600) / FS
+    wave = 1000 * _gauss(t, 0.5, 0.01)
+    # Five leads with the same QRS, one starting early: the second earliest wins.
+    med = np.vstack([wave] * 5 + [1000 * _gauss(t, 0.47, 0.01) + wave])
+    noise = np.full(6, 1.0)
+    use = np.ones(6, dtype=np.bool_)
+    on1, off1 = delineate._qrs_bounds(med, 250, FS, use, noise, 0.1, 0.05, 0.004, 10.0, 1, 1)
+    on0, _ = delineate._qrs_bounds(med, 250, FS, use, noise, 0.1, 0.05, 0.004, 10.0, 0, 1)
+    assert on0 < on1 - 10  # the earliest is the odd lead
+    assert 0.46 * FS < on1 < 0.5 * FS < off1 < 0.54 * FS
+    use[5] = False  # a lead left out does not vote
+    assert delineate._qrs_bounds(med, 250, FS, use, noise, 0.1, 0.05, 0.004, 10.0, 0, 1)[0] == on1

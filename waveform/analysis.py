@@ -19,7 +19,7 @@ from waveform.model import LeadQuality, Measured, Summary, WaveformGroup
 
 __all__ = ["ANALYSIS_FS", "ANALYSIS_VERSION", "analyze", "detect_beats"]
 
-ANALYSIS_VERSION = "1.0.0"
+ANALYSIS_VERSION = "1.1.0"
 #: Rate every rhythm group is analysed at (Hz).
 ANALYSIS_FS = 500.0
 #: The diagnostic filter every stage shares.
@@ -31,6 +31,8 @@ _POST_S = 0.7
 #: A beat is premature when it comes this much earlier than the median RR
 #: (the usual 20% prematurity criterion of Holter analysis).
 _PREMATURE = 0.8
+#: Least lead quality (0..1) for a lead to vote on the global boundaries.
+_VOTE_QUALITY = 0.5
 
 
 def _filtered(x: np.ndarray, fs: float) -> np.ndarray:
@@ -114,11 +116,16 @@ def analyze(ecg: object) -> Summary:
     det_in = bp if usable.all() or not usable.any() else np.ascontiguousarray(bp[usable])
     beats = qrs.detect(det_in, fs, band_passed=True)
     bp_full, all_names = _complete_limb_leads(bp, names)
-    return _summarise(beats, bp_full, all_names, fs, fs0, lead_quality)
+    # Leads of poor quality do not vote on the boundaries; derived limb leads
+    # are as good as I and II together.
+    good = {n: q.quality >= _VOTE_QUALITY for n, q in zip(names, lq, strict=True)}
+    both = good.get("I", False) and good.get("II", False)
+    vote = np.array([good.get(n, both) for n in all_names], dtype=np.bool_)
+    return _summarise(beats, bp_full, all_names, fs, fs0, lead_quality, vote)
 
 
 def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, fs0: float,
-               lead_quality: tuple[LeadQuality, ...]) -> Summary:
+               lead_quality: tuple[LeadQuality, ...], vote: np.ndarray) -> Summary:
     nb = beats.shape[0]
     orig = np.round(beats * (fs0 / fs)).astype(np.int64)
     pre, post = int(_PRE_S * fs), int(_POST_S * fs)
@@ -142,7 +149,9 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
     normal = beats[[c == "N" for c in classes]] if nb >= 2 else beats
     use = normal if normal.shape[0] >= 3 else beats
     med = delineate.median_beats(np.ascontiguousarray(bp), use, pre, post)
-    fid = (delineate.fiducials(med, fs, pre, rr_s) if not np.isnan(med).any()
+    if not vote.any():
+        vote = np.ones_like(vote)
+    fid = (delineate.fiducials(med, fs, pre, rr_s, vote) if not np.isnan(med).any()
            else np.full(5, -1, dtype=np.int64))
     to_ms = 1000.0 / fs
     no_median = "no complete beat for a median beat" if np.isnan(med).any() else ""
