@@ -26,10 +26,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench._util import table
+
+if TYPE_CHECKING:
+    from waveform.model import Ecg
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 WFDB = DATA / "wfdb"
@@ -159,7 +163,7 @@ def ludb_reference(record: Path, fs: float = 500.0) -> LudbReference:
     return LudbReference(beats, span, med(pr) if has_p else None, med(qrs_d), med(qt), has_p)
 
 
-def wfdb_ecg(record: Path) -> object:
+def wfdb_ecg(record: Path) -> Ecg:
     """A `waveform.model.Ecg` holding a WFDB record's digital samples losslessly."""
     import wfdb
 
@@ -274,7 +278,7 @@ def evaluate_qrs(cases: list[QrsCase], detectors: Sequence[str] = tuple(DETECTOR
 
 
 def qrs_table(cases: list[QrsCase], counts: dict[str, dict[str, Counts]]) -> str:
-    rows = []
+    rows: list[list[object]] = []
     groups: dict[str, list[str]] = {}
     for c in cases:
         groups.setdefault(c.group, []).append(c.name)
