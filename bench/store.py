@@ -259,10 +259,9 @@ def search_table(small: bool, root: Path) -> str:
                       ranges=(("qtc_ms", 500.0, None),), limit=100)
     rows: list[list[object]] = []
     for state in ("fresh (16 files, ingest order)", "after compact (sorted)"):
-        with Store.open(path, analyze=None) as s:
+        with Store.open(path, analyze=None, analysis_version="bench") as s:
             if state.startswith("after"):
                 s.compact(target_bytes=1 << 40, min_files=2, grace_s=0)
-            s.analysis_version = "bench"
             it = iter(patients_asked * 10)
             pat = median_time(lambda s=s, it=it: s.search(patient_id=next(it)),
                               repeat=3 if small else 20)

@@ -246,3 +246,23 @@ def test_a_failing_analysis_is_recorded_and_does_not_stop_the_stage(tmp_path: Pa
     assert docs["P1"] == {"error": "RuntimeError: no beats found"}
     assert docs["P0"] == fake_analyze(decode(objs[0]))
     assert docs["P2"] == fake_analyze(decode(objs[2]))
+
+
+def test_search_measurements_survive_compaction_and_reopen(tmp_path: Path) -> None:
+    objs = [encode(synthetic_ecg(seed=200 + i, duration_s=1.0 + 0.1 * i)
+                   .replace(patient_id=f"Q{i % 2}")) for i in range(6)]
+    want = {decode(o).sop_instance_uid: fake_analyze(decode(o))["heart_rate_bpm"] for o in objs}
+
+    def measured(s: Store) -> dict[str, Any]:
+        rows = s.search(patient_id="Q0").rows + s.search(patient_id="Q1").rows
+        return {r["sop_instance_uid"]: r["heart_rate_bpm"] for r in rows}
+
+    with Store.open(tmp_path, analyze=fake_analyze, analysis_version="c1") as s:
+        for o in objs:
+            s.ingest([o], "org", wait_summary=True, timeout=30)
+        assert measured(s) == want
+        report = s.compact(min_files=2, grace_s=0)
+        assert report.written_files >= 3  # ecg, waveform and summary files merged
+        assert measured(s) == want
+    with Store.open(tmp_path, analyze=None, analysis_version="c1") as s:
+        assert measured(s) == want

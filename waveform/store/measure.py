@@ -156,7 +156,7 @@ class MeasureStage:
                 except WaveformError as e:  # unreadable now; catch-up retries at next start
                     log.warning("ECG %s was not measured: %s", u, e)
             try:
-                self._store.commit_rows({"summary": pa.Table.from_pylist(rows, schema=SUMMARY)})
+                self._store.commit_summaries(pa.Table.from_pylist(rows, schema=SUMMARY))
             except DurabilityError as e:
                 log.error("measurement stage stopped: %s", e)
                 with self._done:

@@ -90,6 +90,8 @@ class Store:
         self._local = threading.local()
         self._ids = threading.Lock()
         self._index: dict[str, _Entry] = {}
+        #: Locators of the current analysis version's summary rows.
+        self._summary_loc: dict[str, tuple[str, int]] = {}
         self._pending: dict[str, tuple[str, Future[IngestResult]]] = {}
         self._commit_lock = threading.RLock()
         self._compact_lock = threading.Lock()
@@ -152,6 +154,9 @@ class Store:
             )
             if analyze == "auto":
                 analyze, analysis_version = _default_analysis()
+            if analysis_version is not None:
+                store.analysis_version = str(analysis_version)
+                store._load_summary_index()
             if callable(analyze) and measure:
                 from waveform.store.measure import MeasureStage
 
@@ -369,6 +374,9 @@ class Store:
                 raise DurabilityError(f"the compaction commit of {table} failed: {e}") from e
             self._files.mark("committed")
             with self._ids:
+                if table == "summary":
+                    self._summary_loc = {u: (new, moved[loc]) if loc in moved else loc
+                                         for u, loc in self._summary_loc.items()}
                 for entry in self._index.values():
                     if table == "ecg" and entry.ecg in moved:
                         entry.ecg = (new, moved[entry.ecg])
@@ -399,6 +407,26 @@ class Store:
         from waveform.store.compact import compact
 
         return compact(self, **options)
+
+    def _load_summary_index(self) -> None:
+        rows = self._lake.cursor().execute(
+            f"SELECT sop_instance_uid, filename, file_row_number FROM {ALIAS}.summary "
+            "WHERE analysis_version = ? ORDER BY measured_at", [self.analysis_version]
+        ).fetchall()
+        with self._ids:
+            self._summary_loc = {u: (f, r) for u, f, r in rows}
+
+    def commit_summaries(self, table: pa.Table) -> None:
+        """Durably commit ``summary`` rows and index those of the current version."""
+        with self._commit_lock:
+            path = commit_tables(self._cursor(), self._files, self.data_path,
+                                 {"summary": table})["summary"]
+            uids = table.column("sop_instance_uid").to_pylist()
+            versions = table.column("analysis_version").to_pylist()
+            with self._ids:
+                for i, (u, v) in enumerate(zip(uids, versions, strict=True)):
+                    if v == self.analysis_version:
+                        self._summary_loc[u] = (path, i)
 
     def commit_rows(self, tables: dict[str, pa.Table]) -> dict[str, str]:
         """Durably commit rows of store tables (the measurement stage's way in)."""
@@ -591,7 +619,10 @@ class Store:
             res = cur.execute(sql, params)
             names = [d[0] for d in res.description]
             page = _q.page_from(res.fetchall(), names, query.limit)
-            if two_phase:
+            if two_phase and (query.analysis_version in (None, self.analysis_version)
+                              and self.analysis_version is not None):
+                self._attach_summaries(page.rows)
+            elif two_phase:
                 version = query.analysis_version or self.analysis_version
                 found: dict[str, tuple[Any, ...]] = {}
                 s_names = list(_q.SUMMARY_RESULT)
@@ -608,6 +639,28 @@ class Store:
         except duckdb.Error as e:
             raise StorageError(f"search failed: {e}") from e
         return page
+
+    def _attach_summaries(self, rows: list[dict[str, Any]]) -> None:
+        """Phase two of a search by locators: each row's current summary, read directly."""
+        cols = ["sop_instance_uid", *_q.SUMMARY_RESULT]
+        for row in rows:
+            uid = row["sop_instance_uid"]
+            with self._ids:
+                loc = self._summary_loc.get(uid)
+            values: dict[str, Any] = {}
+            if loc is not None:
+                try:
+                    values = self._reader.read(loc[0], loc[1], cols)[0]
+                except (OSError, IndexError):  # moved by another process: ask the catalog
+                    values = {}
+                if values.get("sop_instance_uid") != uid:
+                    got = self._sql(
+                        f"SELECT {', '.join(cols)} FROM {ALIAS}.summary WHERE "
+                        "sop_instance_uid = ? AND analysis_version = ? "
+                        "ORDER BY measured_at DESC LIMIT 1", [uid, self.analysis_version])
+                    values = dict(zip(cols, got[0], strict=True)) if got else {}
+            for c in _q.SUMMARY_RESULT:
+                row[c] = values.get(c)
 
     def sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read-only SQL over the catalog (tables are ``lake.ecg`` etc.), bound parameters."""
