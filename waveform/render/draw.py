@@ -28,7 +28,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox, TransformedBbox
 
-from waveform.render.layout import BASELINE_FROM_TOP, Page
+from waveform.render.layout import Page
 from waveform.render.signals import LeadSignals
 
 __all__ = ["GRID_MAJOR", "GRID_MINOR", "TRACE", "draw_page"]
@@ -120,10 +120,9 @@ def _static(page: Page, dpi: float) -> tuple[Figure, Axes]:
                       autolim=False)
     ax.add_collection(LineCollection(list(major), colors=GRID_MAJOR, linewidths=_LW_MAJOR),
                       autolim=False)
-    label_dy = page.row_height_mm * BASELINE_FROM_TOP - 0.8
     for row in page.rows:
         for seg in row.segments:
-            ax.text(seg.x_mm + 1.0, row.baseline_mm + label_dy, seg.lead, fontsize=9,
+            ax.text(seg.x_mm + 1.0, row.top_mm - 0.8, seg.lead, fontsize=9,
                     fontweight="bold", va="top", ha="left")
     return fig, ax
 
@@ -134,11 +133,14 @@ def _dynamic(
     """Add what depends on the ECG (traces, words) to ``ax``; the artists added."""
     traces = LineCollection(_traces(page, sig), colors=TRACE, linewidths=_LW_TRACE,
                             capstyle="butt", joinstyle="round")
+    added: list[Artist] = [ax.add_collection(traces, autolim=False)]
+    # After add_collection, which clips to the axes: traces stay on the grid,
+    # off the header and footer.
+    traces.set_clip_path(None)
     traces.set_clip_box(TransformedBbox(
         Bbox.from_extents(page.grid_x0, page.grid_y0, page.grid_x1, page.grid_y1),
         ax.transData,
     ))
-    added: list[Artist] = [ax.add_collection(traces, autolim=False)]
     for row in page.rows:
         for seg in row.segments:
             if seg.lead not in sig.mv:
@@ -189,7 +191,7 @@ def _cached(page: Page, dpi: float) -> tuple[Figure, Axes, Any]:
     # What `_static` draws: the time slices of the segments play no part.
     key = (page.width_mm, page.height_mm, page.grid_x0, page.grid_y0, page.grid_x1,
            page.grid_y1, dpi,
-           tuple((r.baseline_mm, tuple((s.lead, s.x_mm) for s in r.segments))
+           tuple((r.top_mm, tuple((s.lead, s.x_mm) for s in r.segments))
                  for r in page.rows))
     hit = _CACHE.get(key)
     if hit is not None:

@@ -94,12 +94,13 @@ class Segment:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One row: its baseline, its calibration pulse and its segments."""
+    """One row: its baseline, its calibration pulse, its segments and its top edge."""
 
     baseline_mm: float
     cal_x_mm: float
     segments: tuple[Segment, ...]
     rhythm: bool = False
+    top_mm: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +173,10 @@ def page_geometry(
     rows = []
     for k, (leads, rhythm) in enumerate(lines):
         # Baselines on whole millimetres, so that amplitudes read off the grid.
-        baseline = float(round(grid_y1 - row_h * (k + BASELINE_FROM_TOP)))
+        # Low enough in its row for the 1 mV pulse to fit under the row above.
+        top = grid_y1 - row_h * k
+        drop = min(max(row_h * BASELINE_FROM_TOP, CAL_MV * gain_mm_mv + 1.5), row_h - 1.0)
+        baseline = float(round(top - drop))
         col_w = TRACE_WIDTH_MM / len(leads)
         dur = col_w / speed
         if duration_s is not None and duration_s > 0:
@@ -181,6 +185,6 @@ def page_geometry(
             Segment(lead, c * dur, (c + 1) * dur, trace_x0 + c * col_w)
             for c, lead in enumerate(leads)
         )
-        rows.append(Row(baseline, cal_x, segs, rhythm))
+        rows.append(Row(baseline, cal_x, segs, rhythm, top))
     return Page(width, height, grid_x0, grid_y0, grid_x0 + grid_w, grid_y1, speed,
                 float(gain_mm_mv), tuple(rows))
