@@ -86,6 +86,7 @@ def _row_y_px(page: Page, y_mm: float, dpi: float) -> float:
 @pytest.mark.parametrize("units", ["uV", "mV", "nV"])
 @pytest.mark.parametrize(("speed", "gain", "dpi"), [
     (25, 10, 150), (50, 10, 150), (25, 5, 150), (25, 20, 150), (25, 10, 300), (50, 20, 96),
+    (25, 10, 400),  # above the cached resolutions: drawn afresh
 ])
 def test_one_mv_step_is_gain_mm_tall_and_200_ms_wide(
     units: str, speed: int, gain: int, dpi: int

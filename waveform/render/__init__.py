@@ -20,7 +20,8 @@ from waveform.render.layout import FORMATS, LAYOUTS, PAPERS, page_geometry
 
 __all__ = ["FORMATS", "LAYOUTS", "PAPERS", "render", "render_file", "render_to_path"]
 
-_DPI_RANGE = (30.0, 1200.0)
+#: PNG resolutions accepted: an A4 page at 600 dpi is already 35 megapixels.
+_DPI_RANGE = (50.0, 600.0)
 
 
 def render(

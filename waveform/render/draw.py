@@ -185,6 +185,9 @@ def _png(rgba: np.ndarray, dpi: float) -> bytes:
 #: is then restored from the background and only the ECG is drawn on it.
 _CACHE: OrderedDict[tuple[object, ...], tuple[Figure, Axes, Any]] = OrderedDict()
 _CACHE_SIZE = 4
+#: Pages above this resolution are drawn afresh: an A4 page at 300 dpi holds
+#: 35 MB of pixels (twice, with its background), and a larger one is rare.
+_CACHE_MAX_DPI = 300.0
 
 
 def _cached(page: Page, dpi: float) -> tuple[Figure, Axes, Any]:
@@ -218,6 +221,13 @@ def draw_page(
 ) -> bytes:
     """The printout as PNG, SVG or PDF bytes (no timestamps: same input, same bytes)."""
     with _LOCK, rc_context(_STYLE):  # type: ignore[arg-type]
+        if fmt == "png" and dpi > _CACHE_MAX_DPI:
+            fig, ax = _static(page, dpi)
+            _dynamic(ax, page, sig, header, footer)
+            canvas = fig.canvas
+            assert isinstance(canvas, FigureCanvasAgg)
+            canvas.draw()
+            return _png(np.asarray(canvas.buffer_rgba()), dpi)
         if fmt == "png":
             fig, ax, background = _cached(page, dpi)
             canvas = fig.canvas
