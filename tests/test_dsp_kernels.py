@@ -184,3 +184,21 @@ def test_quality_reasons() -> None:
             quality.Reason.BASELINE_WANDER, quality.Reason.LEAD_OFF]
     assert [g.reason for g in got[1:]] == want
     assert all(g.quality < 0.5 for g in got[1:])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-3, 3) | st.floats(-1e6, 1e6), min_size=1, max_size=300))
+def test_median_selection_equals_numpy(values: list[float]) -> None:
+    a = np.array(values, dtype=np.float64)
+    assert quality._median_inplace(a.copy()) == np.median(a)
+
+
+def test_quality_features_match_numpy() -> None:
+    fs = 500.0
+    x = np.vstack([_ecg_like(), _ecg_like() + 20_000.0])
+    f = quality.features(x, fs)
+    d2 = np.abs(np.diff(x, 2, axis=1))
+    np.testing.assert_allclose(f[:, 3], 1.4826 * np.median(d2, axis=1) / np.sqrt(6.0))
+    means = x[:, : 10 * 500].reshape(2, 10, 500).mean(axis=2)
+    np.testing.assert_allclose(f[:, 5], np.median(means, axis=1))
+    np.testing.assert_allclose(f[:, 4], np.ptp(means, axis=1))
