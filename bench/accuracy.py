@@ -301,8 +301,8 @@ def qrs_table(cases: list[QrsCase], counts: dict[str, dict[str, Counts]]) -> str
     rows.append(["pooled without tuning set", "", sum(len(c.ref) for c in cases
                                                       if c.group != TUNING)]
                 + [f"{held[d].se:.2%} / {held[d].ppv:.2%}" for d in counts])
-    rows.append(["FN / FP pooled", "", ""]
-                + [f"{pooled[d].fn} / {pooled[d].fp}" for d in counts])
+    fn_fp: list[object] = ["FN / FP pooled", "", ""]
+    rows.append(fn_fp + [f"{pooled[d].fn} / {pooled[d].fp}" for d in counts])
     return table(["record", "set", "beats"] + [f"{d} Se / +P" for d in counts], rows)
 
 
