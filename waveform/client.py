@@ -300,43 +300,60 @@ def _ingest_stream(conn: _Connection, files: queue.Queue[Path], tally: _Tally,
     failures = 0
     while not files.empty():
         sent: collections.deque[Path] = collections.deque()
+        # gRPC pulls requests on its own thread: taking a file and recording it as
+        # sent happen under one lock, so that no file is taken after the stream ended.
+        lock = threading.Lock()
+        closed = [False]
 
-        def requests(sent: collections.deque[Path] = sent) -> Iterator[pb.IngestRequest]:
+        def requests(sent: collections.deque[Path] = sent, lock: threading.Lock = lock,
+                     closed: list[bool] = closed) -> Iterator[pb.IngestRequest]:
             while True:
-                try:
-                    path = files.get_nowait()
-                except queue.Empty:
-                    return
-                data = _read_object(path, tally)
-                if data is not None:
+                with lock:
+                    if closed[0]:
+                        return
+                    try:
+                        path = files.get_nowait()
+                    except queue.Empty:
+                        return
+                    data = _read_object(path, tally)
+                    if data is None:
+                        continue
                     sent.append(path)
-                    yield pb.IngestRequest(dicom=data)
+                yield pb.IngestRequest(dicom=data)
 
+        failure: tuple[str, str] | None = None
         try:
             for r in stub.IngestStream(requests(), metadata=conn.metadata):
-                path = sent.popleft()
+                with lock:
+                    path = sent.popleft()
                 if r.HasField("error"):
                     tally.reject(path, f"{_code_name(r.error.code)}: {r.error.message}")
                 else:
                     tally.ok(r.already_stored)
                     failures = 0
         except grpc.RpcError as exc:
-            code, details = _rpc_reason(exc)
-            if code in _RETRYABLE and failures < retries:
-                failures += 1
-                for path in sent:
-                    files.put(path)
-                time.sleep(min(2.0, 0.05 * 2 ** failures))
-                continue
-            # The whole call was refused: what is left would be refused the same way.
-            reason = f"{code}: {details}"
-            for path in sent:
-                tally.reject(path, reason)
-            while True:
-                try:
-                    tally.reject(files.get_nowait(), reason)
-                except queue.Empty:
-                    break
+            failure = _rpc_reason(exc)
+        with lock:
+            closed[0] = True
+            unanswered = list(sent)
+        if not unanswered and failure is None:
+            continue
+        code, details = failure or ("UNAVAILABLE", "the stream ended without answering")
+        if code in _RETRYABLE and failures < retries:
+            failures += 1
+            for path in unanswered:
+                files.put(path)
+            time.sleep(min(2.0, 0.05 * 2 ** failures))
+            continue
+        # The whole call was refused: what is left would be refused the same way.
+        reason = f"{code}: {details}"
+        for path in unanswered:
+            tally.reject(path, reason)
+        while True:
+            try:
+                tally.reject(files.get_nowait(), reason)
+            except queue.Empty:
+                break
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
