@@ -109,12 +109,12 @@ def _base_objects(k: int = 8) -> list[bytes]:
     return out
 
 
-def _variants(base: list[bytes], n: int) -> list[bytes]:
+def _variants(base: list[bytes], n: int, start: int = 0) -> list[bytes]:
     """``n`` distinct objects: the base objects with their SOP Instance UID's last
     digits replaced (same length, so the object stays valid)."""
     out = []
     uids = [decode(b).sop_instance_uid for b in base]
-    for i in range(n):
+    for i in range(start, start + n):
         b, uid = base[i % len(base)], uids[i % len(base)]
         tail = str(i).rjust(8, "0")
         new = uid[: len(uid) - len(tail)] + tail
@@ -183,9 +183,8 @@ def trace_table(small: bool, root: Path) -> str:
     base = _base_objects()
     path = root / "trace"
     with Store.open(path, analyze=None, max_batch=256) as s:
-        objs = _variants(base, n)
-        for k in range(0, n, 256):
-            s.ingest(objs[k:k + 256], "bench")
+        for k in range(0, n, 256):  # made chunk by chunk: 100,000 objects are 12 GB
+            s.ingest(_variants(base, min(256, n - k), start=k), "bench")
         uids = s.uids()
     rng = random.Random(1)
     with Store.open(path, analyze=None) as s:

@@ -26,8 +26,10 @@ from waveform.errors import (
     Conflict,
     DurabilityError,
     InvalidArgument,
+    InvalidDicom,
     NotFound,
     StorageError,
+    UnsupportedObject,
     WaveformError,
 )
 from waveform.store import queries as _q
@@ -228,17 +230,19 @@ class Store:
     def submit(self, data: bytes | memoryview, organisation: str) -> Future[IngestResult]:
         """Queue one object for the next group commit; the future answers after it.
 
-        The future raises `Conflict` (same SOP Instance UID, other bytes),
-        `InvalidDicom`/`UnsupportedObject`, `StorageError` (not stored, retry) or
-        `DurabilityError` (the writer stopped).
+        The future raises what concerns this object: `Conflict` (same SOP Instance
+        UID, other bytes), `InvalidDicom`/`UnsupportedObject`, or the commit's
+        `StorageError` (not stored, retry) / `DurabilityError`. The call itself
+        raises what concerns the service: `Overloaded` (queue full),
+        `DurabilityError` (the writer has stopped), `StorageError` (closed).
         """
         try:
             p = prepare(data, organisation, self._clock())
-        except WaveformError as e:
+            return self._enqueue([p])[0]
+        except (InvalidDicom, UnsupportedObject, Conflict) as e:
             f: Future[IngestResult] = Future()
             f.set_exception(e)
             return f
-        return self._enqueue([p])[0]
 
     def ingest(
         self,
@@ -718,6 +722,3 @@ def _default_analysis() -> tuple[Callable[[Any], Any] | None, str | None]:
         log.warning("waveform.analysis is not importable; summaries will not be computed")
         return None, None
     return analyze, str(ANALYSIS_VERSION)
-
-
-_ = DurabilityError  # re-exported through the errors the futures raise
