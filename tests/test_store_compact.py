@@ -93,3 +93,19 @@ def test_background_compaction_starts_after_n_commits(tmp_path: Path) -> None:
         assert s.sql("SELECT count(DISTINCT filename) FROM lake.waveform")[0][0] == 1
         for o in objs:
             assert s.get_dicom(decode(o).sop_instance_uid) == o
+
+
+def test_compact_dir_is_what_the_cli_calls(tmp_path: Path) -> None:
+    from waveform.store import compact_dir
+
+    objs = [encode(synthetic_ecg(seed=300 + i, duration_s=1.0)) for i in range(4)]
+    with Store.open(tmp_path, analyze=None, auto_compact_commits=None) as s:
+        for o in objs:
+            s.ingest([o], "org")
+    report = compact_dir(tmp_path, grace_s=0)
+    assert report.merged_files == 8 and report.written_files == 2
+    assert report.removed_files == 8
+    with Store.open(tmp_path, analyze=None) as s:
+        assert s.sql("SELECT count(DISTINCT filename) FROM lake.ecg")[0][0] == 1
+        for o in objs:
+            assert s.get_dicom(decode(o).sop_instance_uid) == o

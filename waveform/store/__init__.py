@@ -9,8 +9,19 @@ path and search), `measure` (background summaries), `compact` (merging files).
 
 from __future__ import annotations
 
+from waveform.store.compact import CompactionReport, compact_dir
 from waveform.store.files import FileOps, LocalFiles
 from waveform.store.queries import Page, SearchQuery, Trace
 from waveform.store.store import IngestResult, Store
 
-__all__ = ["FileOps", "IngestResult", "LocalFiles", "Page", "SearchQuery", "Store", "Trace"]
+__all__ = [
+    "CompactionReport",
+    "FileOps",
+    "IngestResult",
+    "LocalFiles",
+    "Page",
+    "SearchQuery",
+    "Store",
+    "Trace",
+    "compact_dir",
+]

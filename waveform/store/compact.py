@@ -41,7 +41,7 @@ from waveform.store.schema import TABLES
 if TYPE_CHECKING:
     from waveform.store.store import Store
 
-__all__ = ["CompactionReport", "compact"]
+__all__ = ["CompactionReport", "compact", "compact_dir"]
 
 _META = f"__ducklake_metadata_{ALIAS}"
 
@@ -189,3 +189,18 @@ def _remove_orphans(store: Store, grace_s: float) -> int:
         if removed:
             store._files.fsync_dir(directory)
     return removed
+
+
+def compact_dir(
+    data_dir: str | os.PathLike[str],
+    *,
+    catalog: str | None = None,
+    data_path: str | None = None,
+    grace_s: float = 600.0,
+) -> CompactionReport:
+    """``waveform compact --data DIR``: open the store without measuring, compact, close."""
+    from waveform.store.store import Store
+
+    with Store.open(data_dir, catalog=catalog, data_path=data_path, analyze=None,
+                    auto_compact_commits=None) as store:
+        return compact(store, grace_s=grace_s)
