@@ -122,10 +122,6 @@ def _variants(base: list[bytes], n: int, start: int = 0) -> list[bytes]:
     return out
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-
-
 def ingest_table(small: bool, root: Path) -> tuple[str, Path, list[str]]:
     base = _base_objects()
     n = 64 if small else 3000
@@ -149,7 +145,11 @@ def ingest_table(small: bool, root: Path) -> tuple[str, Path, list[str]]:
             el = time.perf_counter() - t0
             if batch == 256:
                 keep, keep_uids = path, s.uids()
-        on_disk = _dir_bytes(path / "lake") / (n + batch)
+            # Live data files only: background compaction may keep merged-away
+            # files for its grace period.
+            live = s.sql("SELECT DISTINCT filename FROM lake.ecg UNION "
+                         "SELECT DISTINCT filename FROM lake.waveform")
+            on_disk = sum(os.path.getsize(f) for (f,) in live) / (n + batch)
         rows.append([batch, f"{n / el:.0f}", f"{on_disk / 1024:.1f}", "", ""])
     raw16 = 12 * 5000 * 2
     dicom = float(np.mean([len(b) for b in base]))

@@ -263,7 +263,7 @@ def test_search_measurements_survive_compaction_and_reopen(tmp_path: Path) -> No
             s.ingest([o], "org", wait_summary=True, timeout=30)
         assert measured(s) == want
         report = s.compact(min_files=2, grace_s=0)
-        assert report.written_files >= 3  # ecg, waveform and summary files merged
+        assert report.written_files >= 4  # ecg, header, waveform and summary merged
         assert measured(s) == want
     with Store.open(tmp_path, analyze=None, analysis_version="c1") as s:
         assert measured(s) == want

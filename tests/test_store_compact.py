@@ -58,10 +58,11 @@ def test_compaction_under_concurrent_readers_and_writers(tmp_path: Path) -> None
         for t in threads:
             t.join()
         assert not errors, errors[:1]
-        assert report.merged_files >= 24 * 2 and report.removed_files >= 24
+        assert report.merged_files >= 24 * 3 and report.removed_files >= 24
         after = s.sql("SELECT count(DISTINCT filename) FROM lake.waveform")[0][0]
         assert after < before
         named = {r[0] for r in s.sql("SELECT filename FROM lake.ecg UNION ALL "
+                                     "SELECT filename FROM lake.header UNION ALL "
                                      "SELECT filename FROM lake.waveform")}
         assert named <= _files_on_disk(tmp_path)
         for u, o in zip(uids, objs, strict=True):
@@ -103,8 +104,8 @@ def test_compact_dir_is_what_the_cli_calls(tmp_path: Path) -> None:
         for o in objs:
             s.ingest([o], "org")
     report = compact_dir(tmp_path, grace_s=0)
-    assert report.merged_files == 8 and report.written_files == 2
-    assert report.removed_files == 8
+    assert report.merged_files == 12 and report.written_files == 3  # ecg, header, waveform
+    assert report.removed_files == 12
     with Store.open(tmp_path, analyze=None) as s:
         assert s.sql("SELECT count(DISTINCT filename) FROM lake.ecg")[0][0] == 1
         for o in objs:

@@ -40,11 +40,12 @@ def test_order_write_fsync_rename_fsync_dir_commit_ack(tmp_path: Path) -> None:
         fut.add_done_callback(lambda _: rec.log.append(("resolved", "")))
         r = fut.result(30)
         named = {row[0] for row in s.sql(
-            "SELECT filename FROM lake.ecg UNION ALL SELECT filename FROM lake.waveform")}
+            "SELECT filename FROM lake.ecg UNION ALL SELECT filename FROM lake.header "
+            "UNION ALL SELECT filename FROM lake.waveform")}
     log = rec.log
     pos = {e: i for i, e in enumerate(log)}
     finals = [p for op, p in log if op == "rename"]
-    assert sorted(finals) == sorted(named) and len(finals) == 2
+    assert sorted(finals) == sorted(named) and len(finals) == 3  # ecg, header, waveform
     for final in finals:
         tmp = os.path.join(os.path.dirname(final), "." + os.path.basename(final) + ".tmp")
         assert pos[("write", tmp)] < pos[("fsync", tmp)] < pos[("rename", final)]
@@ -58,8 +59,9 @@ def test_order_write_fsync_rename_fsync_dir_commit_ack(tmp_path: Path) -> None:
 STEPS = [
     ("write", 1, StorageError), ("write", 2, StorageError),
     ("fsync", 1, DurabilityError), ("fsync", 2, DurabilityError),
-    ("rename", 1, StorageError), ("rename", 2, StorageError),
-    ("fsync_dir", 1, DurabilityError), ("fsync_dir", 2, DurabilityError),
+    ("write", 3, StorageError), ("fsync", 3, DurabilityError),
+    ("rename", 1, StorageError), ("rename", 2, StorageError), ("rename", 3, StorageError),
+    ("fsync_dir", 1, DurabilityError), ("fsync_dir", 3, DurabilityError),
     ("commit", 1, DurabilityError),
 ]
 
@@ -98,7 +100,8 @@ def test_failure_at_each_step_fails_the_batch_and_leaves_nothing(
         stored = s2.sql("SELECT count(*) FROM lake.ecg")[0][0]
         assert stored == (0 if error is DurabilityError else 3)
         named = {r[0] for r in s2.sql(
-            "SELECT filename FROM lake.ecg UNION ALL SELECT filename FROM lake.waveform")}
+            "SELECT filename FROM lake.ecg UNION ALL SELECT filename FROM lake.header "
+            "UNION ALL SELECT filename FROM lake.waveform")}
         s2.compact(grace_s=0)
         assert _data_files(tmp_path) == named  # no orphan, no temporary file left
         r = s2.ingest(_objs(1, seed=90), "org")[0]

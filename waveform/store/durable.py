@@ -61,9 +61,9 @@ class ParquetOptions:
 #: docs/storage.md).
 WRITE_OPTIONS: dict[str, ParquetOptions] = {
     "ecg": ParquetOptions(
-        row_group_size=1 << 14, no_statistics=("header",),
-        sorting=("patient_id", "acquisition_datetime"),
+        row_group_size=1 << 14, sorting=("patient_id", "acquisition_datetime"),
     ),
+    "header": ParquetOptions(row_group_size=8, no_statistics=("header",)),
     "waveform": ParquetOptions(
         row_group_size=8, uncompressed=("samples",), no_statistics=("samples", "channels")
     ),

@@ -42,6 +42,7 @@ class Prepared:
     sha256: str
     size: int
     ecg_row: dict[str, Any]
+    header_row: dict[str, Any]
     waveform_rows: list[dict[str, Any]]
 
 
@@ -144,13 +145,13 @@ def prepare(
         ingested_at=ingested_at,
         size=len(data),
         sha256=digest,
-        header=bytes(header),
     )
     if set(row) != set(ECG.names) or set(wf_rows[0] if wf_rows else WAVEFORM.names) != set(
         WAVEFORM.names
     ):  # pragma: no cover - a schema edit without this module
         raise AssertionError("records.prepare is out of step with store.schema")
-    return Prepared(ecg.sop_instance_uid, digest, len(data), row, wf_rows)
+    header_row = {"sop_instance_uid": ecg.sop_instance_uid, "header": bytes(header)}
+    return Prepared(ecg.sop_instance_uid, digest, len(data), row, header_row, wf_rows)
 
 
 def decode_samples(row: dict[str, Any]) -> np.ndarray:

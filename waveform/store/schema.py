@@ -6,7 +6,8 @@ the two cannot drift. `SCHEMA_VERSION` is recorded as the comment of the ``ecg``
 table (catalog metadata, so no data file is written for it); a store opened by a
 different version is refused with a message rather than misread.
 
-Tables owned here: ``ecg`` (one row per SOP instance), ``waveform`` (one row per
+Tables owned here: ``ecg`` (one row per SOP instance), ``header`` (its split
+header, for byte-exact reassembly), ``waveform`` (one row per
 multiplex group, the samples losslessly encoded, see `waveform.store.codec`) and
 ``summary`` (one row per ECG and analysis version). `RESERVED` names tables that
 later modules (documents, consent, denials, audit) create in the same catalog.
@@ -18,6 +19,7 @@ import pyarrow as pa
 
 __all__ = [
     "ECG",
+    "HEADER",
     "MEASURES",
     "RESERVED",
     "SCHEMA_VERSION",
@@ -67,7 +69,14 @@ ECG = pa.schema([
     ("ingested_at", _TS_UTC),
     ("size", pa.int64()),
     ("sha256", pa.string()),
-    # `waveform.dicom.split` header: the object minus each group's sample bytes.
+])
+
+#: `waveform.dicom.split`'s header (the object minus each group's sample bytes),
+#: one row per SOP instance. Not a column of ``ecg``: ``ecg`` is sorted into
+#: large row groups for search, and reading one header would then decompress a
+#: whole row group of headers (measured 28 ms a `get_dicom` over 100,000 ECGs).
+HEADER = pa.schema([
+    ("sop_instance_uid", pa.string()),
     ("header", pa.binary()),
 ])
 
@@ -137,7 +146,9 @@ SUMMARY = pa.schema([
     ("document", pa.string()),
 ])
 
-TABLES: dict[str, pa.Schema] = {"ecg": ECG, "waveform": WAVEFORM, "summary": SUMMARY}
+TABLES: dict[str, pa.Schema] = {
+    "ecg": ECG, "header": HEADER, "waveform": WAVEFORM, "summary": SUMMARY,
+}
 
 #: Tables other modules own in the same catalog; the store never creates them.
 RESERVED: tuple[str, ...] = ("document", "consent", "denial", "audit")

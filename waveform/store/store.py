@@ -72,6 +72,7 @@ class _Entry:
     size: int
     ingested_at: dt.datetime
     ecg: tuple[str, int]
+    header: tuple[str, int]
     groups: list[tuple[str, int]]
 
     def result(self, uid: str, already: bool) -> IngestResult:
@@ -215,6 +216,9 @@ class Store:
             f"SELECT sop_instance_uid, sha256, size, ingested_at, filename, file_row_number "
             f"FROM {ALIAS}.ecg"
         ).fetchall()
+        headers = {u: (f, r) for u, f, r in cur.execute(
+            f"SELECT sop_instance_uid, filename, file_row_number FROM {ALIAS}.header"
+        ).fetchall()}
         groups: dict[str, list[tuple[int, str, int]]] = {}
         for uid, gi, fn, row in cur.execute(
             f"SELECT sop_instance_uid, group_index, filename, file_row_number FROM {ALIAS}.waveform"
@@ -223,7 +227,10 @@ class Store:
         index = {}
         for uid, sha, size, at, fn, row in ecg:
             g = sorted(groups.get(uid, []))
-            index[uid] = _Entry(sha, size, at, (fn, row), [(f, r) for _, f, r in g])
+            if uid not in headers:  # pragma: no cover - both are in every commit
+                raise StorageError(f"the catalog holds ECG {uid} without its header")
+            index[uid] = _Entry(sha, size, at, (fn, row), headers[uid],
+                                [(f, r) for _, f, r in g])
         self._index = index
 
     # --------------------------------------------------------------- writing
@@ -326,6 +333,7 @@ class Store:
     def _flush(self, items: list[Prepared]) -> list[IngestResult]:
         """Writer thread: one durable commit for a group of objects."""
         ecg = pa.Table.from_pylist([p.ecg_row for p in items], schema=_schema.ECG)
+        head = pa.Table.from_pylist([p.header_row for p in items], schema=_schema.HEADER)
         wf = pa.Table.from_pylist(
             [r for p in items for r in p.waveform_rows], schema=_schema.WAVEFORM
         )
@@ -334,7 +342,8 @@ class Store:
         # sees a committed file whose locators are not in the index yet.
         with self._commit_lock:
             paths = commit_tables(
-                self._cursor(), self._files, self.data_path, {"ecg": ecg, "waveform": wf},
+                self._cursor(), self._files, self.data_path,
+                {"ecg": ecg, "header": head, "waveform": wf},
             )
             row = 0
             with self._ids:
@@ -342,6 +351,7 @@ class Store:
                     n = len(p.waveform_rows)
                     e = _Entry(
                         p.sha256, p.size, p.ecg_row["ingested_at"], (paths["ecg"], i),
+                        (paths["header"], i),
                         [(paths["waveform"], row + k) for k in range(n)],
                     )
                     row += n
@@ -384,6 +394,8 @@ class Store:
                 for entry in self._index.values():
                     if table == "ecg" and entry.ecg in moved:
                         entry.ecg = (new, moved[entry.ecg])
+                    elif table == "header" and entry.header in moved:
+                        entry.header = (new, moved[entry.header])
                     elif table == "waveform":
                         entry.groups = [(new, moved[loc]) if loc in moved else loc
                                         for loc in entry.groups]
@@ -459,8 +471,12 @@ class Store:
         groups = self._sql(
             f"SELECT filename, file_row_number FROM {ALIAS}.waveform "
             "WHERE sop_instance_uid = ? ORDER BY group_index", [uid])
+        head = self._sql(
+            f"SELECT filename, file_row_number FROM {ALIAS}.header "
+            "WHERE sop_instance_uid = ?", [uid])
         sha, size, at, fn, row = ecg[0]
-        return _Entry(sha, size, at, (fn, row), [(f, r) for f, r in groups])
+        return _Entry(sha, size, at, (fn, row), head[0] if head else ("", -1),
+                      [(f, r) for f, r in groups])
 
     def _read(self, uid: str, fn: Callable[[_Entry], Any]) -> Any:
         """``fn(entry)``, retried once with a fresh locator if its file is gone."""
@@ -482,7 +498,7 @@ class Store:
         return [self._reader.read(e.groups[g][0], e.groups[g][1], columns)[0] for g in groups]
 
     def _dicom_parts(self, uid: str, e: _Entry) -> tuple[bytes, list[bytes], str]:
-        head = self._reader.read(e.ecg[0], e.ecg[1], ["header", "sha256", "sop_instance_uid"])[0]
+        head = self._reader.read(e.header[0], e.header[1], ["header", "sop_instance_uid"])[0]
         if head["sop_instance_uid"] != uid:
             raise IndexError(f"locator of {uid} points at {head['sop_instance_uid']}")
         rows = self._waveform_rows(e, ["sop_instance_uid", "retained", "dtype", "codec",
@@ -494,7 +510,7 @@ class Store:
             if r["retained"]:
                 enc = EncodedSamples(r["codec"], r["samples"], r["nbytes"])
                 parts.append(decode_encoded(enc, np.dtype(r["dtype"]), r["n_channels"]))
-        return head["header"], parts, head["sha256"]
+        return head["header"], parts, e.sha256
 
     def ecg_context(self, uid: str) -> dict[str, Any]:
         """The ``ecg`` columns that summary rows carry (`schema.SUMMARY_CONTEXT`)."""
