@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
-from waveform.dicom.values import Fields, codes, wanted
+from waveform.dicom.values import Fields, codes, tag, wanted
 from waveform.model import Annotation, Code
 
 if TYPE_CHECKING:
@@ -22,16 +22,13 @@ if TYPE_CHECKING:
 __all__ = ["ANNOTATION", "LazyAnnotations"]
 
 
-def _t(group: int, element: int) -> int:
-    return (group << 16) | element
-
 
 ANNOTATION = {
-    "units": _t(0x0040, 0x08EA), "channels": _t(0x0040, 0xA0B0),
-    "concept_name": _t(0x0040, 0xA043), "temporal": _t(0x0040, 0xA130),
-    "positions": _t(0x0040, 0xA132), "offsets": _t(0x0040, 0xA138),
-    "concept": _t(0x0040, 0xA168), "group": _t(0x0040, 0xA180),
-    "numeric": _t(0x0040, 0xA30A), "text": _t(0x0070, 0x0006),
+    "units": tag(0x0040, 0x08EA), "channels": tag(0x0040, 0xA0B0),
+    "concept_name": tag(0x0040, 0xA043), "temporal": tag(0x0040, 0xA130),
+    "positions": tag(0x0040, 0xA132), "offsets": tag(0x0040, 0xA138),
+    "concept": tag(0x0040, 0xA168), "group": tag(0x0040, 0xA180),
+    "numeric": tag(0x0040, 0xA30A), "text": tag(0x0070, 0x0006),
 }
 _KEYS, _TAGS = wanted(ANNOTATION)
 _K = {k: i for i, k in enumerate(_KEYS)}

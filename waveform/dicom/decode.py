@@ -39,6 +39,7 @@ from waveform.dicom.values import (
     codes,
     items_of,
     parse_ds,
+    tag,
     text_decoder,
     wanted,
 )
@@ -63,43 +64,40 @@ def _uid_name(uid: str) -> str:
         return UID(uid).name
 
 
-def _t(group: int, element: int) -> int:
-    return (group << 16) | element
-
 
 # --- the elements we read, per kind of item ----------------------------------------------
 ROOT = {
-    "charset": _t(0x0008, 0x0005), "sop_class": _t(0x0008, 0x0016),
-    "sop_instance": _t(0x0008, 0x0018), "study_date": _t(0x0008, 0x0020),
-    "acq_date": _t(0x0008, 0x0022), "content_date": _t(0x0008, 0x0023),
-    "acq_datetime": _t(0x0008, 0x002A), "study_time": _t(0x0008, 0x0030),
-    "acq_time": _t(0x0008, 0x0032), "content_time": _t(0x0008, 0x0033),
-    "accession": _t(0x0008, 0x0050), "manufacturer": _t(0x0008, 0x0070),
-    "institution": _t(0x0008, 0x0080), "referring": _t(0x0008, 0x0090),
-    "study_description": _t(0x0008, 0x1030), "reading": _t(0x0008, 0x1060),
-    "operator": _t(0x0008, 0x1070), "model": _t(0x0008, 0x1090),
-    "patient_name": _t(0x0010, 0x0010), "patient_id": _t(0x0010, 0x0020),
-    "issuer": _t(0x0010, 0x0021), "birth_date": _t(0x0010, 0x0030),
-    "sex": _t(0x0010, 0x0040), "serial": _t(0x0018, 0x1000),
-    "software": _t(0x0018, 0x1020), "study_uid": _t(0x0020, 0x000D),
-    "series_uid": _t(0x0020, 0x000E), "annotations": _t(0x0040, 0xB020),
-    "waveforms": _t(0x5400, 0x0100),
+    "charset": tag(0x0008, 0x0005), "sop_class": tag(0x0008, 0x0016),
+    "sop_instance": tag(0x0008, 0x0018), "study_date": tag(0x0008, 0x0020),
+    "acq_date": tag(0x0008, 0x0022), "content_date": tag(0x0008, 0x0023),
+    "acq_datetime": tag(0x0008, 0x002A), "study_time": tag(0x0008, 0x0030),
+    "acq_time": tag(0x0008, 0x0032), "content_time": tag(0x0008, 0x0033),
+    "accession": tag(0x0008, 0x0050), "manufacturer": tag(0x0008, 0x0070),
+    "institution": tag(0x0008, 0x0080), "referring": tag(0x0008, 0x0090),
+    "study_description": tag(0x0008, 0x1030), "reading": tag(0x0008, 0x1060),
+    "operator": tag(0x0008, 0x1070), "model": tag(0x0008, 0x1090),
+    "patient_name": tag(0x0010, 0x0010), "patient_id": tag(0x0010, 0x0020),
+    "issuer": tag(0x0010, 0x0021), "birth_date": tag(0x0010, 0x0030),
+    "sex": tag(0x0010, 0x0040), "serial": tag(0x0018, 0x1000),
+    "software": tag(0x0018, 0x1020), "study_uid": tag(0x0020, 0x000D),
+    "series_uid": tag(0x0020, 0x000E), "annotations": tag(0x0040, 0xB020),
+    "waveforms": tag(0x5400, 0x0100),
 }
 GROUP = {
-    "time_offset": _t(0x0018, 0x1068), "trigger_offset": _t(0x0018, 0x1069),
-    "originality": _t(0x003A, 0x0004), "n_channels": _t(0x003A, 0x0005),
-    "n_samples": _t(0x003A, 0x0010), "fs": _t(0x003A, 0x001A),
-    "label": _t(0x003A, 0x0020), "channels": _t(0x003A, 0x0200),
-    "bits": _t(0x5400, 0x1004), "interpretation": _t(0x5400, 0x1006),
-    "padding": _t(0x5400, 0x100A), "data": _t(0x5400, 0x1010),
+    "time_offset": tag(0x0018, 0x1068), "trigger_offset": tag(0x0018, 0x1069),
+    "originality": tag(0x003A, 0x0004), "n_channels": tag(0x003A, 0x0005),
+    "n_samples": tag(0x003A, 0x0010), "fs": tag(0x003A, 0x001A),
+    "label": tag(0x003A, 0x0020), "channels": tag(0x003A, 0x0200),
+    "bits": tag(0x5400, 0x1004), "interpretation": tag(0x5400, 0x1006),
+    "padding": tag(0x5400, 0x100A), "data": tag(0x5400, 0x1010),
 }
 CHANNEL = {
-    "label": _t(0x003A, 0x0203), "source": _t(0x003A, 0x0208),
-    "sensitivity": _t(0x003A, 0x0210), "units": _t(0x003A, 0x0211),
-    "correction": _t(0x003A, 0x0212), "baseline": _t(0x003A, 0x0213),
-    "time_skew": _t(0x003A, 0x0214), "sample_skew": _t(0x003A, 0x0215),
-    "bits_stored": _t(0x003A, 0x021A), "filter_low": _t(0x003A, 0x0220),
-    "filter_high": _t(0x003A, 0x0221), "notch": _t(0x003A, 0x0222),
+    "label": tag(0x003A, 0x0203), "source": tag(0x003A, 0x0208),
+    "sensitivity": tag(0x003A, 0x0210), "units": tag(0x003A, 0x0211),
+    "correction": tag(0x003A, 0x0212), "baseline": tag(0x003A, 0x0213),
+    "time_skew": tag(0x003A, 0x0214), "sample_skew": tag(0x003A, 0x0215),
+    "bits_stored": tag(0x003A, 0x021A), "filter_low": tag(0x003A, 0x0220),
+    "filter_high": tag(0x003A, 0x0221), "notch": tag(0x003A, 0x0222),
 }
 
 

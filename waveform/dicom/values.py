@@ -20,10 +20,11 @@ from waveform.errors import InvalidDicom
 from waveform.model import Code
 
 __all__ = ["CODE", "Fields", "Reader", "codes", "first_items", "gather", "items_of", "parse_ds",
-           "text_decoder", "wanted"]
+           "tag", "text_decoder", "wanted"]
 
 
-def _t(group: int, element: int) -> int:
+def tag(group: int, element: int) -> int:
+    """The uint32 of tag (group, element), as `tokenize` reports it."""
     return (group << 16) | element
 
 
@@ -33,9 +34,9 @@ def wanted(table: dict[str, int]) -> tuple[list[str], np.ndarray]:
 
 
 CODE = {
-    "value": _t(0x0008, 0x0100), "scheme": _t(0x0008, 0x0102),
-    "meaning": _t(0x0008, 0x0104), "long_value": _t(0x0008, 0x0119),
-    "urn_value": _t(0x0008, 0x0120),
+    "value": tag(0x0008, 0x0100), "scheme": tag(0x0008, 0x0102),
+    "meaning": tag(0x0008, 0x0104), "long_value": tag(0x0008, 0x0119),
+    "urn_value": tag(0x0008, 0x0120),
 }
 _CODE_KEYS, _CODE_TAGS = wanted(CODE)
 

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -77,6 +77,23 @@ class _Call:
         self.uid = ""
 
 
+def _failed(service: EcgArchive, call: _Call, context: grpc.ServicerContext,
+            exc: Exception) -> NoReturn:
+    """End a failed call: one status code per error class, INTERNAL (with a log
+    reference, never the library's text) for anything unexpected."""
+    if isinstance(exc, WaveformError):
+        service._finish(call, code_of(exc))
+        context.abort(code_of(exc), message_of(exc))
+    if isinstance(exc, grpc.RpcError):
+        service._finish(call, context.code() or grpc.StatusCode.CANCELLED)
+        raise exc
+    ref = uuid.uuid4().hex[:12]
+    log.error("internal error", exc_info=exc, extra={"ref": ref, "method": call.method})
+    service._finish(call, grpc.StatusCode.INTERNAL)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error (log reference {ref})")
+    raise AssertionError("grpc's context.abort always raises")
+
+
 def _rpc(method: Callable[..., T]) -> Callable[..., T]:
     """Authenticate, run, translate errors, log and count one unary call."""
     name = method.__name__
@@ -87,17 +104,8 @@ def _rpc(method: Callable[..., T]) -> Callable[..., T]:
         try:
             call.identity = self.authenticate(context)
             result = method(self, request, context, call)
-        except WaveformError as exc:
-            self._finish(call, code_of(exc))
-            context.abort(code_of(exc), message_of(exc))
-        except grpc.RpcError:
-            self._finish(call, context.code() or grpc.StatusCode.CANCELLED)
-            raise
-        except Exception:
-            ref = uuid.uuid4().hex[:12]
-            log.exception("internal error", extra={"ref": ref, "method": name})
-            self._finish(call, grpc.StatusCode.INTERNAL)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error (log reference {ref})")
+        except Exception as exc:
+            _failed(self, call, context, exc)
         self._finish(call, grpc.StatusCode.OK)
         return result
 
@@ -114,17 +122,8 @@ def _stream(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
         try:
             call.identity = self.authenticate(context)
             yield from method(self, request, context, call)
-        except WaveformError as exc:
-            self._finish(call, code_of(exc))
-            context.abort(code_of(exc), message_of(exc))
-        except grpc.RpcError:
-            self._finish(call, context.code() or grpc.StatusCode.CANCELLED)
-            raise
-        except Exception:
-            ref = uuid.uuid4().hex[:12]
-            log.exception("internal error", extra={"ref": ref, "method": name})
-            self._finish(call, grpc.StatusCode.INTERNAL)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error (log reference {ref})")
+        except Exception as exc:
+            _failed(self, call, context, exc)
         self._finish(call, grpc.StatusCode.OK)
 
     return wrapper
