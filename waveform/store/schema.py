@@ -15,6 +15,8 @@ later modules (documents, consent, denials, audit) create in the same catalog.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pyarrow as pa
 
 __all__ = [
@@ -179,10 +181,10 @@ def duck_type(t: pa.DataType) -> str:
     raise TypeError(f"no DuckDB type for Arrow type {t}")
 
 
-def ddl(catalog: str) -> list[str]:
-    """Statements that create every table (if absent) in ``catalog``."""
+def ddl(catalog: str, tables: Mapping[str, pa.Schema] = TABLES) -> list[str]:
+    """Statements that create each of ``tables`` (if absent) in ``catalog``."""
     out = []
-    for name, schema in TABLES.items():
+    for name, schema in tables.items():
         cols = ", ".join(f"{f.name} {duck_type(f.type)}" for f in schema)
         out.append(f"CREATE TABLE IF NOT EXISTS {catalog}.{name} ({cols})")
     return out

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -443,6 +443,21 @@ class Store:
                 for i, (u, v) in enumerate(zip(uids, versions, strict=True)):
                     if v == self.analysis_version:
                         self._summary_loc[u] = (path, i)
+
+    def ensure_tables(self, tables: Mapping[str, pa.Schema]) -> None:
+        """Create the tables another module owns in this catalog (`schema.RESERVED`).
+
+        Their rows are then committed with `commit_rows` and read with `sql`.
+        """
+        unknown = sorted(set(tables) - set(_schema.RESERVED))
+        if unknown:
+            raise ValueError(f"tables {unknown} are not reserved for other modules "
+                             f"(reserved: {', '.join(_schema.RESERVED)})")
+        with self._commit_lock:
+            for name in tables:
+                self._files.makedirs(table_dir(self._files, self.data_path, name))
+            for stmt in _schema.ddl(ALIAS, tables):
+                self._sql(stmt)
 
     def commit_rows(self, tables: dict[str, pa.Table]) -> dict[str, str]:
         """Durably commit rows of store tables (the measurement stage's way in)."""
