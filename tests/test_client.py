@@ -392,3 +392,85 @@ def test_tokens_add_prints_a_token_that_authenticates(tmp_path: Path,
     assert main(["tokens", "add", "--file", str(path), "--org", "citizens", "--user", "p-8",
                  "--role", "citizen"]) == 1
     _one_failure_line(capsys.readouterr().err, "tokens", "INVALID_ARGUMENT")
+
+
+# ------------------------------------------------------------------ render
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_render_by_uid_draws_the_stored_ecg_on_a4(archive: Archive, stored: tuple[str, bytes],
+                                                  tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    uid, _ = stored
+    out = tmp_path / "p.png"
+    code, text, err = _run(capsys, archive, "dr_a", "render", uid, "-o", str(out), "--dpi", "100")
+    assert code == 0, err
+    assert uid in text
+    # A4 landscape, 297 x 210 mm at 100 dpi.
+    assert _png_size(out.read_bytes()) == (int(297 / 25.4 * 100), int(210 / 25.4 * 100))
+    svg = tmp_path / "p.svg"
+    code, _, err = _run(capsys, archive, "dr_a", "render", uid, "-o", str(svg),
+                        "--layout", "12x1", "--paper", "Letter")
+    assert code == 0, err
+    text_svg = svg.read_text()
+    # US Letter landscape, 11 x 8.5 in = 792 x 612 pt.
+    assert 'width="792pt" height="612pt"' in text_svg
+    for lead in ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"):
+        assert f">{lead}</text>" in text_svg, lead
+
+
+def test_render_refusals_are_one_line(archive: Archive, stored: tuple[str, bytes],
+                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uid, _ = stored
+    out = tmp_path / "p.png"
+    code, _, err = _run(capsys, archive, "citizen", "render", uid, "-o", str(out))
+    assert code == 1
+    _one_failure_line(err, "render", "PERMISSION_DENIED")
+    code, _, err = _run(capsys, archive, "dr_b", "render", uid, "-o", str(out))
+    assert code == 1
+    _one_failure_line(err, "render", "NOT_FOUND")
+    code, _, err = _run(capsys, archive, "dr_a", "render", uid, "-o", str(tmp_path / "p.jpg"))
+    assert code == 1
+    assert "png, .svg, .pdf" in _one_failure_line(err, "render", "INVALID_ARGUMENT")
+    assert not out.exists() and not list(tmp_path.glob(".*part"))
+
+
+def test_render_local_file_needs_no_server(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "ecg.dcm"
+    src.write_bytes(_ecg(heart_rate=60.0))
+    out = tmp_path / "p.pdf"
+    # No server listens on this port: a local file must not need one.
+    code = main(["render", str(src), "-o", str(out), "--server", "127.0.0.1:9",
+                 "--gain", "20"])
+    assert code == 0, capsys.readouterr().err
+    pdf = out.read_bytes()
+    assert pdf.startswith(b"%PDF-")
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"DICM" * 40)
+    code = main(["render", str(bad), "-o", str(tmp_path / "bad.png")])
+    assert code == 1
+    _one_failure_line(capsys.readouterr().err, "render", "INVALID_ARGUMENT")
+
+
+# ----------------------------------------------------------------- compact
+def test_compact_offline_merges_a_stopped_archive(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from waveform.store import Store
+
+    with Store.open(tmp_path / "a", analyze=None, auto_compact_commits=None) as store:
+        for _ in range(5):  # five commits: five small files a table, enough to merge
+            store.ingest([_ecg()], organisation="org-x")
+        before = store.uids()
+    code = main(["compact", "--data", str(tmp_path / "a")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out.startswith("merged ")
+    assert int(out.out.split()[1]) > 0
+    with Store.open(tmp_path / "a", analyze=None, auto_compact_commits=None) as store:
+        assert sorted(store.uids()) == sorted(before)
+    code = main(["compact", "--data", str(tmp_path / "nothing")])
+    assert code == 1
+    _one_failure_line(capsys.readouterr().err, "compact", "NOT_FOUND")

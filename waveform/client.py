@@ -5,7 +5,8 @@
     waveform summary UID                 the measurements of one ECG
     waveform trace UID [-o FILE]         samples as CSV, NPY or Parquet
     waveform export UID -o FILE.dcm      the original object, SHA-256 checked
-    waveform compact                     merge small data files (admin)
+    waveform render UID|FILE.dcm -o OUT  the 12-lead printout (.png, .svg, .pdf)
+    waveform compact [--data DIR]        merge small data files (admin; or offline)
     waveform health                      the grpc.health.v1 status of the server
     waveform tokens add ...              add a caller to a tokens file
 
@@ -667,16 +668,89 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- render
+_RENDER_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    fmt = _RENDER_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise CommandFailed("INVALID_ARGUMENT", f"{out}: the output must end in "
+                            f"{', '.join(_RENDER_FORMATS)} (it chooses the format)")
+    options: dict[str, Any] = dict(layout=args.layout, paper=args.paper, dpi=args.dpi,
+                                   speed_mm_s=args.speed, gain_mm_mv=args.gain, qtc=args.qtc)
+    source = Path(args.target)
+    if source.is_file():
+        # A local object: decoded, measured and drawn here, no server involved.
+        from waveform.render import render_file
+
+        try:
+            render_file(source, out, **options)
+        except ValueError as exc:
+            raise CommandFailed("INVALID_ARGUMENT", f"{source}: {exc}") from None
+        print(f"{out}: printout of {source}")
+        return 0
+    from waveform.service._proto.waveform.v1 import archive_pb2 as pb
+
+    req = pb.RenderRequest(
+        sop_instance_uid=args.target, layout=args.layout, paper=args.paper, format=fmt,
+        dpi=args.dpi, speed_mm_s=args.speed, gain_mm_mv=args.gain, qtc_formula=args.qtc)
+    conn = _connect(args)
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        size, expected = 0, -1
+        with open(tmp, "wb") as f:
+            for i, chunk in enumerate(conn.archive().Render(req, metadata=conn.metadata,
+                                                            timeout=conn.timeout)):
+                if i == 0:
+                    expected = chunk.total_bytes
+                f.write(chunk.data)
+                size += len(chunk.data)
+        if size != expected:
+            raise CommandFailed("DATA_LOSS", f"received {size} bytes of a {expected}-byte "
+                                "printout; nothing written")
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise _os_failure(exc, f"cannot write {out}") from None
+    finally:
+        conn.channel.close()
+        tmp.unlink(missing_ok=True)
+    print(f"{out}: printout of {args.target} ({size} bytes)")
+    return 0
+
+
 # -------------------------------------------------------------------- compact
 def _cmd_compact(args: argparse.Namespace) -> int:
     from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 
+    if args.data is not None:
+        return _compact_offline(args.data)
     conn = _connect(args)
     try:
         r = conn.archive().Compact(pb.CompactRequest(), metadata=conn.metadata,
                                    timeout=conn.timeout)
     finally:
         conn.channel.close()
+    print(f"merged {r.merged_files} files into {r.written_files}, removed {r.removed_files}, "
+          f"orphans removed {r.orphans_removed}")
+    return 0
+
+
+def _compact_offline(data: Path) -> int:
+    """Compact a store that no server has open (the catalog allows one writer)."""
+    from waveform.errors import StorageError
+    from waveform.store import compact_dir
+
+    if not (data / "catalog.ducklake").exists():
+        raise CommandFailed("NOT_FOUND", f"{data} holds no archive (no catalog.ducklake)")
+    try:
+        r = compact_dir(data)
+    except StorageError as exc:
+        if "lock" in str(exc).lower():
+            raise CommandFailed("UNAVAILABLE", f"{data} is open in a running server; "
+                                "compact through it (waveform compact --server ...)") from None
+        raise
     print(f"merged {r.merged_files} files into {r.written_files}, removed {r.removed_files}, "
           f"orphans removed {r.orphans_removed}")
     return 0
@@ -821,7 +895,28 @@ def register(sub: Any) -> None:
     q.add_argument("uid", metavar="UID")
     q.add_argument("-o", "--output", required=True, metavar="FILE.dcm")
 
-    add("compact", _cmd_compact, "merge small data files and remove orphans (role admin)")
+    q = add("render", _cmd_render, "the 12-lead printout of a stored ECG (by UID, from the "
+            "server) or of a local DICOM file (no server needed)")
+    q.add_argument("target", metavar="UID|FILE.dcm")
+    q.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="FILE.png, FILE.svg or FILE.pdf (the suffix chooses the format)")
+    q.add_argument("--layout", default="3x4+1", choices=("3x4+1", "3x4+3", "6x2", "12x1"),
+                   help="3x4 with a lead II rhythm strip (default), 3x4 with three rhythm "
+                        "strips, 6x2 or 12x1")
+    q.add_argument("--paper", default="A4", choices=("A4", "Letter"), help="landscape")
+    q.add_argument("--dpi", type=float, default=150.0, help="PNG resolution (default 150)")
+    q.add_argument("--speed", type=float, default=25.0, choices=(25.0, 50.0),
+                   help="paper speed, mm/s (default 25)")
+    q.add_argument("--gain", type=float, default=10.0, choices=(5.0, 10.0, 20.0),
+                   help="mm/mV (default 10)")
+    q.add_argument("--qtc", default="Bazett",
+                   choices=("Bazett", "Fridericia", "Framingham", "Hodges"),
+                   help="the QTc formula in the header")
+
+    q = add("compact", _cmd_compact, "merge small data files and remove orphans: through the "
+            "server (role admin), or with --data on an archive no server has open")
+    q.add_argument("--data", type=Path, metavar="DIR",
+                   help="compact this archive folder directly (the server must be stopped)")
     add("health", _cmd_health, f"the grpc.health.v1 status of the server and {SERVICE_NAME}")
 
     tokens = sub.add_parser("tokens", help="manage a tokens file",
