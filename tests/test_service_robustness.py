@@ -124,8 +124,11 @@ def test_calls_beyond_max_concurrent_are_refused_at_once(served: Any) -> None:
                 raise
             time.sleep(0.01)  # both held streams not yet counted: try again
         assert refused is not None, "no RESOURCE_EXHAUSTED while two calls held the server"
-        elapsed, _ = refused
+        elapsed, exc = refused
         assert elapsed < 1.0, f"refused after {elapsed:.2f} s: it should be at once"
+        assert "at capacity (2 calls in progress)" in exc.details()
+        # At capacity, the health service still answers (load balancers must see it).
+        assert _healthy(s.channel)
     finally:
         release.set()
     for call in busy:  # the held calls end normally once their requests end

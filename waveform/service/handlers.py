@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from waveform.errors import NotFound, StorageError, WaveformError
+from waveform.errors import NotFound, Overloaded, StorageError, WaveformError
 from waveform.service import convert, policy
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
@@ -94,18 +94,32 @@ def _failed(service: EcgArchive, call: _Call, context: grpc.ServicerContext,
     raise AssertionError("grpc's context.abort always raises")
 
 
+def _admit(service: EcgArchive) -> None:
+    """Take a call slot or refuse at once: the limit is ours, not grpc's, so that
+    health checks and reflection (served by the reserve threads) still answer."""
+    if not service._slots.acquire(blocking=False):
+        raise Overloaded(f"the server is at capacity ({service.max_concurrent} calls in "
+                         "progress); nothing was done, retry later")
+
+
 def _rpc(method: Callable[..., T]) -> Callable[..., T]:
-    """Authenticate, run, translate errors, log and count one unary call."""
+    """Admit, authenticate, run, translate errors, log and count one unary call."""
     name = method.__name__
 
     @functools.wraps(method)
     def wrapper(self: EcgArchive, request: Any, context: grpc.ServicerContext) -> T:
         call = _Call(name)
         try:
+            _admit(self)
+        except Overloaded as exc:
+            _failed(self, call, context, exc)
+        try:
             call.identity = self.authenticate(context)
             result = method(self, request, context, call)
         except Exception as exc:
             _failed(self, call, context, exc)
+        finally:
+            self._slots.release()
         self._finish(call, grpc.StatusCode.OK)
         return result
 
@@ -120,10 +134,16 @@ def _stream(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
     def wrapper(self: EcgArchive, request: Any, context: grpc.ServicerContext) -> Iterator[T]:
         call = _Call(name)
         try:
+            _admit(self)
+        except Overloaded as exc:
+            _failed(self, call, context, exc)
+        try:
             call.identity = self.authenticate(context)
             yield from method(self, request, context, call)
         except Exception as exc:
             _failed(self, call, context, exc)
+        finally:
+            self._slots.release()
         self._finish(call, grpc.StatusCode.OK)
 
     return wrapper
@@ -133,11 +153,14 @@ class EcgArchive(pb_grpc.EcgArchiveServicer):
     """The service, over an injected store, identity provider and metrics."""
 
     def __init__(self, store: Store, identities: IdentityProvider,
-                 metrics: Metrics | None = None, *, summary_timeout_s: float = 30.0) -> None:
+                 metrics: Metrics | None = None, *, summary_timeout_s: float = 30.0,
+                 max_concurrent: int = 256) -> None:
         self.store = store
         self.identities = identities
         self.metrics = metrics or Metrics()
         self.summary_timeout_s = summary_timeout_s
+        self.max_concurrent = max_concurrent
+        self._slots = threading.BoundedSemaphore(max_concurrent)
 
     # ----------------------------------------------------------- plumbing
     def authenticate(self, context: grpc.ServicerContext) -> Identity:

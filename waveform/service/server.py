@@ -34,6 +34,8 @@ __all__ = ["SERVICE_NAME", "Server", "TlsFiles", "configure_logging", "start"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgArchive"].full_name
 DEFAULT_MAX_MESSAGE = 64 << 20
+#: Threads beyond the service's call limit: health checks and reflection run on them.
+RESERVE_THREADS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +91,11 @@ def start(
 ) -> Server:
     """Start serving ``store`` on ``host:port`` (port 0: any free port).
 
-    Calls beyond ``max_concurrent`` are answered RESOURCE_EXHAUSTED at once. The
-    port is never shared: if it is taken, `StorageError` says so.
+    Calls beyond ``max_concurrent`` are answered RESOURCE_EXHAUSTED at once by
+    the service itself; the thread pool has `RESERVE_THREADS` more than that (and
+    at least ``workers``) so that health checks and reflection answer while the
+    service is at capacity. The port is never shared: if it is taken,
+    `StorageError` says so.
     """
     metrics = metrics or Metrics()
     options = [
@@ -98,9 +103,11 @@ def start(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),  # no silent port sharing with another server
     ]
-    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-                         options=options, maximum_concurrent_rpcs=max_concurrent)
-    service = EcgArchive(store, identities, metrics)
+    threads = max(workers, max_concurrent + RESERVE_THREADS)
+    # grpc's own cap only bounds a flood (each refused call holds a thread briefly).
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
+                         options=options, maximum_concurrent_rpcs=threads)
+    service = EcgArchive(store, identities, metrics, max_concurrent=max_concurrent)
     pb_grpc.add_EcgArchiveServicer_to_server(service, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
