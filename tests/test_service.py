@@ -82,6 +82,14 @@ def test_search_is_confined_to_the_callers_organisation(archive: Archive) -> Non
                                metadata=archive.auth("dr_b"))
     assert [h.sop_instance_uid for h in mine.hits] == [ecg.sop_instance_uid]
     assert mine.hits[0].organisation == "org-b"
+    assert mine.hits[0].study_instance_uid == ecg.study_instance_uid != ""
+    assert mine.hits[0].accession_number == (ecg.accession_number or "")
+    # A measurement filter answers from the summary table alone: same identifiers.
+    archive.store.wait_measured(30)
+    ranged = archive.stub.Search(pb.SearchRequest(
+        patient_id=ecg.patient_id, ranges=[pb.Range(measure="heart_rate_bpm", low=1)]),
+        metadata=archive.auth("dr_b"))
+    assert [h.study_instance_uid for h in ranged.hits] == [ecg.study_instance_uid]
     theirs = archive.stub.Search(pb.SearchRequest(patient_id=ecg.patient_id),
                                  metadata=archive.auth("dr_a"))
     assert list(theirs.hits) == []

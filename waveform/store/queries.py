@@ -119,7 +119,8 @@ class Trace:
 #: (`schema.SUMMARY_CONTEXT`), so that filters can prune both tables.
 _ECG_RESULT = (
     "sop_instance_uid", "patient_id", "organisation", "sop_class_uid", "acquisition_datetime",
-    "ingested_at", "manufacturer", "model", "institution",
+    "ingested_at", "manufacturer", "model", "institution", "study_instance_uid",
+    "accession_number",
 )
 SUMMARY_RESULT = ("analysis_version", *MEASURES)
 

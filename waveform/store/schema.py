@@ -15,7 +15,7 @@ later modules (documents, consent, denials, audit) create in the same catalog.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 
@@ -30,6 +30,7 @@ __all__ = [
     "TABLES",
     "VERSION_COMMENT",
     "WAVEFORM",
+    "added_columns",
     "ddl",
     "duck_type",
 ]
@@ -135,7 +136,7 @@ MEASURES: dict[str, tuple[str, ...]] = {
 #: sorts ``summary`` by organisation and time so that those filters prune).
 SUMMARY_CONTEXT: tuple[str, ...] = (
     "patient_id", "organisation", "sop_class_uid", "acquisition_datetime", "ingested_at",
-    "manufacturer", "model", "institution",
+    "manufacturer", "model", "institution", "study_instance_uid", "accession_number",
 )
 
 SUMMARY = pa.schema([
@@ -179,6 +180,15 @@ def duck_type(t: pa.DataType) -> str:
         fields = ", ".join(f"{f.name} {duck_type(f.type)}" for f in t)
         return f"STRUCT({fields})"
     raise TypeError(f"no DuckDB type for Arrow type {t}")
+
+
+def added_columns(table: str, present: Sequence[str],
+                  tables: Mapping[str, pa.Schema] = TABLES) -> list[str]:
+    """``ALTER TABLE`` statements for columns a schema gained after the catalog was
+    made (appended at the end; rows written before read them as NULL)."""
+    have = set(present)
+    return [f"ADD COLUMN {f.name} {duck_type(f.type)}" for f in tables[table]
+            if f.name not in have]
 
 
 def ddl(catalog: str, tables: Mapping[str, pa.Schema] = TABLES) -> list[str]:

@@ -190,6 +190,12 @@ class Store:
         cur.execute(f"CALL {ALIAS}.set_option('data_inlining_row_limit', 0)")
         for stmt in _schema.ddl(ALIAS):
             cur.execute(stmt)
+        for table in _schema.TABLES:
+            present = [r[0] for r in cur.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE database_name = ? "
+                "AND table_name = ?", [ALIAS, table]).fetchall()]
+            for change in _schema.added_columns(table, present):
+                cur.execute(f"ALTER TABLE {ALIAS}.{table} {change}")
         rows = cur.execute(
             "SELECT comment FROM duckdb_tables() WHERE database_name = ? AND table_name = 'ecg'",
             [ALIAS],

@@ -1,0 +1,33 @@
+"""A catalog made before a table gained columns opens, gains them, and reads on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from waveform.dicom import encode
+from waveform.dicom.synthetic import synthetic_ecg
+from waveform.store import Store
+from waveform.store.lake import ALIAS, connect
+
+
+def test_columns_added_to_a_schema_are_added_to_an_older_catalog(tmp_path: Path) -> None:
+    ecg = synthetic_ecg(seed=5, duration_s=2.0)
+    with Store.open(tmp_path, analyze=None) as store:
+        store.ingest([encode(ecg)], organisation="org-a")
+    # Make the catalog look like one written before the summary table carried the
+    # study identifiers.
+    lake = connect(str(tmp_path / "catalog.ducklake"), str(tmp_path / "lake") + "/")
+    cur = lake.cursor()
+    for col in ("study_instance_uid", "accession_number"):
+        cur.execute(f"ALTER TABLE {ALIAS}.summary DROP COLUMN {col}")
+    cur.close()
+    lake.close()
+
+    with Store.open(tmp_path, analyze=None) as store:
+        cols = [r[0] for r in store.sql(
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = ? "
+            "AND table_name = 'summary'", [ALIAS])]
+        assert cols[-2:] == ["study_instance_uid", "accession_number"]
+        page = store.search(patient_id=ecg.patient_id)
+        assert [r["study_instance_uid"] for r in page.rows] == [ecg.study_instance_uid]
+        assert [r["accession_number"] for r in page.rows] == [ecg.accession_number]
