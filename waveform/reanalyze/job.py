@@ -1,0 +1,188 @@
+"""The driver of a re-analysis: plan, dispatch, and the one writer of the summaries.
+
+`run` decides once, before anything is dispatched, which ECGs lack a summary of
+the version (`plan`); an engine measures the units on its workers; this process,
+and only this one, commits the returned rows through the store, in batches.
+Each commit first drops the UIDs that already have a summary of the version
+(written meanwhile by the store's own measurement stage or another run), so a
+job killed at any point and run again finishes the rest and never writes a
+summary twice. The job runs through a `Store` that the caller holds: in the
+server's process next to ingest (the catalog's single writer), or in its own
+process when the catalog allows several (PostgreSQL): see docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from waveform.reanalyze.engines import Engine
+from waveform.reanalyze.plan import Filter, Plan, plan
+from waveform.reanalyze.progress import Progress, progress_for
+from waveform.reanalyze.worker import STAGES, Analyze, UnitResult, default_analysis
+from waveform.store.lake import ALIAS
+
+if TYPE_CHECKING:
+    from waveform.store import Store
+
+__all__ = ["JobResult", "commit_new", "run"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class JobResult:
+    """What a run did. ``failed``: ECGs the analysis rejected (a summary row with
+    the reason was written); ``unread``: ECGs whose rows could not be read (no
+    row written; the next run retries them); ``skipped``: rows not committed
+    because a summary of the version appeared meanwhile."""
+
+    version: str
+    planned: int = 0
+    files: int = 0
+    units: int = 0
+    committed: int = 0
+    commits: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    unread: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    #: Seconds the workers spent in each stage (`worker.STAGES`), summed.
+    stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    @property
+    def rate(self) -> float:
+        """ECGs measured per second of wall time (failures included)."""
+        return (self.committed + self.skipped) / self.seconds if self.seconds > 0 else 0.0
+
+    def lines(self, max_failures: int = 20) -> list[str]:
+        """The end-of-job report."""
+        out = [
+            f"analysis {self.version}: {self.planned} ECGs planned in {self.files} data files "
+            f"({self.units} units); {self.committed} summaries committed in {self.commits} "
+            f"commits, {self.skipped} already present, {len(self.failed)} failed analysis, "
+            f"{len(self.unread)} unread; {self.seconds:.1f} s, {self.rate:.0f} ECGs/s",
+        ]
+        for title, items in (("failed analysis (recorded with the reason)", self.failed),
+                             ("unread (no summary written; run again)", self.unread)):
+            if items:
+                out.append(f"{title}:")
+                out += [f"  {uid}: {why}" for uid, why in items[:max_failures]]
+                if len(items) > max_failures:
+                    out.append(f"  ... and {len(items) - max_failures} more")
+        return out
+
+
+def commit_new(store: Store, table: pa.Table, version: str) -> tuple[int, int]:
+    """Commit the rows of ``table`` whose UID has no summary of ``version`` yet;
+    (committed, skipped)."""
+    if table.num_rows == 0:
+        return 0, 0
+    uids = table.column("sop_instance_uid").to_pylist()
+    present = {r[0] for r in store.sql(
+        f"SELECT DISTINCT sop_instance_uid FROM {ALIAS}.summary WHERE analysis_version = ? "
+        "AND sop_instance_uid IN (SELECT unnest(?::VARCHAR[]))", [version, uids])}
+    # One row per UID even if a batch somehow held two.
+    first: dict[str, int] = {}
+    for i, u in enumerate(uids):
+        if u not in present:
+            first.setdefault(u, i)
+    keep = table.take(pa.array(sorted(first.values()), pa.int64()))
+    if keep.num_rows:
+        store.commit_summaries(keep)
+    return keep.num_rows, table.num_rows - keep.num_rows
+
+
+def run(
+    store: Store,
+    engine: Engine,
+    *,
+    version: str | None = None,
+    analyze: Analyze | None = None,
+    filters: Sequence[Filter] = (),
+    unit_ecgs: int = 256,
+    commit_rows: int = 1024,
+    progress: Progress | None = None,
+    retry_unread: bool = True,
+    on_commit: Callable[[JobResult], None] | None = None,
+) -> JobResult:
+    """Measure every ECG of ``store`` without a summary of ``version`` on ``engine``.
+
+    ``analyze``/``version``: the measurement and its version (default
+    `waveform.analysis`; a custom ``analyze`` must be importable by the workers
+    and needs its ``version``). Rows are committed every ``commit_rows``.
+    ``on_commit`` is called after each commit (tests, callers' own logging).
+    """
+    if analyze is not None and version is None:
+        raise ValueError("a custom analyze function needs its version")
+    if version is None:
+        version = default_analysis()[1]
+    progress = progress or progress_for(sys.stderr)
+    result = JobResult(version)
+    t0 = time.perf_counter()
+    p = plan(store, version, filters=filters, unit_ecgs=unit_ecgs)
+    result.planned, result.files, result.units = p.n_ecgs, p.n_files, len(p.units)
+    progress.note(f"{p.n_ecgs} ECGs lack a summary of analysis {version} "
+                  f"({p.n_files} data files, {len(p.units)} units, "
+                  f"{engine.name} engine, {engine.workers} workers)")
+    progress.start(p.n_ecgs)
+    try:
+        _dispatch(store, engine, p, analyze, commit_rows, progress, result, on_commit)
+        if result.unread and retry_unread:
+            # Compaction may have moved a file under a unit: plan those ECGs again.
+            again = plan(store, version, filters=filters, unit_ecgs=unit_ecgs,
+                         only=[u for u, _ in result.unread])
+            if again.units:
+                progress.note(f"{len(result.unread)} ECGs were unread; planning them again")
+                result.unread = []
+                _dispatch(store, engine, again, analyze, commit_rows, progress, result,
+                          on_commit)
+    finally:
+        progress.close()
+        result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _dispatch(store: Store, engine: Engine, p: Plan, analyze: Analyze | None,
+              commit_rows: int, progress: Progress, result: JobResult,
+              on_commit: Callable[[JobResult], None] | None) -> None:
+    buffered: list[pa.Table] = []
+    n_buffered = 0
+
+    def commit() -> None:
+        nonlocal buffered, n_buffered
+        if not buffered:
+            return
+        done, skipped = commit_new(store, pa.concat_tables(buffered), p.version)
+        buffered, n_buffered = [], 0
+        result.committed += done
+        result.skipped += skipped
+        result.commits += 1
+        log.info("committed %d summaries (%d already present)", done, skipped)
+        if on_commit is not None:
+            on_commit(result)
+
+    for unit, out in engine.run(p.units, p.version, analyze):
+        if isinstance(out, UnitResult):
+            if out.table.num_rows:
+                buffered.append(out.table)
+                n_buffered += out.table.num_rows
+            result.failed.extend(out.failed)
+            result.unread.extend(out.unread)
+            for k, v in out.seconds.items():
+                result.stages[k] = result.stages.get(k, 0.0) + v
+        else:
+            why = f"worker failed: {type(out).__name__}: {out}"
+            log.warning("unit %d (%s) was not measured: %s", unit.index, unit.files, why)
+            result.unread.extend((u, why) for u in sorted(
+                set(unit.rows.column("sop_instance_uid").to_pylist())))
+        progress.advance(unit.n_ecgs)
+        if n_buffered >= commit_rows:
+            commit()
+    commit()

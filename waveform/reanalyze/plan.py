@@ -1,0 +1,161 @@
+"""What a re-analysis has to do: the ECGs without a summary of a version, in work units.
+
+The driver asks the catalog once which stored ECGs lack a summary of the target
+analysis version (optionally filtered on ``ecg`` columns), with the locator of
+each of their ``waveform`` rows (data file, row in file) and the ``ecg`` columns
+a summary row carries. Work is split by the catalog's data files of
+``waveform`` (`ducklake_list_files`): a unit is the pending rows of one file, or
+of several small consecutive files, or a slice of a large one, so that a worker
+reads Parquet from the data path directly and never opens the catalog.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from waveform.errors import InvalidArgument
+from waveform.store.lake import ALIAS
+from waveform.store.schema import ECG, SUMMARY_CONTEXT
+
+if TYPE_CHECKING:
+    from waveform.store import Store
+
+__all__ = ["UNIT_ROWS", "Filter", "Plan", "WorkUnit", "parse_filter", "plan"]
+
+#: Columns of a unit's rows: where each pending ``waveform`` row is, and the
+#: ECG's summary context (repeated for each of its groups).
+UNIT_ROWS = pa.schema([
+    ("filename", pa.string()),
+    ("file_row_number", pa.int64()),
+    ("group_index", pa.int16()),
+    ("sop_instance_uid", pa.string()),
+    *[(name, ECG.field(name).type) for name in SUMMARY_CONTEXT],
+])
+
+#: Comparison operators a filter may use (SQL spelling).
+_OPERATORS = ("<=", ">=", "!=", "=", "<", ">")
+#: ``ecg`` columns a filter may name: not the ones holding bytes or digests.
+_FILTERABLE = tuple(n for n in ECG.names if n not in ("sha256",))
+_FILTER = re.compile(r"^\s*([A-Za-z_]+)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """``column op value`` on the ``ecg`` table; the value is bound, never spliced."""
+
+    column: str
+    op: str
+    value: str
+
+    def sql(self) -> str:
+        return f"e.{self.column} {self.op} ?"
+
+
+def parse_filter(text: str) -> Filter:
+    """``"organisation=org-a"``, ``"acquisition_datetime>=2024-01-01"``, ..."""
+    m = _FILTER.match(text)
+    if m is None:
+        raise InvalidArgument(
+            f"filter {text!r} is not COLUMN OP VALUE (OP one of {' '.join(_OPERATORS)}), "
+            "e.g. organisation=org-a or acquisition_datetime>=2024-01-01"
+        )
+    column, op, value = m.groups()
+    if column not in _FILTERABLE:
+        raise InvalidArgument(f"filter {text!r}: no ecg column {column!r}; "
+                              f"one of {', '.join(_FILTERABLE)}")
+    return Filter(column, op, value.strip("'\""))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkUnit:
+    """The pending ``waveform`` rows a worker measures in one task (`UNIT_ROWS`)."""
+
+    index: int
+    rows: pa.Table
+
+    @property
+    def files(self) -> list[str]:
+        return sorted(set(self.rows.column("filename").to_pylist()))
+
+    @property
+    def n_ecgs(self) -> int:
+        return len(set(self.rows.column("sop_instance_uid").to_pylist()))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything the driver dispatches, decided once before any work is done."""
+
+    version: str
+    units: tuple[WorkUnit, ...]
+    n_files: int
+    n_ecgs: int
+
+
+def _pending_sql(filters: Sequence[Filter]) -> str:
+    ctx = ", ".join(f"e.{c}" for c in SUMMARY_CONTEXT)
+    where = "".join(f" AND {f.sql()}" for f in filters)
+    # Only files the catalog lists as live are read; rows come with their
+    # locators, so a worker never reads a row the catalog does not name.
+    return (
+        f"WITH live AS (SELECT data_file AS filename FROM ducklake_list_files('{ALIAS}', "
+        "'waveform')), "
+        f"todo AS (SELECT e.sop_instance_uid, {ctx} FROM {ALIAS}.ecg e "
+        f"WHERE e.sop_instance_uid NOT IN (SELECT sop_instance_uid FROM {ALIAS}.summary "
+        f"WHERE analysis_version = ?){where}) "
+        "SELECT w.filename, w.file_row_number, w.group_index, t.* "
+        f"FROM {ALIAS}.waveform w JOIN todo t USING (sop_instance_uid) "
+        "WHERE w.filename IN (SELECT filename FROM live) "
+        "ORDER BY w.filename, w.file_row_number"
+    )
+
+
+def plan(
+    store: Store,
+    version: str,
+    *,
+    filters: Sequence[Filter] = (),
+    unit_ecgs: int = 256,
+    only: Sequence[str] | None = None,
+) -> Plan:
+    """The ECGs of ``store`` without a summary of ``version``, in units of about
+    ``unit_ecgs`` ECGs (``only``: restricted to these UIDs)."""
+    if unit_ecgs < 1:
+        raise InvalidArgument(f"unit size {unit_ecgs} ECGs: expected at least 1")
+    params: list[Any] = [version, *[f.value for f in filters]]
+    rows = store.sql(_pending_sql(filters), params)
+    if only is not None:
+        keep = set(only)
+        rows = [r for r in rows if r[3] in keep]
+    # Every group of an ECG goes to the unit of the file holding its first row.
+    by_file: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
+    home: dict[str, str] = {}
+    for r in rows:
+        uid = r[3]
+        f = home.setdefault(uid, r[0])
+        by_file.setdefault(f, {}).setdefault(uid, []).append(r)
+    units: list[WorkUnit] = []
+    current: list[tuple[Any, ...]] = []
+    n_current = 0
+    for f in sorted(by_file):
+        for group_rows in by_file[f].values():
+            if n_current >= unit_ecgs:
+                units.append(_unit(len(units), current))
+                current, n_current = [], 0
+            current.extend(group_rows)
+            n_current += 1
+    if current:
+        units.append(_unit(len(units), current))
+    return Plan(version, tuple(units), len(by_file), len(home))
+
+
+def _unit(index: int, rows: list[tuple[Any, ...]]) -> WorkUnit:
+    columns = list(zip(*rows, strict=True))
+    arrays = [pa.array(col, type=field.type) for col, field in zip(columns, UNIT_ROWS,
+                                                                      strict=True)]
+    return WorkUnit(index, pa.Table.from_arrays(arrays, schema=UNIT_ROWS))

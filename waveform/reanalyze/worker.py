@@ -1,0 +1,167 @@
+"""What a worker does with one unit: read Parquet, decode, analyse, return summary rows.
+
+Runs in a process of the local pool or on a Dask worker. It reads the
+``waveform`` rows its unit names straight from the data files (a local path or
+a URL pyarrow's filesystems understand: ``s3://``, ``gs://``, ...), never the
+catalog, and returns an Arrow table of ``summary`` rows for the driver to
+commit. An ECG that the analysis rejects gets a row whose document holds the
+reason (as the store's own measurement stage does), so it is not retried on
+every run; an ECG whose rows cannot be read is reported as unread and gets no
+row, so the next run tries it again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from waveform.model import Ecg, WaveformGroup
+from waveform.reanalyze.plan import WorkUnit
+from waveform.store.measure import summary_row
+from waveform.store.records import group_from_row
+from waveform.store.schema import SUMMARY, SUMMARY_CONTEXT, WAVEFORM
+
+__all__ = ["STAGES", "UnitResult", "default_analysis", "measure_unit", "warm_up"]
+
+Analyze = Callable[[Any], Any]
+
+#: Where a worker's time goes, in the order of the work.
+STAGES: tuple[str, ...] = ("read", "decode", "analyze", "rows")
+
+
+@dataclass(frozen=True, slots=True)
+class UnitResult:
+    """A unit's summary rows (`SUMMARY`), what could not be measured or read, and
+    the seconds spent in each of `STAGES`."""
+
+    index: int
+    table: pa.Table
+    failed: tuple[tuple[str, str], ...] = ()
+    unread: tuple[tuple[str, str], ...] = ()
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def default_analysis() -> tuple[Analyze, str]:
+    from waveform.analysis import ANALYSIS_VERSION, analyze
+
+    return analyze, str(ANALYSIS_VERSION)
+
+
+@functools.cache
+def _filesystem(prefix: str) -> pafs.FileSystem:
+    fs, _ = pafs.FileSystem.from_uri(prefix + "/")
+    return fs
+
+
+def _open(path: str) -> pq.ParquetFile:
+    """A data file by its catalog name: a local path or a URL (``s3://bucket/...``)."""
+    if "://" in path:
+        scheme, rest = path.split("://", 1)
+        fs = _filesystem(f"{scheme}://{rest.split('/', 1)[0]}")
+        return pq.ParquetFile(fs.open_input_file(rest if scheme != "file" else "/" + rest))
+    return pq.ParquetFile(path)
+
+
+def _read_rows(path: str, rows: list[int]) -> dict[int, dict[str, Any]]:
+    """Rows ``rows`` of a ``waveform`` data file, reading only their row groups."""
+    pf = _open(path)
+    meta = pf.metadata
+    starts = []
+    at = 0
+    for i in range(meta.num_row_groups):
+        starts.append(at)
+        at += meta.row_group(i).num_rows
+    want = sorted(set(rows))
+    if want and not (0 <= want[0] and want[-1] < at):
+        raise IndexError(f"{path} has {at} rows; rows {want[0]}..{want[-1]} were asked for")
+    home = [bisect.bisect_right(starts, r) - 1 for r in want]
+    groups = sorted(set(home))
+    table = pf.read_row_groups(groups, columns=WAVEFORM.names)
+    offset: dict[int, int] = {}
+    base = 0
+    for g in groups:
+        offset[g] = base
+        base += meta.row_group(g).num_rows
+    take = [offset[g] + r - starts[g] for r, g in zip(want, home, strict=True)]
+    return dict(zip(want, table.take(take).to_pylist(), strict=True))
+
+
+def warm_up() -> str:
+    """Import and compile what `measure_unit` needs (a worker's first task is then not slow)."""
+    from waveform.dicom.synthetic import synthetic_ecg
+
+    analyze, version = default_analysis()
+    analyze(synthetic_ecg(duration_s=2.0))
+    return version
+
+
+def measure_unit(unit: WorkUnit, version: str, analyze: Analyze | None = None) -> UnitResult:
+    """Measure every ECG of ``unit`` with ``analyze`` (default `waveform.analysis`)."""
+    if analyze is None:
+        analyze = default_analysis()[0]
+    seconds = dict.fromkeys(STAGES, 0.0)
+    t0 = time.perf_counter()
+    rows = unit.rows.to_pylist()
+    by_file: dict[str, list[int]] = {}
+    for r in rows:
+        by_file.setdefault(r["filename"], []).append(r["file_row_number"])
+    stored: dict[tuple[str, int], dict[str, Any]] = {}
+    unread: dict[str, str] = {}
+    for path, numbers in by_file.items():
+        try:
+            for n, row in _read_rows(path, numbers).items():
+                stored[(path, n)] = row
+        except (OSError, IndexError, pa.ArrowException) as e:  # gone (compacted) or damaged
+            for r in rows:
+                if r["filename"] == path:
+                    unread[r["sop_instance_uid"]] = f"{path}: {type(e).__name__}: {e}"
+    t1 = time.perf_counter()
+    seconds["read"] = t1 - t0
+    ecgs: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for r in rows:
+        ecgs.setdefault(r["sop_instance_uid"], []).append((r["group_index"], r))
+    out: list[dict[str, Any]] = []
+    failed: list[tuple[str, str]] = []
+    for uid, parts in ecgs.items():
+        if uid in unread:
+            continue
+        t = time.perf_counter()
+        try:
+            groups: list[WaveformGroup] = []
+            for _, r in sorted(parts, key=lambda p: p[0]):
+                row = stored[(r["filename"], r["file_row_number"])]
+                if row["sop_instance_uid"] != uid:
+                    raise IndexError(f"row {r['file_row_number']} of {r['filename']} holds "
+                                     f"{row['sop_instance_uid']}, not {uid}")
+                groups.append(group_from_row(row))
+        except (IndexError, ValueError, KeyError) as e:
+            unread[uid] = f"{type(e).__name__}: {e}"
+            continue
+        context = {k: parts[0][1][k] for k in SUMMARY_CONTEXT}
+        ecg = Ecg(sop_class_uid=context["sop_class_uid"] or "", sop_instance_uid=uid,
+                  groups=tuple(groups))
+        t2 = time.perf_counter()
+        seconds["decode"] += t2 - t
+        try:
+            summary: Any = analyze(ecg)
+        except Exception as e:  # any failure of the algorithm is recorded, never fatal
+            reason = f"{type(e).__name__}: {e}"
+            failed.append((uid, reason))
+            summary = {"error": reason}
+        t3 = time.perf_counter()
+        seconds["analyze"] += t3 - t2
+        out.append(summary_row(uid, version, dt.datetime.now(dt.UTC), summary, context))
+        seconds["rows"] += time.perf_counter() - t3
+    t4 = time.perf_counter()
+    table = pa.Table.from_pylist(out, schema=SUMMARY)
+    seconds["rows"] += time.perf_counter() - t4
+    return UnitResult(unit.index, table, tuple(failed), tuple(sorted(unread.items())), seconds)
