@@ -193,6 +193,20 @@ def test_median_selection_equals_numpy(values: list[float]) -> None:
     assert quality._median_inplace(a.copy()) == np.median(a)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(512, 6000), st.integers(0, 2**32 - 1), st.sampled_from(["normal", "ties",
+                                                                        "sorted", "heavy"]))
+def test_sampled_median_equals_numpy(n: int, seed: int, kind: str) -> None:
+    # Past 512 values the median brackets a sample and selects inside it;
+    # quantised values (long runs of ties) and sorted runs are the hard cases.
+    rng = np.random.default_rng(seed)
+    a = {"normal": lambda: rng.standard_normal(n),
+         "ties": lambda: np.round(np.abs(rng.standard_normal(n)) * 3) / 7,
+         "sorted": lambda: np.sort(rng.standard_normal(n)),
+         "heavy": lambda: np.abs(rng.standard_cauchy(n))}[kind]()
+    assert quality._median_inplace(a.copy()) == np.median(a)
+
+
 def test_quality_features_match_numpy() -> None:
     fs = 500.0
     x = np.vstack([_ecg_like(), _ecg_like() + 20_000.0])

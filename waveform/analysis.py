@@ -11,6 +11,9 @@ archive re-measures every ECG whose summary carries another version.
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 
 from waveform.dsp import delineate, filters, leads, measure, qrs, quality, resample, scale
@@ -110,11 +113,14 @@ def analyze(ecg: object) -> Summary:
     lead_quality = tuple(
         LeadQuality(n, round(q.quality, 3), q.reason.name) for n, q in zip(names, lq, strict=True)
     )
-    bp = _filtered(np.nan_to_num(uv), fs)
+    # Padding (NaN) is rare; the quality features already counted it.
+    if any(q.nan_share > 0.0 for q in lq):
+        uv = np.nan_to_num(uv)
+    bp = _filtered(uv, fs)
     # Leads with nothing usable (flat, off) would only add noise to the vote.
-    usable = np.array([q.quality > 0.0 for q in lq])
-    det_in = bp if usable.all() or not usable.any() else np.ascontiguousarray(bp[usable])
-    beats = qrs.detect(det_in, fs, band_passed=True)
+    usable = [q.quality > 0.0 for q in lq]
+    det_in = bp if all(usable) or not any(usable) else np.ascontiguousarray(bp[usable])
+    beats = qrs.detect(det_in, fs, band_passed=True, finite=True)
     bp_full, all_names = _complete_limb_leads(bp, names)
     # Leads of poor quality do not vote on the boundaries; derived limb leads
     # are as good as I and II together.
@@ -122,6 +128,15 @@ def analyze(ecg: object) -> Summary:
     both = good.get("I", False) and good.get("II", False)
     vote = np.array([good.get(n, both) for n in all_names], dtype=np.bool_)
     return _summarise(beats, bp_full, all_names, fs, fs0, lead_quality, vote)
+
+
+def _rr_stats(beats: list[int], fs: float) -> tuple[list[float], float, float]:
+    """RR intervals (s), their median and mean: plain floats (a few dozen beats)."""
+    rr = [(b - a) / fs for a, b in itertools.pairwise(beats)]
+    srt = sorted(rr)
+    h = len(srt) // 2
+    median = srt[h] if len(srt) % 2 else 0.5 * (srt[h - 1] + srt[h])
+    return rr, median, sum(rr) / len(rr)
 
 
 def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, fs0: float,
@@ -132,29 +147,29 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
     no_beats = "fewer than 2 beats detected"
     classes = ["U"] * nb
     if nb >= 2:
-        rr = np.diff(beats) / fs
-        rr_med = float(np.median(rr))
+        rr, rr_med, rr_s = _rr_stats(beats.tolist(), fs)
         for k in range(1, nb):
             classes[k] = "P" if rr[k - 1] < _PREMATURE * rr_med else "N"
-        hr = 60.0 / rr
-        rate = _ms(60.0 / float(rr.mean()), "", 1)
-        rate_min = _ms(float(hr.min()), "", 1)
-        rate_max = _ms(float(hr.max()), "", 1)
-        rr_mean = _ms(float(rr.mean()) * 1000.0, "", 1)
-        rr_sd = _ms(float(rr.std(ddof=1)) * 1000.0 if nb >= 3 else None, "fewer than 3 beats")
-        rr_s = float(rr.mean())
+        rate = _ms(60.0 / rr_s, "", 1)
+        rate_min = _ms(60.0 / max(rr), "", 1)
+        rate_max = _ms(60.0 / min(rr), "", 1)
+        rr_mean = _ms(rr_s * 1000.0, "", 1)
+        sd = (math.sqrt(sum((v - rr_s) ** 2 for v in rr) / (len(rr) - 1)) * 1000.0
+              if nb >= 3 else None)
+        rr_sd = _ms(sd, "fewer than 3 beats")
     else:
         rate = rate_min = rate_max = rr_mean = rr_sd = _absent(no_beats)
         rr_s = 1.0
-    normal = beats[[c == "N" for c in classes]] if nb >= 2 else beats
+    normal = beats[np.array([c == "N" for c in classes], dtype=np.bool_)] if nb >= 2 else beats
     use = normal if normal.shape[0] >= 3 else beats
     med = delineate.median_beats(np.ascontiguousarray(bp), use, pre, post)
     if not vote.any():
         vote = np.ones_like(vote)
-    fid = (delineate.fiducials(med, fs, pre, rr_s, vote) if not np.isnan(med).any()
+    complete = not np.isnan(med[:, 0]).any()  # a median beat is all NaN or none
+    fid = (delineate.fiducials(med, fs, pre, rr_s, vote) if complete
            else np.full(5, -1, dtype=np.int64))
     to_ms = 1000.0 / fs
-    no_median = "no complete beat for a median beat" if np.isnan(med).any() else ""
+    no_median = "" if complete else "no complete beat for a median beat"
     no_p = "no P wave on the median beat (atrial fibrillation, flutter or P below noise)"
     reasons = {
         0: no_median or no_p,
@@ -163,8 +178,9 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
         3: no_median or "QRS offset not found on the median beat",
         4: no_median or "T wave end not found on the median beat",
     }
-    pts = [_ms(fid[k] * to_ms if fid[k] >= 0 else None, reasons[k]) for k in range(5)]
-    p_on, _, q_on, q_off, t_off = (int(v) for v in fid)
+    fl = fid.tolist()
+    pts = [_ms(fl[k] * to_ms if fl[k] >= 0 else None, reasons[k]) for k in range(5)]
+    p_on, _, q_on, q_off, t_off = fl
     pr = _ms((q_on - p_on) * to_ms if p_on >= 0 and q_on >= 0 else None, reasons[0])
     qrs_d = _ms((q_off - q_on) * to_ms if q_on >= 0 and q_off >= 0 else None,
                 reasons[2] if q_on < 0 else reasons[3])
@@ -176,7 +192,7 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
     else:
         why = qt.reason or no_beats
         qtcs = {k: _absent(why) for k in measure.QTC_FORMULAS}
-    axes = _axes(med, names, fid)
+    axes = _axes(med, names, fl)
     return Summary(
         analysis_version=ANALYSIS_VERSION,
         sampling_frequency=fs0,
@@ -209,16 +225,19 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
     )
 
 
-def _axes(med: np.ndarray, names: list[str], fid: np.ndarray) -> list[Measured]:
+def _axes(med: np.ndarray, names: list[str], fid: list[int]) -> list[Measured]:
     if "I" not in names or "aVF" not in names:
         return [_absent("leads I and aVF (or I and II) are needed for a frontal axis")] * 3
-    i, f = med[names.index("I")], med[names.index("aVF")]
-    p_on, p_off, q_on, q_off, t_off = (int(v) for v in fid)
+    p_on, p_off, q_on, q_off, t_off = fid
     if q_on < 0 or q_off < 0:
         return [_absent("QRS not delineated on the median beat")] * 3
+    # Running sums of I and aVF: every wave's net area is a difference of two.
+    cum = np.zeros((2, med.shape[1] + 1))
+    np.cumsum(med[[names.index("I"), names.index("aVF")]], axis=1, out=cum[:, 1:])
+    ci, cf = cum.tolist()
     iso = max(q_on - 5, 0)
-    bi = float(i[iso:q_on].mean()) if q_on > 0 else 0.0
-    bf = float(f[iso:q_on].mean()) if q_on > 0 else 0.0
+    bi = (ci[q_on] - ci[iso]) / (q_on - iso) if q_on > 0 else 0.0
+    bf = (cf[q_on] - cf[iso]) / (q_on - iso) if q_on > 0 else 0.0
     spans = [
         (p_on, p_off, "no P wave on the median beat"),
         (q_on, q_off + 1, ""),
@@ -229,6 +248,6 @@ def _axes(med: np.ndarray, names: list[str], fid: np.ndarray) -> list[Measured]:
         if a < 0 or b < 0 or b <= a:
             out.append(_absent(why))
             continue
-        ax = measure.frontal_axis(i, f, a, b, bi, bf)
+        ax = measure.axis_from_areas(ci[b] - ci[a] - (b - a) * bi, cf[b] - cf[a] - (b - a) * bf)
         out.append(Measured(ax, "") if ax is not None else _absent("no net deflection"))
     return out

@@ -90,18 +90,27 @@ def median_beats(x: np.ndarray, beats: np.ndarray, pre: int, post: int) -> np.nd
     if m == 0:
         return out
     col = np.empty(m)
+    order = np.empty(m, dtype=np.int64)
     for c in range(n_ch):
+        for k in range(m):
+            order[k] = k
         for i in range(width):
+            # The beats' ranking at sample i is nearly their ranking at i - 1
+            # (the signals are smooth), so insertion sort starting from the
+            # previous order moves few entries: linear time per sample
+            # instead of quadratic.
             for k in range(m):
-                col[k] = x[c, use[k] - pre + i]
-            # Insertion sort: a handful to a few dozen beats.
+                col[k] = x[c, use[order[k]] - pre + i]
             for a in range(1, m):
                 v = col[a]
+                o = order[a]
                 j = a - 1
                 while j >= 0 and col[j] > v:
                     col[j + 1] = col[j]
+                    order[j + 1] = order[j]
                     j -= 1
                 col[j + 1] = v
+                order[j + 1] = o
             if m % 2 == 1:
                 out[c, i] = col[m // 2]
             else:

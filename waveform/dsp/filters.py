@@ -139,7 +139,9 @@ def _sos_pass(buf: np.ndarray, sos: np.ndarray, zi: np.ndarray, forward: bool) -
 def _sosfiltfilt(x: np.ndarray, sos: np.ndarray, zi: np.ndarray, padlen: int) -> np.ndarray:
     n_ch, n = x.shape
     edge = min(padlen, n - 1)
-    buf = np.empty((n + 2 * edge, n_ch))
+    # The buffer holds the input's precision (the recursion state is float64):
+    # float32 input halves the memory the two passes stream through.
+    buf = np.empty((n + 2 * edge, n_ch), dtype=x.dtype)
     for c in range(n_ch):
         x_first = float(x[c, 0])
         x_last = float(x[c, n - 1])

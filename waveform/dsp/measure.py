@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-__all__ = ["QTC_FORMULAS", "frontal_axis", "qtc"]
+__all__ = ["QTC_FORMULAS", "axis_from_areas", "frontal_axis", "qtc"]
 
 #: Name -> f(QT ms, RR s) -> QTc ms.
 QTC_FORMULAS = {
@@ -39,9 +39,14 @@ def frontal_axis(lead_i: np.ndarray, lead_avf: np.ndarray, start: int, stop: int
     """
     a_i = float(np.sum(lead_i[start:stop] - baseline_i))
     a_f = float(np.sum(lead_avf[start:stop] - baseline_avf))
-    if a_i == 0.0 and a_f == 0.0:
+    return axis_from_areas(a_i, a_f)
+
+
+def axis_from_areas(area_i: float, area_avf: float) -> float | None:
+    """Axis in degrees (-90..180) of the net areas in I and aVF; None when both vanish."""
+    if area_i == 0.0 and area_avf == 0.0:
         return None
-    deg = math.degrees(math.atan2(a_f, a_i))
+    deg = math.degrees(math.atan2(area_avf, area_i))
     # Report on the -90..+180 range cardiologists use.
     if deg < -90.0:
         deg += 360.0

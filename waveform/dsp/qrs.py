@@ -267,12 +267,14 @@ def _refine(bp: np.ndarray, beats: np.ndarray, fs: float) -> np.ndarray:
     return out[:m]
 
 
-def detect(x: np.ndarray, fs: float, band_passed: bool = False) -> np.ndarray:
+def detect(x: np.ndarray, fs: float, band_passed: bool = False,
+           finite: bool = False) -> np.ndarray:
     """int64 sample indices of the QRS complexes in ``x`` (channels, samples) or (samples,).
 
     ``x`` is in any one amplitude unit per lead (each lead is normalised). NaN
     samples (padding) count as zero. Set ``band_passed`` when ``x`` already went
-    through the detector's `BAND` (the analysis does this once for all stages).
+    through the detector's `BAND` (the analysis does this once for all stages),
+    and ``finite`` when the caller knows ``x`` holds no NaN.
     """
     if fs <= 0:
         raise InvalidArgument(f"sampling frequency must be positive, got {fs}")
@@ -283,7 +285,7 @@ def detect(x: np.ndarray, fs: float, band_passed: bool = False) -> np.ndarray:
         raise InvalidArgument(f"signal must be 1-D or (channels, samples), got shape {arr.shape}")
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float64)
-    if np.isnan(arr).any():
+    if not finite and np.isnan(arr).any():
         arr = np.nan_to_num(arr)
     if arr.shape[1] < int(0.5 * fs):
         return np.empty(0, dtype=np.int64)

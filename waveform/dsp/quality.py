@@ -43,17 +43,15 @@ class LeadQuality:
 
     quality: float
     reason: Reason
+    #: Share of the lead's samples that are padding (NaN).
+    nan_share: float = 0.0
 
 
 @numba.njit(cache=True, nogil=True)
-def _median_inplace(a: np.ndarray) -> float:
-    # Median by Hoare's selection (quickselect) in place: the caller's scratch
-    # buffer is reordered, nothing is copied (np.median copies and was most of
-    # this kernel's time).
+def _kth(a: np.ndarray, k: int, even: bool) -> float:
+    # The k-th smallest of ``a`` by Hoare's selection (quickselect) in place,
+    # or, when ``even``, the mean of the (k-1)-th and k-th (np.median's rule).
     n = a.shape[0]
-    if n == 0:
-        return np.nan
-    k = n // 2
     lo = 0
     hi = n - 1
     while lo < hi:
@@ -79,15 +77,103 @@ def _median_inplace(a: np.ndarray) -> float:
         else:
             break
     upper = a[k]
-    if n % 2 == 1:
+    if not even:
         return upper
-    # Even count: the mean of the two middle values, as np.median; the lower
-    # one is the largest value left of k.
+    # The lower middle value is the largest one left of k.
     lower = a[0]
     for t in range(1, k):
         if a[t] > lower:
             lower = a[t]
     return 0.5 * (lower + upper)
+
+
+#: `_median_inplace`: sample size, half-widths (in sample ranks) of the brackets
+#: it tries around the median, most halvings, and a count small enough to select from.
+_SAMPLE = 128
+_BRACKETS = (3, 7, 14)
+_HALVINGS = 6
+_FEW = 48
+
+
+@numba.njit(cache=True, nogil=True)
+def _count(a: np.ndarray, v: float) -> tuple[int, int]:
+    # (values < v, values <= v): branch-free, so it vectorises.
+    lt = 0
+    le = 0
+    for i in range(a.shape[0]):
+        lt += a[i] < v
+        le += a[i] <= v
+    return lt, le
+
+
+@numba.njit(cache=True, nogil=True)
+def _median_inplace(a: np.ndarray) -> float:
+    """np.median of ``a`` (no NaN), reordering ``a`` in place (nothing is copied).
+
+    Floyd & Rivest's sampling idea (Comm. ACM 18(3):165, 1975): a small sorted
+    sample gives two values that bracket the median with high probability.
+    Branch-free counting passes check the bracket and halve it until few values
+    are left inside; one pass packs those to the front of ``a`` and the
+    selection runs on them. Quickselect on thousands of values is bound by its
+    partition's branch mispredictions (ECG second differences are quantised,
+    with long runs of ties); counting passes do not branch. When the sample's
+    bracket misses, plain quickselect runs.
+    """
+    n = a.shape[0]
+    if n == 0:
+        return np.nan
+    k = n // 2
+    even = n % 2 == 0
+    if n < 4 * _SAMPLE:
+        return _kth(a, k, even)
+    sample = np.empty(_SAMPLE)
+    for t in range(_SAMPLE):
+        sample[t] = a[(2 * t + 1) * n // (2 * _SAMPLE)]
+    sample.sort()
+    # The ranks that must stay inside [lo, hi]: k - 1 (even counts) to k.
+    r_lo = k - 1 if even else k
+    # The tightest of a few sample brackets that holds both middle ranks.
+    found = False
+    lo = hi = 0.0
+    below = upto = 0
+    for half in _BRACKETS:
+        lo = sample[_SAMPLE // 2 - half]
+        hi = sample[_SAMPLE // 2 + half]
+        below = _count(a, lo)[0]
+        upto = _count(a, hi)[1]
+        if below <= r_lo and upto > k:
+            found = True
+            break
+    if not found:
+        return _kth(a, k, even)
+    # Halve it a few times (ties stop the halving short of few values).
+    for _ in range(_HALVINGS):
+        if upto - below <= _FEW or not lo < hi:
+            break
+        mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            break
+        lt, le = _count(a, mid)
+        moved = False
+        if le > k:
+            hi = mid
+            upto = le
+            moved = True
+        if lt <= r_lo:
+            lo = mid
+            below = lt
+            moved = True
+        if not moved:
+            break  # the two middle values straddle mid
+    if lo == hi:
+        return lo  # every value between the middle ranks equals it
+    m = 0
+    for i in range(n):
+        v = a[i]
+        if lo <= v <= hi:
+            a[m] = v
+            m += 1
+    return _kth(a[:m], k - below, even)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -107,21 +193,16 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
     for c in range(n_ch):
         xc = x[c]
         n_nan = 0
-        lo = np.inf
-        hi = -np.inf
         for i in range(n):
-            v = xc[i]
-            if np.isnan(v):
-                n_nan += 1
-            else:
-                lo = min(lo, v)
-                hi = max(hi, v)
+            n_nan += np.isnan(xc[i])
         out[c, _F_NAN] = n_nan / max(n, 1)
         if n_nan == n or n < 3:
             out[c, _F_NAN] = 1.0
             continue
         ptp = np.empty(n_win)
         means = np.empty(n_win)
+        lo = np.inf
+        hi = -np.inf
         for k in range(n_win):
             a = k * w
             b = n if k == n_win - 1 else a + w
@@ -129,31 +210,47 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
             whi = -np.inf
             s = 0.0
             m = 0
-            for i in range(a, b):
-                v = xc[i]
-                if not np.isnan(v):
+            if n_nan == 0:
+                # The usual case, without the NaN test in the loop.
+                for i in range(a, b):
+                    v = xc[i]
                     wlo = min(wlo, v)
                     whi = max(whi, v)
                     s += v
-                    m += 1
+                m = b - a
+            else:
+                for i in range(a, b):
+                    v = xc[i]
+                    if not np.isnan(v):
+                        wlo = min(wlo, v)
+                        whi = max(whi, v)
+                        s += v
+                        m += 1
+            lo = min(lo, wlo)
+            hi = max(hi, whi)
             ptp[k] = whi - wlo if m > 0 else 0.0
             means[k] = s / m if m > 0 else np.nan
         out[c, _F_AMP] = np.median(ptp)
         good = means[~np.isnan(means)]
         out[c, _F_WANDER] = good.max() - good.min() if good.size > 1 else 0.0
         held = 0
-        for i in range(1, n):
-            v = xc[i]
-            if v == xc[i - 1] and (v == hi or v == lo) and hi > lo:
-                held += 1
+        if hi > lo:
+            for i in range(1, n):
+                v = xc[i]
+                held += (v == xc[i - 1]) & ((v == hi) | (v == lo))
         out[c, _F_CLIP] = held / n
         d2 = np.empty(n - 2)
         m = 0
-        for i in range(1, n - 1):
-            v = xc[i + 1] - 2.0 * xc[i] + xc[i - 1]
-            if not np.isnan(v):
-                d2[m] = abs(v)
-                m += 1
+        if n_nan == 0:
+            for i in range(1, n - 1):
+                d2[i - 1] = abs(xc[i + 1] - 2.0 * xc[i] + xc[i - 1])
+            m = n - 2
+        else:
+            for i in range(1, n - 1):
+                v = xc[i + 1] - 2.0 * xc[i] + xc[i - 1]
+                if not np.isnan(v):
+                    d2[m] = abs(v)
+                    m += 1
         # For white noise of sigma s the second difference has sigma s*sqrt(6);
         # 1.4826 * MAD estimates a Gaussian sigma.
         out[c, _F_NOISE] = 1.4826 * _median_inplace(d2[:m]) / np.sqrt(6.0) if m > 0 else 0.0
@@ -176,19 +273,22 @@ def assess(x: np.ndarray, fs: float) -> list[LeadQuality]:
         arr = arr.reshape(1, -1)
     f = features(arr, float(fs))
     result = []
-    for row in f:
-        amp = row[_F_AMP]
-        scores = {
+    # Plain floats: numpy scalars cost more than the arithmetic here.
+    for nan, amp, clip, noise, wander, offset in f.tolist():
+        scores = (
             # Lead off: mostly padding, or a DC offset no electrode/skin contact gives.
-            Reason.LEAD_OFF: min(_ramp(row[_F_NAN], 0.5, 0.05),
-                                 _ramp(abs(row[_F_OFFSET]), 300_000.0, 50_000.0)),
-            Reason.FLAT: _ramp(amp, 15.0, 50.0),
-            Reason.CLIPPED: _ramp(row[_F_CLIP], 0.02, 0.001),
+            (min(_ramp(nan, 0.5, 0.05), _ramp(abs(offset), 300_000.0, 50_000.0)),
+             Reason.LEAD_OFF),
+            (_ramp(amp, 15.0, 50.0), Reason.FLAT),
+            (_ramp(clip, 0.02, 0.001), Reason.CLIPPED),
             # Signal-to-noise of the window amplitude over the noise sigma.
-            Reason.NOISE: _ramp(amp / max(row[_F_NOISE], 1e-9), 4.0, 20.0),
-            Reason.BASELINE_WANDER: _ramp(row[_F_WANDER], 4000.0, 1000.0),
-        }
-        reason = min(scores, key=lambda r: scores[r])
-        q = scores[reason]
-        result.append(LeadQuality(q, reason if q < 1.0 else Reason.OK))
+            (_ramp(amp / max(noise, 1e-9), 4.0, 20.0), Reason.NOISE),
+            (_ramp(wander, 4000.0, 1000.0), Reason.BASELINE_WANDER),
+        )
+        # The worst score; on a tie the first in this order (as before).
+        q, reason = scores[0]
+        for sc, r in scores[1:]:
+            if sc < q:
+                q, reason = sc, r
+        result.append(LeadQuality(q, reason if q < 1.0 else Reason.OK, nan))
     return result
