@@ -41,7 +41,7 @@ UNIT_ROWS = pa.schema([
 _OPERATORS = ("<=", ">=", "!=", "=", "<", ">")
 #: ``ecg`` columns a filter may name: not the ones holding bytes or digests.
 _FILTERABLE = tuple(n for n in ECG.names if n not in ("sha256",))
-_FILTER = re.compile(r"^\s*([A-Za-z_]+)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
+_FILTER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,410 @@
+"""Batch re-analysis: plan, workers, engines (local pool and Dask), resumption, compare.
+
+One archive of a few hundred ECGs is ingested without summaries once for the
+module; each test measures it under its own analysis version, so the tests do
+not depend on one another's summaries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from waveform.analysis import ANALYSIS_VERSION
+from waveform.dicom import decode
+from waveform.errors import InvalidArgument
+from waveform.reanalyze import (
+    LocalEngine,
+    WorkUnit,
+    commit_new,
+    measure_unit,
+    parse_filter,
+    plan,
+    run,
+)
+from waveform.reanalyze.cli import register
+from waveform.reanalyze.compare import compare
+from waveform.reanalyze.job import JobResult
+from waveform.reanalyze.plot import bland_altman
+from waveform.reanalyze.progress import Bar, LogLines, progress_for
+from waveform.reanalyze.testing import analyze_or_fail, marked_to_fail, objects
+from waveform.store import Store
+from waveform.store.lake import ALIAS
+from waveform.store.measure import summary_row
+from waveform.store.schema import SUMMARY
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 240
+PER_COMMIT = 40  # so the archive has N / PER_COMMIT waveform data files
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("reanalyze") / "data"
+    objs = objects(N)
+    with Store.open(path, analyze=None, measure=False) as store:
+        for k in range(0, N, PER_COMMIT):
+            store.ingest(objs[k:k + PER_COMMIT], "org-a" if k < N // 2 else "org-b")
+    return path
+
+
+@pytest.fixture
+def store(archive: Path) -> Iterator[Store]:
+    with Store.open(archive, analyze=None, measure=False) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def local2() -> Iterator[LocalEngine]:
+    with LocalEngine(2) as engine:
+        yield engine
+
+
+def _summaries(store: Store, version: str) -> dict[str, dict[str, object]]:
+    names = [d for d in ("sop_instance_uid", "organisation", "patient_id", "heart_rate_bpm",
+                         "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "document")]
+    rows = store.sql(f"SELECT {', '.join(names)} FROM {ALIAS}.summary "
+                     "WHERE analysis_version = ? ORDER BY sop_instance_uid", [version])
+    return {r[0]: dict(zip(names, r, strict=True)) for r in rows}
+
+
+def _counts(store: Store, version: str) -> tuple[int, int]:
+    total, distinct = store.sql(
+        f"SELECT count(*), count(DISTINCT sop_instance_uid) FROM {ALIAS}.summary "
+        "WHERE analysis_version = ?", [version])[0]
+    return int(total), int(distinct)
+
+
+def _quiet() -> LogLines:
+    return LogLines(open(os.devnull, "w"), every_s=3600)
+
+
+# ------------------------------------------------------------------------ plan
+
+
+def test_plan_splits_by_data_file_and_filters(store: Store) -> None:
+    p = plan(store, "never-run", unit_ecgs=1000)
+    assert p.n_ecgs == N and p.n_files == N // PER_COMMIT
+    assert len(p.units) == 1
+    small = plan(store, "never-run", unit_ecgs=30)
+    # 40 ECGs per file: each file gives a unit of 30 and 10 merged with the next file.
+    assert sum(u.n_ecgs for u in small.units) == N
+    assert max(u.n_ecgs for u in small.units) == 30
+    assert any(len(u.files) == 2 for u in small.units)
+    uids = [uid for u in small.units for uid in u.rows.column("sop_instance_uid").to_pylist()]
+    assert len(uids) == len(set(uids)) == N
+    org_b = plan(store, "never-run", filters=[parse_filter("organisation = org-b")])
+    assert org_b.n_ecgs == N // 2
+    assert set(org_b.units[0].rows.column("organisation").to_pylist()) == {"org-b"}
+    recent = plan(store, "never-run", filters=[parse_filter("ingested_at<2000-01-01")])
+    assert recent.n_ecgs == 0 and recent.units == ()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("organisation", "is not COLUMN OP VALUE"),
+    ("sha256=abc", "no ecg column 'sha256'"),
+    ("organisation=1; DROP TABLE x", None),  # a value, bound as such: matches nothing
+    ("nosuch>=3", "no ecg column 'nosuch'"),
+])
+def test_filters_are_columns_and_bound_values(store: Store, text: str,
+                                              message: str | None) -> None:
+    if message is not None:
+        with pytest.raises(InvalidArgument, match=message):
+            parse_filter(text)
+    else:
+        assert plan(store, "never-run", filters=[parse_filter(text)]).n_ecgs == 0
+
+
+# ---------------------------------------------------------------------- worker
+
+
+def test_worker_rows_equal_the_store_path(store: Store) -> None:
+    """Rows rebuilt from Parquet measure exactly as the decoded original object does."""
+    unit = plan(store, "w", unit_ecgs=12).units[0]
+    result = measure_unit(unit, "w")
+    assert result.table.num_rows == 12 and not result.failed and not result.unread
+    assert set(result.seconds) == {"read", "decode", "analyze", "rows"}
+    from waveform.analysis import analyze
+
+    for row in result.table.to_pylist()[:4]:
+        uid = row["sop_instance_uid"]
+        expected = summary_row(uid, "w", row["measured_at"],
+                               analyze(decode(store.get_dicom(uid))), store.ecg_context(uid))
+        assert row == expected
+
+
+def test_worker_reports_unread_rows_and_failed_analyses(store: Store) -> None:
+    unit = plan(store, "w", unit_ecgs=N).units[0]
+    rows = unit.rows.to_pylist()
+    first_file = rows[0]["filename"]
+    gone = [dict(r, filename=r["filename"] + ".gone") if r["filename"] == first_file else r
+            for r in rows]
+    broken = WorkUnit(0, pa.Table.from_pylist(gone, schema=unit.rows.schema))
+    result = measure_unit(broken, "w", analyze_or_fail)
+    lost = {r["sop_instance_uid"] for r in rows if r["filename"] == first_file}
+    assert {u for u, _ in result.unread} == lost
+    assert all(".gone" in why for _, why in result.unread)
+    measured = set(result.table.column("sop_instance_uid").to_pylist())
+    assert measured == {r["sop_instance_uid"] for r in rows} - lost
+    failed = {u for u, _ in result.failed}
+    assert failed == {u for u in measured if marked_to_fail(u)} and failed
+    docs = {r["sop_instance_uid"]: json.loads(r["document"]) for r in result.table.to_pylist()}
+    for uid in failed:
+        assert docs[uid] == {"error": f"InvalidArgument: ECG {uid} is marked to fail (a test)"}
+
+
+# ----------------------------------------------------------------- the job
+
+
+def test_local_and_dask_give_identical_summaries(store: Store, local2: LocalEngine) -> None:
+    pytest.importorskip("distributed")
+    from waveform.reanalyze import DaskEngine
+
+    local = run(store, local2, version="t-local", analyze=analyze_or_fail, unit_ecgs=32,
+                commit_rows=64, progress=_quiet())
+    assert local.planned == N and local.committed == N and local.skipped == 0
+    assert local.commits >= N // 64 and not local.unread
+    assert sorted(local.failed) == sorted(
+        (u, f"InvalidArgument: ECG {u} is marked to fail (a test)")
+        for u in _summaries(store, "t-local") if marked_to_fail(u))
+    with DaskEngine(workers=2) as dask:
+        assert dask.workers == 2
+        remote = run(store, dask, version="t-dask", analyze=analyze_or_fail, unit_ecgs=32,
+                     commit_rows=64, progress=_quiet())
+    assert remote.committed == N and not remote.unread
+    assert _counts(store, "t-local") == _counts(store, "t-dask") == (N, N)
+    a, b = _summaries(store, "t-local"), _summaries(store, "t-dask")
+    assert a == b
+    assert sum(r["qt_ms"] is not None for r in a.values()) > N * 0.9
+    # Nothing is left to do: a second run plans nothing and writes nothing.
+    again = run(store, local2, version="t-local", analyze=analyze_or_fail, progress=_quiet())
+    assert again.planned == 0 and again.committed == 0
+    assert _counts(store, "t-local") == (N, N)
+
+
+def test_commit_skips_summaries_that_appeared_meanwhile(store: Store) -> None:
+    unit = plan(store, "t-race", unit_ecgs=10).units[0]
+    table = measure_unit(unit, "t-race").table
+    # Someone else (the store's measurement stage, another run) wrote three first.
+    assert commit_new(store, table.slice(0, 3), "t-race") == (3, 0)
+    assert commit_new(store, pa.concat_tables([table, table.slice(5, 1)]), "t-race") == (7, 4)
+    assert _counts(store, "t-race") == (10, 10)
+    assert commit_new(store, table, "t-race") == (0, 10)
+
+
+def test_runs_while_the_store_ingests(tmp_path: Path, local2: LocalEngine) -> None:
+    """Ingest goes on through the same Store while the job commits; the job measures
+    what it planned, exactly once, and a next run takes the newcomers."""
+    first_batch, fresh = objects(48, seed=4), objects(48, seed=5)
+    errors: list[BaseException] = []
+    with Store.open(tmp_path / "data", analyze=None, measure=False) as store:
+        store.ingest(first_batch, "org-c")
+
+        def ingest() -> None:
+            try:
+                for k in range(0, len(fresh), 8):
+                    store.ingest(fresh[k:k + 8], "org-c")
+                    time.sleep(0.05)
+            except BaseException as e:  # reported by the test below
+                errors.append(e)
+
+        t = threading.Thread(target=ingest)
+        t.start()
+        try:
+            first = run(store, local2, version="t-ingest", unit_ecgs=8, commit_rows=8,
+                        progress=_quiet())
+        finally:
+            t.join()
+        assert not errors
+        assert first.planned >= len(first_batch) and first.committed == first.planned
+        assert first.commits >= len(first_batch) // 8
+        second = run(store, local2, version="t-ingest", progress=_quiet())
+        assert first.planned + second.planned == len(first_batch) + len(fresh)
+        assert _counts(store, "t-ingest") == (96, 96)
+
+
+def _cli(archive: Path, *args: str, **popen: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "waveform.reanalyze.cli", "--data", str(archive), *args],
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
+
+
+def test_killed_job_resumes_without_duplicates(archive: Path, local2: LocalEngine) -> None:
+    """SIGKILL (driver and workers) after two commits; the next run does the rest."""
+    child = _cli(archive, "--workers", "1", "--unit", "8", "--commit", "16", "-v",
+                 start_new_session=True)
+    commits = 0
+    assert child.stderr is not None
+    try:
+        deadline = time.monotonic() + 120
+        while commits < 2 and time.monotonic() < deadline:
+            line = child.stderr.readline()
+            if not line:
+                break
+            commits += "committed:" in line
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    assert commits == 2
+    with Store.open(archive, analyze=None, measure=False) as s:
+        total, distinct = _counts(s, ANALYSIS_VERSION)
+        assert total == distinct and 32 <= total < N
+        again = run(s, local2, progress=_quiet())
+        assert again.planned == again.committed == N - total and again.skipped == 0
+        assert _counts(s, ANALYSIS_VERSION) == (N, N)
+
+
+# --------------------------------------------------------------- compare
+
+
+def _shifted_version(store: Store) -> None:
+    """Version t-new: t-base with QT 10 ms longer, PR gone on one ECG, back on another."""
+    names = SUMMARY.names
+    rows = store.sql(f"SELECT {', '.join(names)} FROM {ALIAS}.summary "
+                     "WHERE analysis_version = 't-base'")
+    new = []
+    for i, r in enumerate(sorted(rows, key=lambda r: r[0])):
+        row = dict(zip(names, r, strict=True))
+        doc = json.loads(row["document"])
+        if doc.get("qt_ms") is not None:
+            doc["qt_ms"] += 10.0 if i else 60.0
+        if i == 1:
+            doc["pr_ms"] = None
+        row.update(analysis_version="t-new", document=json.dumps(doc))
+        new.append(row)
+    store.commit_summaries(pa.Table.from_pylist(new, schema=SUMMARY))
+
+
+def test_compare_reports_differences_and_plots(store: Store, local2: LocalEngine,
+                                               tmp_path: Path) -> None:
+    run(store, local2, version="t-base", analyze=analyze_or_fail, progress=_quiet())
+    _shifted_version(store)
+    c = compare(store, "t-base", "t-new")
+    assert c.n_common == c.n_old == c.n_new == N
+    by = {d.measurement.label: d for d in c.differences}
+    qt = by["QT"]
+    measured = N - sum(marked_to_fail(u) for u in _summaries(store, "t-base"))
+    assert qt.n == measured
+    assert qt.mean == pytest.approx(10.0 + 50.0 / measured)
+    assert qt.largest[0][2] - qt.largest[0][1] == pytest.approx(60.0)
+    assert by["PR"].stopped == 1 and by["PR"].became == 0
+    assert by["QRS"].mean == 0.0 and by["QRS"].largest == ()
+    text = "\n".join(c.lines())
+    assert "QT" in text and qt.largest[0][0] in text
+    png = tmp_path / "ba.png"
+    bland_altman(c, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+# ------------------------------------------------------------------- cli
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="waveform")
+    register(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def test_cli_compare_and_argument_errors(archive: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    p = _parser()
+    args = p.parse_args(["reanalyze", "--data", str(archive), "--plot", "x.png"])
+    assert args.fn(args) == 2
+    assert "--plot needs --compare" in capsys.readouterr().err
+    args = p.parse_args(["reanalyze", "--data", str(archive), "--compare", "t-none", "t-x"])
+    assert args.fn(args) == 1
+    assert "no ECG has a summary of both t-none and t-x" in capsys.readouterr().err
+    args = p.parse_args(["reanalyze", "--data", str(archive), "--where", "bogus"])
+    assert args.fn(args) == 1
+    assert "is not COLUMN OP VALUE" in capsys.readouterr().err
+    args = p.parse_args(["reanalyze", "--data", str(archive), "--scheduler", "tcp://x:1"])
+    assert args.fn(args) == 1
+    assert "--scheduler tcp://x:1 needs --engine dask" in capsys.readouterr().err
+
+
+def test_cli_dask_without_distributed_says_what_to_install(
+        archive: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    args = _parser().parse_args(["reanalyze", "--data", str(archive), "--engine", "dask"])
+    assert args.fn(args) == 1
+    assert "pip install 'waveform[dask]'" in capsys.readouterr().err
+
+
+def test_cli_explains_a_catalog_held_by_the_server(archive: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from waveform.store import Store; "
+         f"s = Store.open({str(archive)!r}, analyze=None, measure=False); print('open', "
+         "flush=True); sys.stdin.read()"],
+        cwd=ROOT, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        args = _parser().parse_args(["reanalyze", "--data", str(archive)])
+        assert args.fn(args) == 1
+    finally:
+        holder.communicate("", timeout=60)
+    err = capsys.readouterr().err
+    assert "held by another process" in err and "PostgreSQL catalog" in err
+
+
+# -------------------------------------------------------------- progress
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.text = ""
+        self.tty = tty
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_lines_off_a_terminal_and_a_bar_on_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = _Stream(tty=False)
+    lines = progress_for(plain)  # type: ignore[arg-type]
+    assert isinstance(lines, LogLines)
+    lines.start(10)
+    lines.advance(10)
+    assert plain.text.startswith("reanalyze: 10/10 ECGs (100%), ") and "left" in plain.text
+    assert "\r" not in plain.text
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # the bar of our own
+    tty = _Stream(tty=True)
+    bar = progress_for(tty)  # type: ignore[arg-type]
+    assert isinstance(bar, Bar)
+    bar.start(4)
+    bar.advance(2)
+    bar.note("a commit")
+    bar.close()
+    assert "\rreanalyze [###############...............] 2/4" in tty.text
+    assert "reanalyze: a commit\n" in tty.text
+
+
+def test_job_result_report() -> None:
+    r = JobResult("9.9", planned=3, committed=2, commits=1, seconds=2.0,
+                  failed=[("1.2.3", "InvalidArgument: no")], unread=[("1.2.4", "gone")])
+    text = "\n".join(r.lines())
+    assert "3 ECGs planned" in text and "2 summaries committed in 1 commits" in text
+    assert "1.2.3: InvalidArgument: no" in text and "1.2.4: gone" in text
+    assert r.rate == pytest.approx(1.0)
+    assert dataclasses.replace(r, seconds=0.0).rate == 0.0
