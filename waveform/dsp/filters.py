@@ -114,25 +114,25 @@ def _sos_pass(buf: np.ndarray, sos: np.ndarray, zi: np.ndarray, forward: bool) -
             z1[s, c] = zi[s, 1] * buf[r, c]
     v = np.empty(n_ch)
     for k in range(n):
-        row = buf[k if forward else n - 1 - k]
+        r = k if forward else n - 1 - k
         for c in range(n_ch):
-            v[c] = row[c]
+            v[c] = buf[r, c]
         for s in range(n_sec):
             b0 = sos[s, 0]
             b1 = sos[s, 1]
             b2 = sos[s, 2]
             a1 = sos[s, 4]
             a2 = sos[s, 5]
-            zs0 = z0[s]
-            zs1 = z1[s]
+            # Indexing the 2-D state directly: a row view per sample and
+            # section costs more than the arithmetic it serves.
             for c in range(n_ch):
                 xv = v[c]
-                y = b0 * xv + zs0[c]
-                zs0[c] = b1 * xv - a1 * y + zs1[c]
-                zs1[c] = b2 * xv - a2 * y
+                y = b0 * xv + z0[s, c]
+                z0[s, c] = b1 * xv - a1 * y + z1[s, c]
+                z1[s, c] = b2 * xv - a2 * y
                 v[c] = y
         for c in range(n_ch):
-            row[c] = v[c]
+            buf[r, c] = v[c]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -116,25 +116,24 @@ def energy(bp: np.ndarray, fs: float) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _candidates(env: np.ndarray, half: int) -> np.ndarray:
-    # Local maxima of the envelope that are the largest within +-half samples.
+    # Maxima of the envelope that are the largest within +-half samples (the
+    # earliest of equal values wins). Only a rising-then-not-rising sample can
+    # be one, and a smooth envelope has few, so the window is scanned only there.
     n = env.shape[0]
     cand = np.empty(n, dtype=np.int64)
     m = 0
-    i = 0
-    while i < n:
+    for i in range(n):
         v = env[i]
-        lo = max(0, i - half)
-        hi = min(n, i + half + 1)
+        if not v > 0.0 or (i > 0 and env[i - 1] >= v) or (i + 1 < n and env[i + 1] > v):
+            continue
         best = True
-        for j in range(lo, hi):
+        for j in range(max(0, i - half), min(n, i + half + 1)):
             if env[j] > v or (env[j] == v and j < i):
                 best = False
                 break
-        if best and v > 0.0:
+        if best:
             cand[m] = i
             m += 1
-            i += half  # nothing within half can also be a maximum
-        i += 1
     return cand[:m]
 
 

@@ -87,12 +87,8 @@ def _kth(a: np.ndarray, k: int, even: bool) -> float:
     return 0.5 * (lower + upper)
 
 
-#: `_median_inplace`: sample size, half-widths (in sample ranks) of the brackets
-#: it tries around the median, most halvings, and a count small enough to select from.
+#: Size of the sample `_median_inplace` draws to bracket the median.
 _SAMPLE = 128
-_BRACKETS = (3, 7, 14)
-_HALVINGS = 6
-_FEW = 48
 
 
 @numba.njit(cache=True, nogil=True)
@@ -110,14 +106,14 @@ def _count(a: np.ndarray, v: float) -> tuple[int, int]:
 def _median_inplace(a: np.ndarray) -> float:
     """np.median of ``a`` (no NaN), reordering ``a`` in place (nothing is copied).
 
-    Floyd & Rivest's sampling idea (Comm. ACM 18(3):165, 1975): a small sorted
-    sample gives two values that bracket the median with high probability.
-    Branch-free counting passes check the bracket and halve it until few values
-    are left inside; one pass packs those to the front of ``a`` and the
-    selection runs on them. Quickselect on thousands of values is bound by its
-    partition's branch mispredictions (ECG second differences are quantised,
-    with long runs of ties); counting passes do not branch. When the sample's
-    bracket misses, plain quickselect runs.
+    Floyd & Rivest's sampling idea (Comm. ACM 18(3):165, 1975): the order
+    statistics of a small sorted sample split the values into slices of about
+    n / sample each. Branch-free counting passes binary-search the slice that
+    holds the middle rank(s); a branch-free pass packs that slice's few values
+    to the front of ``a`` and the selection runs on them. Quickselect on
+    thousands of values is bound by its partition's branch mispredictions,
+    worse still on ECG second differences, which are quantised into long runs
+    of ties; a tied median is found by the search itself.
     """
     n = a.shape[0]
     if n == 0:
@@ -130,49 +126,37 @@ def _median_inplace(a: np.ndarray) -> float:
     for t in range(_SAMPLE):
         sample[t] = a[(2 * t + 1) * n // (2 * _SAMPLE)]
     sample.sort()
-    # The ranks that must stay inside [lo, hi]: k - 1 (even counts) to k.
+    # The ranks that must lie in the slice: k - 1 (even counts) to k.
     r_lo = k - 1 if even else k
-    # The tightest of a few sample brackets that holds both middle ranks.
-    found = False
-    lo = hi = 0.0
-    below = upto = 0
-    for half in _BRACKETS:
-        lo = sample[_SAMPLE // 2 - half]
-        hi = sample[_SAMPLE // 2 + half]
-        below = _count(a, lo)[0]
-        upto = _count(a, hi)[1]
-        if below <= r_lo and upto > k:
-            found = True
-            break
-    if not found:
+    # The first sample value with more than k values at or below it: the
+    # k-th smallest value is at most that.
+    if _count(a, sample[_SAMPLE - 1])[1] <= k:
         return _kth(a, k, even)
-    # Halve it a few times (ties stop the halving short of few values).
-    for _ in range(_HALVINGS):
-        if upto - below <= _FEW or not lo < hi:
-            break
-        mid = 0.5 * (lo + hi)
-        if not lo < mid < hi:
-            break
-        lt, le = _count(a, mid)
-        moved = False
-        if le > k:
-            hi = mid
-            upto = le
-            moved = True
-        if lt <= r_lo:
-            lo = mid
-            below = lt
-            moved = True
-        if not moved:
-            break  # the two middle values straddle mid
-    if lo == hi:
-        return lo  # every value between the middle ranks equals it
+    j_lo = 0
+    j_hi = _SAMPLE - 1
+    while j_lo < j_hi:
+        mid = (j_lo + j_hi) // 2
+        if _count(a, sample[mid])[1] > k:
+            j_hi = mid
+        else:
+            j_lo = mid + 1
+    hi = sample[j_hi]
+    below_hi = _count(a, hi)[0]
+    if below_hi <= r_lo:
+        return hi  # every middle rank holds this (tied) value
+    if j_hi == 0:
+        return _kth(a, k, even)
+    lo = sample[j_hi - 1]
+    below = _count(a, lo)[0]
+    if below > r_lo:
+        return _kth(a, k, even)
+    # Pack [lo, hi] to the front: always write, advance only when inside
+    # (the write never reaches a value not yet read).
     m = 0
     for i in range(n):
         v = a[i]
-        if lo <= v <= hi:
-            a[m] = v
-            m += 1
+        a[m] = v
+        m += (v >= lo) & (v <= hi)
     return _kth(a[:m], k - below, even)
 
 
