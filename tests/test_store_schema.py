@@ -31,3 +31,18 @@ def test_columns_added_to_a_schema_are_added_to_an_older_catalog(tmp_path: Path)
         page = store.search(patient_id=ecg.patient_id)
         assert [r["study_instance_uid"] for r in page.rows] == [ecg.study_instance_uid]
         assert [r["accession_number"] for r in page.rows] == [ecg.accession_number]
+
+
+def test_a_real_summary_fills_every_searchable_measurement() -> None:
+    from waveform.analysis import analyze
+    from waveform.store.measure import summary_row
+    from waveform.store.schema import MEASURES
+
+    s = analyze(synthetic_ecg(seed=7, heart_rate=75.0))
+    row = summary_row("1.2.3", s.analysis_version, None, s, {})
+    assert set(MEASURES) <= set(row)
+    assert row["qtc_ms"] == s.qtc_bazett_ms.value is not None
+    assert row["rr_mean_ms"] == s.rr_mean_ms.value is not None
+    assert row["rr_sd_ms"] == s.rr_sd_ms.value
+    for name in MEASURES:
+        assert row[name] is not None, name

@@ -4,6 +4,7 @@
     waveform demo                       decode and measure the bundled demo ECGs
     waveform info FILE.dcm...           what an object holds (groups, leads, warnings)
     waveform import-wfdb RECORD... -o DIR   WFDB records as General ECG DICOM objects
+    waveform audit verify [--data DIR]  check the audit trail's hash chain
 
 Every failure is reported as one line naming the file and what was wrong, with
 exit status 1; nothing prints a traceback for bad input.
@@ -12,9 +13,11 @@ exit status 1; nothing prints a traceback for bad input.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from waveform.errors import WaveformError
 from waveform.model import Ecg
@@ -95,6 +98,8 @@ DEMO_CALLERS = (
     ("clinician", "demo-clinic", "dr-demo", ""),
     ("clinician", "other-hospital", "dr-other", ""),
     ("admin", "demo-clinic", "ops", ""),
+    ("auditor", "archive", "auditor-1", ""),
+    ("citizen", "citizens", "patient-demo", "SYN000001"),
 )
 
 
@@ -111,6 +116,7 @@ def _demo_tokens(path: Path) -> dict[str, str]:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
+    from waveform.archive import Archive, ReleaseDelays
     from waveform.service.identity import TokenIdentities
     from waveform.service.metrics import Metrics
     from waveform.service.server import TlsFiles, configure_logging, run_until_signalled, start
@@ -138,16 +144,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     metrics = Metrics()
     try:
         identities = TokenIdentities.load(tokens_path)
+        release = ReleaseDelays()
+        if args.release_delays is not None:
+            release = ReleaseDelays.from_json(json.loads(args.release_delays.read_text()))
         store = Store.open(data)
+    except (WaveformError, OSError, ValueError) as exc:
+        print(f"waveform serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        archive = Archive.open(store, data / "audit", release=release)
     except (WaveformError, OSError) as exc:
+        store.close()
         print(f"waveform serve: {exc}", file=sys.stderr)
         return 1
     try:
         server = start(store, identities, host=args.host, port=args.port, tls=tls,
                        workers=args.workers, max_concurrent=args.max_concurrent,
                        max_message_bytes=args.max_message_mb << 20, metrics=metrics,
-                       owns_store=True)
+                       owns_store=True, archive=archive)
     except WaveformError as exc:
+        archive.close()
         store.close()
         print(f"waveform serve: {exc}", file=sys.stderr)
         return 1
@@ -158,17 +174,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           + (f", metrics on http://{args.host}:{args.metrics_port}/metrics"
              if args.metrics_port else ""), flush=True)
     if args.demo:
-        _load_demo(store, where, tokens)
+        _load_demo(server, where, tokens)
     run_until_signalled(server)
+    archive.close()
     print("waveform: stopped", flush=True)
     return 0
 
 
-def _load_demo(store: object, where: str, tokens: dict[str, str]) -> None:
-    from waveform.store import Store
-
-    assert isinstance(store, Store)
-    results = store.ingest([data for _, data in demo_objects()], "demo-clinic")
+def _load_demo(server: Any, where: str, tokens: dict[str, str]) -> None:
+    results = server.store.ingest([data for _, data in demo_objects()], "demo-clinic")
+    for r in results:
+        if not r.already_stored:
+            server.archive.ingested(r.sop_instance_uid)
     stored = sum(not r.already_stored for r in results)
     print(f"demo: {len(results)} ECGs of demo-clinic ({stored} new, "
           f"{len(results) - stored} already stored)")
@@ -186,9 +203,27 @@ def _load_demo(store: object, where: str, tokens: dict[str, str]) -> None:
         f"waveform summary {uid}",
         f"waveform trace {uid} --leads II,V5 --duration 2 -o trace.csv",
         f"waveform export {uid} -o ecg.dcm",
+        f"waveform render {uid} -o printout.pdf",
     ):
         print(f"  {line}")
     print("Ctrl-C stops the server cleanly.", flush=True)
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from waveform.archive import verify
+
+    directory = args.audit if args.audit is not None else args.data / "audit"
+    if not directory.is_dir():
+        print(f"waveform audit verify: {directory} is not an audit trail folder",
+              file=sys.stderr)
+        return 1
+    checked, problems = verify(directory)
+    if problems:
+        for p in problems:
+            print(f"waveform audit verify: {directory}: {p}", file=sys.stderr)
+        return 1
+    print(f"{directory}: {checked} events, the chain is intact")
+    return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -247,6 +282,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--max-concurrent", type=int, default=256,
                    help="calls in progress; more are refused with RESOURCE_EXHAUSTED")
     q.add_argument("--max-message-mb", type=int, default=64, help="largest message (MiB)")
+    q.add_argument("--release-delays", type=Path, metavar="FILE",
+                   help='JSON: {"default_days": 14, "organisations": {"org": '
+                        '{"statement": 7}}} (days before a citizen sees a document)')
     q.add_argument("--demo", action="store_true",
                    help="dev tokens (printed) and the demo ECGs loaded")
     q.add_argument("-v", "--verbose", action="store_true")
@@ -254,6 +292,15 @@ def _parser() -> argparse.ArgumentParser:
     q = add("info", _cmd_info, "describe DICOM waveform objects")
     q.add_argument("files", nargs="+", metavar="FILE")
     q.add_argument("--measure", action="store_true", help="also run the measurement")
+    audit = sub.add_parser("audit", help="the audit trail",
+                           description="the audit trail (append-only, hash-chained)")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    q = asub.add_parser("verify", help="check the hash chain: a changed or removed event "
+                        "is reported with its sequence number (exit status 1)")
+    q.set_defaults(fn=_cmd_audit_verify)
+    q.add_argument("--data", type=Path, default=Path("./data"),
+                   help="the archive's folder (its audit/ is checked; default ./data)")
+    q.add_argument("--audit", type=Path, metavar="DIR", help="the audit folder itself")
     q = add("import-wfdb", _cmd_import_wfdb, "write WFDB records as General ECG DICOM objects")
     q.add_argument("records", nargs="+", metavar="RECORD", help="record path without extension")
     q.add_argument("-o", "--output", required=True, type=Path, metavar="DIR")

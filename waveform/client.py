@@ -156,7 +156,8 @@ def _collect(paths: Sequence[str]) -> list[Path]:
 
 
 class _Progress:
-    """A progress bar: rich if installed, else tqdm, else a plain line now and then."""
+    """A progress bar on a terminal (rich if installed, else tqdm); elsewhere, or
+    without either, a plain line now and then (logs stay readable)."""
 
     def __init__(self, total: int, enabled: bool, stream: IO[str]) -> None:
         self.total, self.done, self.stream = total, 0, stream
@@ -165,7 +166,7 @@ class _Progress:
         self._bar: Any = None
         self._rich: Any = None
         self.enabled = enabled
-        if not enabled:
+        if not enabled or not getattr(stream, "isatty", lambda: False)():
             return
         try:
             from rich.progress import Progress

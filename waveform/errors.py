@@ -62,6 +62,10 @@ class InvalidArgument(WaveformError, ValueError):
 class Conflict(WaveformError):
     """An object with this SOP Instance UID is stored with other content."""
 
+    def __init__(self, message: str, uid: str = "") -> None:
+        super().__init__(message)
+        self.uid = uid
+
 
 class NotFound(WaveformError, LookupError):
     """No such object, or none the caller may know of."""

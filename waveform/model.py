@@ -14,13 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from waveform.errors import InvalidArgument
+
 __all__ = [
     "LEADS",
+    "ROLES",
     "SUMMARY_MEASURES",
     "Annotation",
     "Channel",
     "Code",
     "Ecg",
+    "Identity",
     "LeadQuality",
     "Measured",
     "Summary",
@@ -397,3 +401,28 @@ class Summary:
         return True
 
     __hash__ = None  # type: ignore[assignment]
+
+
+#: Who may call the archive: what each role may do is `waveform.archive.policy`'s.
+ROLES = ("device", "clinician", "citizen", "auditor", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated caller: organisation, user, role (and a citizen's patient)."""
+
+    organisation: str
+    user: str
+    role: str
+    patient_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise InvalidArgument(f"role {self.role!r} is not one of {', '.join(ROLES)}")
+        if not self.organisation or not self.user:
+            raise InvalidArgument("an identity needs an organisation and a user")
+        if self.role == "citizen" and not self.patient_id:
+            raise InvalidArgument(f"citizen {self.user!r} needs a patient_id")
+
+    def describe(self) -> str:
+        return f"{self.role} {self.user} of {self.organisation}"

@@ -22,11 +22,12 @@ import hmac
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
 from waveform.errors import AccessDenied, InvalidArgument, Unauthenticated
+from waveform.model import ROLES, Identity
 
 __all__ = [
     "ROLES",
@@ -37,28 +38,6 @@ __all__ = [
     "hash_token",
     "new_token",
 ]
-
-ROLES = ("device", "clinician", "citizen", "auditor", "admin")
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    organisation: str
-    user: str
-    role: str
-    patient_id: str = ""
-
-    def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise InvalidArgument(f"role {self.role!r} is not one of {', '.join(ROLES)}")
-        if not self.organisation or not self.user:
-            raise InvalidArgument("an identity needs an organisation and a user")
-        if self.role == "citizen" and not self.patient_id:
-            raise InvalidArgument(f"citizen {self.user!r} needs a patient_id")
-
-    def describe(self) -> str:
-        return f"{self.role} {self.user} of {self.organisation}"
-
 
 class IdentityProvider(Protocol):
     def authenticate(self, token: str | None, certificate_organisation: str | None

@@ -22,17 +22,24 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from waveform.archive import Archive
 from waveform.errors import InvalidArgument, StorageError
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
+from waveform.service._proto.waveform.v1 import records_pb2 as rpb
+from waveform.service._proto.waveform.v1 import records_pb2_grpc as rpb_grpc
 from waveform.service.handlers import EcgArchive
 from waveform.service.identity import IdentityProvider
 from waveform.service.metrics import Metrics
+from waveform.service.records import PatientRecords
 from waveform.store import Store
 
-__all__ = ["SERVICE_NAME", "Server", "TlsFiles", "configure_logging", "start"]
+__all__ = [
+    "RECORDS_SERVICE_NAME", "SERVICE_NAME", "Server", "TlsFiles", "configure_logging", "start",
+]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgArchive"].full_name
+RECORDS_SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["PatientRecords"].full_name
 DEFAULT_MAX_MESSAGE = 64 << 20
 #: Threads beyond the service's call limit: health checks and reflection run on them.
 RESERVE_THREADS = 8
@@ -49,13 +56,16 @@ class Server:
     """A running server; `stop()` shuts it down gracefully."""
 
     def __init__(self, grpc_server: grpc.Server, port: int, health_servicer: Any,
-                 service: EcgArchive, store: Store, owns_store: bool) -> None:
+                 service: EcgArchive, store: Store, owns_store: bool, archive: Archive,
+                 owns_archive: bool) -> None:
         self.grpc = grpc_server
         self.port = port
         self.health = health_servicer
         self.service = service
         self.store = store
+        self.archive = archive
         self._owns_store = owns_store
+        self._owns_archive = owns_archive
         self._stopped = threading.Event()
 
     @property
@@ -69,6 +79,8 @@ class Server:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.grpc.stop(grace_s).wait()
+        if self._owns_archive:
+            self.archive.close()
         if self._owns_store:
             self.store.close()
 
@@ -88,6 +100,7 @@ def start(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE,
     metrics: Metrics | None = None,
     owns_store: bool = False,
+    archive: Archive | None = None,
 ) -> Server:
     """Start serving ``store`` on ``host:port`` (port 0: any free port).
 
@@ -107,13 +120,6 @@ def start(
     # grpc's own cap only bounds a flood (each refused call holds a thread briefly).
     server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
                          options=options, maximum_concurrent_rpcs=threads)
-    service = EcgArchive(store, identities, metrics, max_concurrent=max_concurrent)
-    pb_grpc.add_EcgArchiveServicer_to_server(service, server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
     writer = getattr(store, "_writer", None)
     if writer is not None:
         metrics.watch_queue(lambda: float(getattr(writer, "_queued", 0)))
@@ -134,10 +140,27 @@ def start(
         raise InvalidArgument(f"TLS files: {exc}") from None
     if bound == 0:
         raise StorageError(f"cannot listen on {address}: the port is taken or not allowed")
+    owns_archive = archive is None
+    if archive is None:
+        archive = Archive.open(store, Path(store.data_path).parent / "audit")
+    slots = threading.BoundedSemaphore(max_concurrent)
+    service = EcgArchive(store, archive, identities, metrics, max_concurrent=max_concurrent,
+                         slots=slots)
+    records = PatientRecords(store, archive, identities, metrics,
+                             max_concurrent=max_concurrent, slots=slots)
+    pb_grpc.add_EcgArchiveServicer_to_server(service, server)
+    rpb_grpc.add_PatientRecordsServicer_to_server(records, server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, RECORDS_SERVICE_NAME,
+         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server)
     server.start()
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, RECORDS_SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(server, bound, health_servicer, service, store, owns_store)
+    return Server(server, bound, health_servicer, service, store, owns_store, archive,
+                  owns_archive)
 
 
 class _JsonLines(logging.Formatter):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from waveform.store.compact import CompactionReport, compact_dir
 from waveform.store.files import FileOps, LocalFiles
-from waveform.store.queries import Page, SearchQuery, Trace
+from waveform.store.queries import Page, SearchQuery, Trace, Visibility
 from waveform.store.store import IngestResult, Store
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "SearchQuery",
     "Store",
     "Trace",
+    "Visibility",
     "compact_dir",
 ]

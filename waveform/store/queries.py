@@ -37,6 +37,7 @@ __all__ = [
     "RowReader",
     "SearchQuery",
     "Trace",
+    "Visibility",
     "search_sql",
     "summaries_sql",
 ]
@@ -141,6 +142,34 @@ _EQUALS: dict[str, str] = {
 }
 
 @dataclass(frozen=True, slots=True)
+class Visibility:
+    """The rows one caller may see: its own organisation's, and with ``others``
+    other organisations' too, except those of ``hidden_organisations`` and
+    ``hidden_studies`` (the access policy decides; the store only filters)."""
+
+    organisation: str
+    others: bool = False
+    hidden_organisations: tuple[str, ...] = ()
+    hidden_studies: tuple[str, ...] = ()
+
+    def sql(self) -> tuple[str, list[Any]]:
+        if not self.others:
+            return "organisation = ?", [self.organisation]
+        hide: list[str] = []
+        params: list[Any] = []
+        if self.hidden_organisations:
+            hide.append(f"organisation NOT IN ({', '.join('?' * len(self.hidden_organisations))})")
+            params.extend(self.hidden_organisations)
+        if self.hidden_studies:
+            hide.append("coalesce(study_instance_uid, '') NOT IN "
+                        f"({', '.join('?' * len(self.hidden_studies))})")
+            params.extend(self.hidden_studies)
+        if not hide:
+            return "TRUE", []
+        return f"(organisation = ? OR ({' AND '.join(hide)}))", [self.organisation, *params]
+
+
+@dataclass(frozen=True, slots=True)
 class SearchQuery:
     """Filters (all optional, combined with AND), order and page size.
 
@@ -158,6 +187,7 @@ class SearchQuery:
     limit: int = 100
     cursor: str | None = None
     analysis_version: str | None = None
+    visible: Visibility | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +244,12 @@ def search_sql(
         if col is None:
             raise InvalidArgument(f"cannot filter on {name!r}; expected one of {sorted(_EQUALS)}")
         both(f"{col} = ?", value, col in SUMMARY_CONTEXT)
+    if q.visible is not None:
+        cond, values = q.visible.sql()
+        e_where.append(cond)
+        e_params.extend(values)
+        s_where.append(cond)
+        s_params.extend(values)
     if q.acquired_from is not None:
         both("acquisition_datetime >= ?", q.acquired_from)
     if q.acquired_to is not None:

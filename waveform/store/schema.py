@@ -128,7 +128,12 @@ MEASURES: dict[str, tuple[str, ...]] = {
     "pr_ms": ("pr_ms", "pr", "pr_interval_ms"),
     "qrs_ms": ("qrs_ms", "qrs", "qrs_duration_ms"),
     "qt_ms": ("qt_ms", "qt", "qt_interval_ms"),
-    "qtc_ms": ("qtc_ms", "qtc", "qtc_interval_ms"),
+    # The searchable QTc is Bazett's (what carts print by default); every formula
+    # is in ``document``.
+    "qtc_ms": ("qtc_ms", "qtc_bazett_ms", "qtc", "qtc_interval_ms"),
+    # Beat-to-beat regularity: with the PR interval, what the rhythm label is made of.
+    "rr_mean_ms": ("rr_mean_ms",),
+    "rr_sd_ms": ("rr_sd_ms",),
 }
 
 #: ``ecg`` columns copied into each ``summary`` row: search filters and sorts on
@@ -154,7 +159,7 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 #: Tables other modules own in the same catalog; the store never creates them.
-RESERVED: tuple[str, ...] = ("document", "consent", "denial", "audit")
+RESERVED: tuple[str, ...] = ("document", "document_release", "consent", "denial")
 
 _SCALARS: dict[pa.DataType, str] = {
     pa.string(): "VARCHAR",
@@ -187,7 +192,7 @@ def added_columns(table: str, present: Sequence[str],
     """``ALTER TABLE`` statements for columns a schema gained after the catalog was
     made (appended at the end; rows written before read them as NULL)."""
     have = set(present)
-    return [f"ADD COLUMN {f.name} {duck_type(f.type)}" for f in tables[table]
+    return [f'ADD COLUMN "{f.name}" {duck_type(f.type)}' for f in tables[table]
             if f.name not in have]
 
 
@@ -195,6 +200,6 @@ def ddl(catalog: str, tables: Mapping[str, pa.Schema] = TABLES) -> list[str]:
     """Statements that create each of ``tables`` (if absent) in ``catalog``."""
     out = []
     for name, schema in tables.items():
-        cols = ", ".join(f"{f.name} {duck_type(f.type)}" for f in schema)
+        cols = ", ".join(f'"{f.name}" {duck_type(f.type)}' for f in schema)
         out.append(f"CREATE TABLE IF NOT EXISTS {catalog}.{name} ({cols})")
     return out

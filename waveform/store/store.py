@@ -64,6 +64,8 @@ class IngestResult:
     ingested_at: dt.datetime
     already_stored: bool = False
     summary: dict[str, Any] | None = None
+    #: The object's Patient ID, on the answer of the commit that stored it.
+    patient_id: str = ""
 
 
 @dataclass(slots=True)
@@ -306,7 +308,7 @@ class Store:
                     raise Conflict(
                         f"SOP Instance UID {uid} is already stored with other content "
                         f"(SHA-256 {known_sha[:16]}..., this object {p.sha256[:16]}...); "
-                        "send it with a new SOP Instance UID"
+                        "send it with a new SOP Instance UID", uid=uid,
                     )
                 if known is not None:
                     f: Future[IngestResult] = Future()
@@ -362,7 +364,9 @@ class Store:
                     )
                     row += n
                     self._index[p.sop_instance_uid] = e
-                    results.append(e.result(p.sop_instance_uid, False))
+                    results.append(dataclasses.replace(
+                        e.result(p.sop_instance_uid, False),
+                        patient_id=p.ecg_row.get("patient_id") or ""))
         self._files.mark("ack")
         self._maybe_compact()
         if self._measure is not None:
@@ -535,9 +539,10 @@ class Store:
                 parts.append(decode_encoded(enc, np.dtype(r["dtype"]), r["n_channels"]))
         return head["header"], parts, e.sha256
 
-    def ecg_context(self, uid: str) -> dict[str, Any]:
-        """The ``ecg`` columns that summary rows carry (`schema.SUMMARY_CONTEXT`)."""
-        cols = ["sop_instance_uid", *_schema.SUMMARY_CONTEXT]
+    def ecg_context(self, uid: str, columns: Sequence[str] = ()) -> dict[str, Any]:
+        """``ecg`` columns of one ECG: those summary rows carry (`schema.SUMMARY_CONTEXT`)
+        and any others named in ``columns``."""
+        cols = list(dict.fromkeys(["sop_instance_uid", *_schema.SUMMARY_CONTEXT, *columns]))
 
         def fetch(e: _Entry) -> dict[str, Any]:
             row = self._reader.read(e.ecg[0], e.ecg[1], cols)[0]
@@ -682,6 +687,11 @@ class Store:
         except duckdb.Error as e:
             raise StorageError(f"search failed: {e}") from e
         return page
+
+    def attach_summaries(self, rows: list[dict[str, Any]]) -> None:
+        """Add to each row (a dict with ``sop_instance_uid``) the searchable measurements
+        of its current summary (`queries.SUMMARY_RESULT`; None where there is none)."""
+        self._attach_summaries(rows)
 
     def _attach_summaries(self, rows: list[dict[str, Any]]) -> None:
         """Phase two of a search by locators: each row's current summary, read directly."""

@@ -1,0 +1,343 @@
+"""The audit trail: an append-only, hash-chained journal of every patient-data call.
+
+Events are JSON lines in segment files (``00000001.jsonl``, ...) in one
+directory. A writer thread takes the events of concurrent calls, appends them,
+fsyncs, records the last event in ``HEAD`` (written to a temporary name,
+fsynced, renamed), and only then answers: a call returns data only after its
+event is on disk (the same discipline as an ingested ECG). Each event carries
+``prev`` (the hash of the event before it) and ``hash``, the SHA-256 of its
+canonical JSON without ``hash``; `verify` walks the chain, so a modified, removed
+or reordered event, and a removed last event (``HEAD`` then points past the end),
+are found. Nothing in the service changes or deletes an event.
+
+Why a journal and not a catalog table: every read call appends an event, and a
+catalog commit costs tens of milliseconds while an appended, fsynced line costs
+well under one (docs/access.md). Queries read the segments with DuckDB.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from waveform.archive.clock import Clock, utcnow
+from waveform.errors import DurabilityError, StorageError
+
+__all__ = ["GENESIS", "AuditEvent", "AuditTrail", "verify"]
+
+log = logging.getLogger("waveform.audit")
+
+#: The ``prev`` of the first event.
+GENESIS = "0" * 64
+_SEGMENT_BYTES = 64 << 20
+_BATCH = 1024
+
+
+@dataclass(slots=True)
+class AuditEvent:
+    """One access: who, for what purpose, which patient and objects, and the decision."""
+
+    user: str
+    organisation: str
+    role: str
+    action: str
+    outcome: str  # "allowed", "denied" or "failed"
+    rule: str
+    patient_id: str = ""
+    objects: list[str] = field(default_factory=list)
+    purpose: str = "care"
+    reason: str = ""
+    emergency: bool = False
+    # Set by the trail when written.
+    seq: int = 0
+    time: str = ""
+    prev: str = ""
+    hash: str = ""
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "time": self.time, "user": self.user,
+            "organisation": self.organisation, "role": self.role, "purpose": self.purpose,
+            "reason": self.reason, "patient_id": self.patient_id, "objects": list(self.objects),
+            "action": self.action, "outcome": self.outcome, "rule": self.rule,
+            "emergency": self.emergency, "prev": self.prev, "hash": self.hash,
+        }
+
+
+def _digest(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _segments(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.jsonl") if p.stem.isdigit())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_head(directory: Path) -> dict[str, Any] | None:
+    try:
+        head: dict[str, Any] = json.loads((directory / "HEAD").read_text())
+    except FileNotFoundError:
+        return None
+    return head
+
+
+class AuditTrail:
+    """Appends events durably, in order, chained; answers queries over them."""
+
+    def __init__(self, directory: str | os.PathLike[str], clock: Clock = utcnow) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._queue: queue.Queue[tuple[AuditEvent, Future[AuditEvent]] | None] = queue.Queue()
+        self._failed: BaseException | None = None
+        self._seq, self._prev = 0, GENESIS
+        self._segment = self._recover()
+        self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self._size = os.fstat(self._fd).st_size
+        self._duck = duckdb.connect(config={"autoinstall_known_extensions": False})
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ writing
+    def _recover(self) -> Path:
+        """Find the chain's end; drop a torn last line (a write a crash cut, never answered)."""
+        segments = _segments(self.directory)
+        if not segments:
+            return self.directory / f"{1:08d}.jsonl"
+        last = segments[-1]
+        data = last.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        if keep < len(data):
+            log.warning("audit segment %s ends in a torn line (%d bytes); removed: it was "
+                        "never acknowledged", last.name, len(data) - keep)
+            with open(last, "r+b") as f:
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+            data = data[:keep]
+        lines = data.splitlines()
+        if not lines and len(segments) > 1:
+            lines = segments[-2].read_bytes().splitlines()
+        if lines:
+            rec = json.loads(lines[-1])
+            self._seq, self._prev = int(rec["seq"]), str(rec["hash"])
+        return last
+
+    def record(self, event: AuditEvent) -> Future[AuditEvent]:
+        """Queue ``event``; the future answers once it is durable (or raises StorageError)."""
+        f: Future[AuditEvent] = Future()
+        if self._failed is not None:
+            f.set_exception(StorageError(f"the audit trail cannot be written ({self._failed}); "
+                                        "nothing is returned without its audit event"))
+            return f
+        self._queue.put((event, f))
+        return f
+
+    def append(self, event: AuditEvent, timeout: float | None = 30.0) -> AuditEvent:
+        """Write ``event`` and wait until it is durable."""
+        return self.record(event).result(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < _BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            self._write([b for b in batch if b[1].set_running_or_notify_cancel()])
+
+    def _write(self, batch: list[tuple[AuditEvent, Future[AuditEvent]]]) -> None:
+        if not batch:
+            return
+        if self._failed is not None:
+            for _, f in batch:
+                f.set_exception(StorageError(f"the audit trail cannot be written "
+                                             f"({self._failed})"))
+            return
+        seq, prev = self._seq, self._prev
+        lines = []
+        now = self._clock().astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        for ev, _ in batch:
+            seq += 1
+            ev.seq, ev.time, ev.prev = seq, now, prev
+            rec = ev.record()
+            ev.hash = rec["hash"] = _digest(rec)
+            prev = ev.hash
+            lines.append(json.dumps(rec, sort_keys=True, separators=(",", ":"),
+                                    ensure_ascii=False))
+        data = ("\n".join(lines) + "\n").encode()
+        try:
+            if self._size and self._size + len(data) > _SEGMENT_BYTES:
+                self._rotate()
+            os.write(self._fd, data)
+            os.fsync(self._fd)
+            self._size += len(data)
+            self._write_head(seq, prev)
+        except OSError as e:
+            self._failed = e
+            err = DurabilityError(f"the audit trail could not be made durable ({e}); "
+                                  "nothing is returned without its audit event")
+            for _, f in batch:
+                f.set_exception(err)
+            log.error("audit trail write failed; patient data is refused from now on",
+                      exc_info=e)
+            return
+        self._seq, self._prev = seq, prev
+        for ev, f in batch:
+            f.set_result(ev)
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        n = int(self._segment.stem) + 1
+        self._segment = self.directory / f"{n:08d}.jsonl"
+        self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self._size = 0
+        _fsync_dir(self.directory)
+
+    def _write_head(self, seq: int, last_hash: str) -> None:
+        tmp = self.directory / ".HEAD.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.write(fd, json.dumps({"seq": seq, "hash": last_hash}).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # No directory fsync: after a crash HEAD may name an earlier event, which
+        # `verify` accepts (it checks that event); it only needs HEAD never to run
+        # ahead of the events, and the events are fsynced before it is written.
+        os.replace(tmp, self.directory / "HEAD")
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+        self._duck.close()
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self._failed
+
+    # ------------------------------------------------------------------ reading
+    def query(
+        self,
+        *,
+        patient_id: str = "",
+        user: str = "",
+        organisation: str = "",
+        time_from: dt.datetime | None = None,
+        time_to: dt.datetime | None = None,
+        after_seq: int = 0,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Events matching every given filter, oldest first, after ``after_seq``."""
+        files = [str(p) for p in _segments(self.directory)]
+        if not files:
+            return []
+        where = ["seq > ?", "seq <= ?"]
+        params: list[Any] = [after_seq, self._seq]
+        for col, value in (("patient_id", patient_id), ("user", user),
+                           ("organisation", organisation)):
+            if value:
+                where.append(f'"{col}" = ?')
+                params.append(value)
+        if time_from is not None:
+            where.append("CAST(time AS TIMESTAMPTZ) >= ?")
+            params.append(time_from)
+        if time_to is not None:
+            where.append("CAST(time AS TIMESTAMPTZ) < ?")
+            params.append(time_to)
+        columns = ", ".join(f"'{k}': '{t}'" for k, t in _COLUMNS)
+        sql = (f"SELECT * FROM read_json(?, format = 'newline_delimited', "
+               f"columns = {{{columns}}}) WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?")
+        try:
+            cur = self._duck.cursor()
+            try:
+                res = cur.execute(sql, [files, *params, limit])
+                names = [d[0] for d in res.description]
+                return [dict(zip(names, r, strict=True)) for r in res.fetchall()]
+            finally:
+                cur.close()
+        except duckdb.Error as e:
+            raise StorageError(f"reading the audit trail failed: {e}") from e
+
+
+_COLUMNS: Sequence[tuple[str, str]] = (
+    ("seq", "BIGINT"), ("time", "VARCHAR"), ("user", "VARCHAR"), ("organisation", "VARCHAR"),
+    ("role", "VARCHAR"), ("purpose", "VARCHAR"), ("reason", "VARCHAR"),
+    ("patient_id", "VARCHAR"), ("objects", "VARCHAR[]"), ("action", "VARCHAR"),
+    ("outcome", "VARCHAR"), ("rule", "VARCHAR"), ("emergency", "BOOLEAN"),
+    ("prev", "VARCHAR"), ("hash", "VARCHAR"),
+)
+
+
+def verify(directory: str | os.PathLike[str]) -> tuple[int, list[str]]:
+    """Walk the chain: (events checked, problems). No problems: the trail is intact."""
+    directory = Path(directory)
+    problems: list[str] = []
+    head = _read_head(directory)
+    seq, prev, n = 0, GENESIS, 0
+    for segment in _segments(directory):
+        for lineno, line in enumerate(segment.read_bytes().splitlines(), 1):
+            where = f"{segment.name} line {lineno}"
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                problems.append(f"{where}: not a JSON event (after sequence number {seq})")
+                return n, problems
+            n += 1
+            got = int(rec.get("seq", -1))
+            if got != seq + 1:
+                problems.append(f"{where}: sequence number {got} follows {seq}: event "
+                                f"{seq + 1} is missing or out of order")
+                return n, problems
+            if rec.get("prev") != prev:
+                problems.append(f"{where}: event {got} does not chain to event {seq} "
+                                "(an earlier event was changed or removed)")
+                return n, problems
+            if _digest(rec) != rec.get("hash"):
+                problems.append(f"{where}: event {got} was modified (its hash does not "
+                                "match its content)")
+                return n, problems
+            if head is not None and got == int(head["seq"]) and rec["hash"] != head["hash"]:
+                problems.append(f"{where}: event {got} is not the event HEAD recorded")
+                return n, problems
+            seq, prev = got, rec["hash"]
+    if head is not None and int(head["seq"]) > seq:
+        problems.append(f"the trail ends at event {seq} but HEAD records event {head['seq']}: "
+                        f"events {seq + 1}..{head['seq']} were removed")
+    elif head is None and seq:
+        problems.append("HEAD is missing: whether events were removed at the end cannot "
+                        "be told")
+    return n, problems
