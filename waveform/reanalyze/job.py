@@ -53,6 +53,9 @@ class JobResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     unread: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: Seconds the driver spent planning and committing (the rest of its time it waits).
+    plan_seconds: float = 0.0
+    commit_seconds: float = 0.0
     #: Seconds the workers spent in each stage (`worker.STAGES`), summed.
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
@@ -127,6 +130,7 @@ def run(
     result = JobResult(version)
     t0 = time.perf_counter()
     p = plan(store, version, filters=filters, unit_ecgs=unit_ecgs)
+    result.plan_seconds = time.perf_counter() - t0
     result.planned, result.files, result.units = p.n_ecgs, p.n_files, len(p.units)
     progress.note(f"{p.n_ecgs} ECGs lack a summary of analysis {version} "
                   f"({p.n_files} data files, {len(p.units)} units, "
@@ -159,7 +163,9 @@ def _dispatch(store: Store, engine: Engine, p: Plan, analyze: Analyze | None,
         nonlocal buffered, n_buffered
         if not buffered:
             return
+        t = time.perf_counter()
         done, skipped = commit_new(store, pa.concat_tables(buffered), p.version)
+        result.commit_seconds += time.perf_counter() - t
         buffered, n_buffered = [], 0
         result.committed += done
         result.skipped += skipped

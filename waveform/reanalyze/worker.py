@@ -96,9 +96,15 @@ def _read_rows(path: str, rows: list[int]) -> dict[int, dict[str, Any]]:
 
 
 def warm_up() -> str:
-    """Import and compile what `measure_unit` needs (a worker's first task is then not slow)."""
-    from waveform.dicom.synthetic import synthetic_ecg
+    """Import and load the compiled kernels `measure_unit` needs (the sample codec,
+    the analysis), so that a worker's first unit is not charged for them."""
+    import numpy as np
 
+    from waveform.dicom.synthetic import synthetic_ecg
+    from waveform.store.codec import decode_samples, encode_samples
+
+    raw = np.zeros((64, 12), dtype="<i2").tobytes()
+    decode_samples(encode_samples(raw, np.dtype("<i2"), 12), np.dtype("<i2"), 12)
     analyze, version = default_analysis()
     analyze(synthetic_ecg(duration_s=2.0))
     return version
