@@ -73,8 +73,8 @@ def local2() -> Iterator[LocalEngine]:
 
 
 def _summaries(store: Store, version: str) -> dict[str, dict[str, object]]:
-    names = [d for d in ("sop_instance_uid", "organisation", "patient_id", "heart_rate_bpm",
-                         "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "document")]
+    names = ["sop_instance_uid", "organisation", "patient_id", "heart_rate_bpm", "pr_ms",
+             "qrs_ms", "qt_ms", "qtc_ms", "document"]
     rows = store.sql(f"SELECT {', '.join(names)} FROM {ALIAS}.summary "
                      "WHERE analysis_version = ? ORDER BY sop_instance_uid", [version])
     return {r[0]: dict(zip(names, r, strict=True)) for r in rows}

@@ -10,6 +10,7 @@ found by name in `ENGINES`; the Dask one is an optional extra and says which
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import multiprocessing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -164,7 +165,7 @@ class DaskEngine(Engine):
         else:
             self._cluster = d.LocalCluster(
                 n_workers=self._want, threads_per_worker=1, processes=True,
-                host="127.0.0.1", dashboard_address=None,
+                host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
             )
             self._client = d.Client(self._cluster)
             self._client.wait_for_workers(self._want)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from waveform.errors import InvalidArgument
+from waveform.errors import InvalidArgument, StorageError
 from waveform.store.lake import ALIAS
 from waveform.store.schema import ECG, SUMMARY_CONTEXT
 
@@ -100,17 +100,12 @@ class Plan:
 def _pending_sql(filters: Sequence[Filter]) -> str:
     ctx = ", ".join(f"e.{c}" for c in SUMMARY_CONTEXT)
     where = "".join(f" AND {f.sql()}" for f in filters)
-    # Only files the catalog lists as live are read; rows come with their
-    # locators, so a worker never reads a row the catalog does not name.
     return (
-        f"WITH live AS (SELECT data_file AS filename FROM ducklake_list_files('{ALIAS}', "
-        "'waveform')), "
-        f"todo AS (SELECT e.sop_instance_uid, {ctx} FROM {ALIAS}.ecg e "
+        f"WITH todo AS (SELECT e.sop_instance_uid, {ctx} FROM {ALIAS}.ecg e "
         f"WHERE e.sop_instance_uid NOT IN (SELECT sop_instance_uid FROM {ALIAS}.summary "
         f"WHERE analysis_version = ?){where}) "
         "SELECT w.filename, w.file_row_number, w.group_index, t.* "
         f"FROM {ALIAS}.waveform w JOIN todo t USING (sop_instance_uid) "
-        "WHERE w.filename IN (SELECT filename FROM live) "
         "ORDER BY w.filename, w.file_row_number"
     )
 
@@ -128,7 +123,16 @@ def plan(
     if unit_ecgs < 1:
         raise InvalidArgument(f"unit size {unit_ecgs} ECGs: expected at least 1")
     params: list[Any] = [version, *[f.value for f in filters]]
+    live = {r[0] for r in store.sql(
+        f"SELECT data_file FROM ducklake_list_files('{ALIAS}', 'waveform')")}
     rows = store.sql(_pending_sql(filters), params)
+    # Rows come with their locators, so a worker reads only rows the catalog names;
+    # a name the catalog does not list as live would be read in vain: say so now.
+    stray = {r[0] for r in rows} - live
+    if stray:
+        raise StorageError(f"{len(stray)} waveform data files named by rows are not listed "
+                           f"by ducklake_list_files (e.g. {min(stray)}); the catalog changed "
+                           "under the plan: run again")
     if only is not None:
         keep = set(only)
         rows = [r for r in rows if r[3] in keep]
