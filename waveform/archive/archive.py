@@ -154,8 +154,7 @@ class Archive:
             acc.allow(d)
             acc.objects(ref.sop_instance_uid)
             out.append(ref)
-        rows: list[dict[str, Any]] = [{"sop_instance_uid": r.sop_instance_uid} for r in out]
-        self.store.attach_summaries(rows)
+        rows = self.patients.measures([r.sop_instance_uid for r in out])
         exams = [Examination(ref, row, self._visible_documents(acc, ref))
                  for ref, row in zip(out, rows, strict=True)]
         notice = ""

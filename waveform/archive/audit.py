@@ -2,8 +2,8 @@
 
 Events are JSON lines in segment files (``00000001.jsonl``, ...) in one
 directory. A writer thread takes the events of concurrent calls, appends them,
-fsyncs, records the last event in ``HEAD`` (written to a temporary name,
-fsynced, renamed), and only then answers: a call returns data only after its
+fsyncs, records the last event in ``HEAD`` (a small file replaced by rename),
+and only then answers: a call returns data only after its
 event is on disk (the same discipline as an ingested ECG). Each event carries
 ``prev`` (the hash of the event before it) and ``hash``, the SHA-256 of its
 canonical JSON without ``hash``; `verify` walks the chain, so a modified, removed
@@ -24,7 +24,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,14 +99,21 @@ def _read_head(directory: Path) -> dict[str, Any] | None:
         head: dict[str, Any] = json.loads((directory / "HEAD").read_text())
     except FileNotFoundError:
         return None
+    except ValueError:  # cut by a crash before the trail was opened again
+        return {"seq": 0, "hash": GENESIS, "unreadable": True}
     return head
 
 
 class AuditTrail:
     """Appends events durably, in order, chained; answers queries over them."""
 
-    def __init__(self, directory: str | os.PathLike[str], clock: Clock = utcnow) -> None:
+    def __init__(self, directory: str | os.PathLike[str], clock: Clock = utcnow, *,
+                 segment_bytes: int = _SEGMENT_BYTES,
+                 fsync: Callable[[int], None] = os.fsync) -> None:
+        """``fsync`` is a seam: tests pass one that fails, to see nothing returned."""
         self.directory = Path(directory)
+        self._segment_bytes = segment_bytes
+        self._fsync = fsync
         self.directory.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._queue: queue.Queue[tuple[AuditEvent, Future[AuditEvent]] | None] = queue.Queue()
@@ -115,6 +122,8 @@ class AuditTrail:
         self._segment = self._recover()
         self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         self._size = os.fstat(self._fd).st_size
+        if self._seq:
+            self._write_head(self._seq, self._prev)
         self._duck = duckdb.connect(config={"autoinstall_known_extensions": False})
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
@@ -196,10 +205,10 @@ class AuditTrail:
                                     ensure_ascii=False))
         data = ("\n".join(lines) + "\n").encode()
         try:
-            if self._size and self._size + len(data) > _SEGMENT_BYTES:
+            if self._size and self._size + len(data) > self._segment_bytes:
                 self._rotate()
             os.write(self._fd, data)
-            os.fsync(self._fd)
+            self._fsync(self._fd)
             self._size += len(data)
             self._write_head(seq, prev)
         except OSError as e:
@@ -224,16 +233,12 @@ class AuditTrail:
         _fsync_dir(self.directory)
 
     def _write_head(self, seq: int, last_hash: str) -> None:
+        # One fsync a batch (the events'): HEAD is replaced but not fsynced. After a
+        # crash it may name an earlier event (which `verify` accepts: it checks that
+        # event) or be lost; opening the trail writes it again from the fsynced
+        # events. It never runs ahead of them: they are fsynced before it is written.
         tmp = self.directory / ".HEAD.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            os.write(fd, json.dumps({"seq": seq, "hash": last_hash}).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # No directory fsync: after a crash HEAD may name an earlier event, which
-        # `verify` accepts (it checks that event); it only needs HEAD never to run
-        # ahead of the events, and the events are fsynced before it is written.
+        tmp.write_text(json.dumps({"seq": seq, "hash": last_hash}))
         os.replace(tmp, self.directory / "HEAD")
 
     def close(self) -> None:
@@ -334,7 +339,10 @@ def verify(directory: str | os.PathLike[str]) -> tuple[int, list[str]]:
                 problems.append(f"{where}: event {got} is not the event HEAD recorded")
                 return n, problems
             seq, prev = got, rec["hash"]
-    if head is not None and int(head["seq"]) > seq:
+    if head is not None and head.get("unreadable"):
+        problems.append("HEAD is unreadable (a crash before the trail was opened again?); "
+                        "whether events were removed at the end cannot be told")
+    elif head is not None and int(head["seq"]) > seq:
         problems.append(f"the trail ends at event {seq} but HEAD records event {head['seq']}: "
                         f"events {seq + 1}..{head['seq']} were removed")
     elif head is None and seq:

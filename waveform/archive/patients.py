@@ -13,10 +13,12 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from waveform.errors import NotFound, StorageError
 from waveform.store import Store
 from waveform.store.lake import ALIAS
+from waveform.store.schema import MEASURES
 
 __all__ = ["ExamRef", "PatientIndex"]
 
@@ -59,6 +61,14 @@ class PatientIndex:
         self._pending: list[str] = []
         for row in store.sql(f"SELECT {', '.join(_COLUMNS)} FROM {ALIAS}.ecg"):
             self._add(_ref(row))
+        #: The recent-examination values of each ECG's current summary.
+        self._measures: dict[str, tuple[Any, ...]] = {}
+        if store.analysis_version is not None:
+            for uid, *values in store.sql(
+                    f"SELECT sop_instance_uid, {', '.join(MEASURES)} FROM {ALIAS}.summary "
+                    "WHERE analysis_version = ? ORDER BY measured_at",
+                    [store.analysis_version]):
+                self._measures[uid] = tuple(values)
         self._stop = threading.Event()
         self._interval = drain_interval_s
         self._thread = threading.Thread(target=self._drain_loop, name="patient-index",
@@ -113,6 +123,23 @@ class PatientIndex:
             refs = list(self._by_patient.get(patient_id, ()))
         return sorted(refs, key=lambda r: (r.acquired is not None, r.acquired or dt.datetime.min,
                                            r.sop_instance_uid), reverse=True)
+
+    def measures(self, uids: Sequence[str]) -> list[dict[str, Any]]:
+        """The current summary's `MEASURES` of each ECG (None where not measured yet);
+        held in memory, read from the store the first time after a measurement."""
+        with self._lock:
+            known = [self._measures.get(u) for u in uids]
+        missing = [{"sop_instance_uid": u} for u, k in zip(uids, known, strict=True)
+                   if k is None]
+        if missing:
+            self._store.attach_summaries(missing)
+            found = {r["sop_instance_uid"]: tuple(r.get(m) for m in MEASURES) for r in missing
+                     if r.get("analysis_version") is not None}
+            with self._lock:
+                self._measures.update(found)
+            known = [k if k is not None else found.get(u) for u, k in zip(uids, known,
+                                                                             strict=True)]
+        return [dict(zip(MEASURES, k, strict=True)) if k is not None else {} for k in known]
 
     def exam(self, uid: str) -> ExamRef | None:
         if self._pending:
