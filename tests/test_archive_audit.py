@@ -4,6 +4,7 @@ happens when an event cannot be made durable (then no data is returned)."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import grpc
 import pytest
 
 from waveform.archive import Archive, AuditEvent, AuditTrail, ManualClock, verify
+from waveform.archive.audit import _digest
 from waveform.dicom import encode
 from waveform.dicom.synthetic import synthetic_ecg
 from waveform.errors import DurabilityError, StorageError
@@ -39,7 +41,7 @@ def test_events_chain_in_order_and_survive_a_reopen(tmp_path: Path) -> None:
     trail.close()
     assert [e.seq for e in written] == [1, 2, 3, 4, 5]
     assert written[0].prev == "0" * 64
-    assert all(b.prev == a.hash for a, b in zip(written, written[1:], strict=False))
+    assert all(b.prev == a.hash for a, b in itertools.pairwise(written))
     trail = AuditTrail(tmp_path, ManualClock(T0))
     assert trail.append(_event(5)).prev == written[-1].hash
     trail.close()
@@ -56,7 +58,7 @@ def test_verify_names_the_first_changed_or_removed_event(tmp_path: Path) -> None
     lines = good.splitlines()
 
     seg.write_text(good.replace('"dr-a"', '"dr-x"', 1))  # event 1 edited
-    n, problems = verify(tmp_path)
+    problems = verify(tmp_path)[1]
     assert problems and "event 1 was modified" in problems[0]
 
     seg.write_text("\n".join(lines[:2] + lines[3:]) + "\n")  # event 3 removed
@@ -70,8 +72,6 @@ def test_verify_names_the_first_changed_or_removed_event(tmp_path: Path) -> None
     # Re-hashing an edited event does not help: the next one no longer chains.
     rec = json.loads(lines[1])
     rec["user"] = "someone-else"
-    from waveform.archive.audit import _digest
-
     rec["hash"] = _digest(rec)
     seg.write_text("\n".join([lines[0], json.dumps(rec), *lines[2:]]) + "\n")
     problems = verify(tmp_path)[1]
