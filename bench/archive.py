@@ -88,7 +88,8 @@ def main(small: bool = False) -> None:
         opened = time.perf_counter() - t0
         rng = np.random.default_rng(5)
         asked = [patients[int(i)] for i in rng.integers(0, len(patients), repeat * 2)]
-        for p in sorted(set(asked))[:20]:  # some consented: other organisations' too
+        consented = sorted(set(asked))[:20]  # their answers include other organisations'
+        for p in consented:
             archive.consent.set_consent(p, True, "bench", now)
         dr = Identity("org-7", "dr-bench", "clinician")
         token = add_token(root / "tokens.json", dr)
@@ -112,8 +113,8 @@ def main(small: bool = False) -> None:
             peer_p50 = median_time(lambda: store.search(SearchQuery(
                 equals=(("patient_id", next(it)),), acquired_from=since, limit=100)),
                 repeat=repeat)
-            sample = stub.RecentExaminations(rpb.RecentExaminationsRequest(
-                patient_id=asked[0], within_days=365), metadata=meta)
+            listed = sum(len(stub.RecentExaminations(rpb.RecentExaminationsRequest(
+                patient_id=p, within_days=365), metadata=meta).examinations) for p in consented)
         finally:
             channel.close()
             server.stop()
@@ -130,8 +131,8 @@ def main(small: bool = False) -> None:
          ["peer: DuckDB SQL over the summaries (Store.search)", fmt_time(peer_p50), "1.0x"]]))
     verdict = "meets" if grpc_p50 <= TARGET_S else "misses"
     print(f"target <= {TARGET_S * 1e3:.0f} ms p50 through gRPC: {verdict} "
-          f"({grpc_p50 * 1e3:.2f} ms); a sample answer listed "
-          f"{len(sample.examinations)} ECGs")
+          f"({grpc_p50 * 1e3:.2f} ms); the {len(consented)} consented patients' answers "
+          f"listed {listed} ECGs")
 
 
 if __name__ == "__main__":
