@@ -140,6 +140,45 @@ def _decode_kernel(planes: np.ndarray, out: np.ndarray, zigzag: bool) -> None:  
             out[i, j] = acc
 
 
+@numba.njit(cache=True, nogil=True)
+def _encode16(x: np.ndarray, zigzag: bool) -> np.ndarray:  # pragma: no cover
+    """`_encode_kernel` for 2-byte samples (every ECG we have seen): the same
+    planes, in 32-bit arithmetic masked to 16 bits, about 3x faster."""
+    n, c = x.shape
+    out = np.empty((2, c * n), dtype=np.uint8)
+    lo = out[0]
+    hi = out[1]
+    for j in range(c):
+        prev = np.int32(0)
+        base = j * n
+        for i in range(n):
+            v = np.int32(x[i, j])
+            d = (v - prev) & 0xFFFF
+            prev = v
+            if zigzag:
+                d = ((d << 1) & 0xFFFF) ^ (0xFFFF if d & 0x8000 else 0)
+            lo[base + i] = d & 0xFF
+            hi[base + i] = d >> 8
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode16(planes: np.ndarray, out: np.ndarray, zigzag: bool) -> None:  # pragma: no cover
+    """Inverse of `_encode16`, written into ``out`` (samples, channels)."""
+    n, c = out.shape
+    lo = planes[0]
+    hi = planes[1]
+    for j in range(c):
+        acc = np.int32(0)
+        base = j * n
+        for i in range(n):
+            d = np.int32(lo[base + i]) | (np.int32(hi[base + i]) << 8)
+            if zigzag:
+                d = (d >> 1) ^ (0xFFFF if d & 1 else 0)
+            acc = (acc + d) & 0xFFFF
+            out[i, j] = acc
+
+
 def _uint(itemsize: int) -> np.dtype[Any]:
     return np.dtype(f"<u{itemsize}")
 
@@ -150,7 +189,10 @@ class DeltaShuffleCodec:
 
     name: str = "delta-zz-shuffle-zstd"
     zigzag: bool = True
-    level: int = 3
+    #: zstd level 1, not 3: 40% less encode time on the ingest path for 2% more
+    #: bytes on LUDB (4.53x against 4.63x; docs/storage.md). Decoding does not
+    #: depend on the level, so rows written at any level stay readable.
+    level: int = 1
 
     def encode(self, data: bytes | memoryview, dtype: np.dtype[Any], n_channels: int) -> bytes:
         item = dtype.itemsize
@@ -165,13 +207,17 @@ class DeltaShuffleCodec:
         if dtype.byteorder == ">":
             x = np.frombuffer(data, dtype=dtype).astype(dtype.newbyteorder("<"))
         u = x.view(_uint(item)).reshape(-1, n_channels)
-        return _zstd(_encode_kernel(u, item, self.zigzag), self.level)
+        planes = _encode16(u, self.zigzag) if item == 2 else _encode_kernel(u, item, self.zigzag)
+        return _zstd(planes, self.level)
 
     def decode(self, blob: bytes, nbytes: int, dtype: np.dtype[Any], n_channels: int) -> bytes:
         item = dtype.itemsize
         planes = np.frombuffer(_unzstd(blob, nbytes), dtype=np.uint8).reshape(item, -1)
         x = np.empty((nbytes // (item * n_channels), n_channels), dtype=_uint(item))
-        _decode_kernel(planes, x, self.zigzag)
+        if item == 2:
+            _decode16(planes, x, self.zigzag)
+        else:
+            _decode_kernel(planes, x, self.zigzag)
         if dtype.byteorder == ">":
             return x.view(dtype.newbyteorder("<")).astype(dtype).tobytes()
         return x.tobytes()

@@ -35,7 +35,16 @@ from waveform.errors import DurabilityError, StorageError
 from waveform.store.files import FileOps
 from waveform.store.lake import ALIAS
 
-__all__ = ["WRITE_OPTIONS", "ParquetOptions", "commit_tables", "new_file_name", "table_dir"]
+__all__ = [
+    "WRITE_OPTIONS",
+    "ParquetOptions",
+    "commit_tables",
+    "discard",
+    "new_file_name",
+    "register",
+    "stage_tables",
+    "table_dir",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,18 +148,19 @@ def _discard(files: FileOps, path: str) -> None:
         pass
 
 
-def commit_tables(
-    cursor: duckdb.DuckDBPyConnection,
+def stage_tables(
     files: FileOps,
     data_path: str,
     tables: Mapping[str, pa.Table],
     *,
     options: Mapping[str, ParquetOptions] = WRITE_OPTIONS,
 ) -> dict[str, str]:
-    """Make ``tables`` durable and visible in one catalog commit; the paths written.
+    """Steps 1-4: every table's file written, fsynced, renamed, its directory fsynced.
 
-    Raises `StorageError` (nothing stored, safe to retry) or `DurabilityError`
-    (the caller must stop writing).
+    Returns the paths by table. Nothing is visible yet: `register` names them in the
+    catalog. On failure the files written so far are removed and `StorageError`
+    (safe to retry) or `DurabilityError` (an fsync failed: stop writing) is raised.
+    The group-commit writer stages the next batch while the catalog commits this one.
     """
     written: dict[str, str] = {}
     try:
@@ -162,17 +172,26 @@ def commit_tables(
         for directory in sorted({files.dirname(p) for p in written.values()}):
             _step(files, "fsync_dir", directory)
     except BaseException:
-        for p in written.values():
-            _discard(files, p)
+        discard(files, written)
         raise
+    return written
+
+
+def register(
+    cursor: duckdb.DuckDBPyConnection, files: FileOps, written: Mapping[str, str]
+) -> None:
+    """Steps 5-6: one catalog transaction names the staged files, then COMMIT.
+
+    A failure before the COMMIT removes the files (`StorageError`, safe to retry); a
+    failed COMMIT is a `DurabilityError` (its outcome is unknown).
+    """
     try:
         cursor.execute("BEGIN TRANSACTION")
         for name, path in written.items():
             cursor.execute(f"CALL ducklake_add_data_files('{ALIAS}', '{name}', ?)", [path])
     except duckdb.Error as e:
         _rollback(cursor)
-        for p in written.values():
-            _discard(files, p)
+        discard(files, written)
         raise StorageError(f"registering data files in the catalog failed: {e}") from e
     try:
         files.mark("commit")
@@ -183,6 +202,29 @@ def commit_tables(
             f"the catalog commit failed ({e}); its outcome is unknown, so the writer stops"
         ) from e
     files.mark("committed")
+
+
+def discard(files: FileOps, written: Mapping[str, str]) -> None:
+    """Remove staged files that will not be committed (best effort: orphans otherwise)."""
+    for p in written.values():
+        _discard(files, p)
+
+
+def commit_tables(
+    cursor: duckdb.DuckDBPyConnection,
+    files: FileOps,
+    data_path: str,
+    tables: Mapping[str, pa.Table],
+    *,
+    options: Mapping[str, ParquetOptions] = WRITE_OPTIONS,
+) -> dict[str, str]:
+    """Make ``tables`` durable and visible in one catalog commit; the paths written.
+
+    `stage_tables` then `register`. Raises `StorageError` (nothing stored, safe to
+    retry) or `DurabilityError` (the caller must stop writing).
+    """
+    written = stage_tables(files, data_path, tables, options=options)
+    register(cursor, files, written)
     return written
 
 

@@ -9,16 +9,19 @@ stored ``waveform`` row back into a `WaveformGroup` for traces.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from waveform.errors import InvalidDicom
 from waveform.model import Channel, Code, Ecg, WaveformGroup
 from waveform.store import codec as _codec
-from waveform.store.schema import ECG, WAVEFORM
+from waveform.store.schema import ECG, HEADER, WAVEFORM
 
 __all__ = [
     "Prepared",
@@ -27,6 +30,7 @@ __all__ = [
     "group_from_row",
     "prepare",
     "sha256",
+    "tables",
 ]
 
 
@@ -64,6 +68,14 @@ def _channel_row(c: Channel) -> dict[str, Any]:
         "bits_stored": c.bits_stored,
         "padding": c.padding,
     }
+
+
+@functools.lru_cache(maxsize=1024)
+def _channel_rows(channels: tuple[Channel, ...]) -> list[dict[str, Any]]:
+    """The ``channels`` cell of a group, shared by every group with the same channel
+    definitions (one device sends the same ones every time), so that `tables`
+    converts each distinct definition to Arrow once. Never mutated."""
+    return [_channel_row(c) for c in channels]
 
 
 def channels_from_row(rows: list[dict[str, Any]]) -> tuple[Channel, ...]:
@@ -132,7 +144,7 @@ def prepare(
             "time_offset": g.time_offset,
             "originality": g.originality,
             "trigger_time_offset": g.trigger_time_offset,
-            "channels": [_channel_row(c) for c in g.channels],
+            "channels": _channel_rows(g.channels),
             "retained": bool(cut),
             "codec": enc.codec,
             "nbytes": enc.nbytes,
@@ -152,6 +164,61 @@ def prepare(
         raise AssertionError("records.prepare is out of step with store.schema")
     header_row = {"sop_instance_uid": ecg.sop_instance_uid, "header": bytes(header)}
     return Prepared(ecg.sop_instance_uid, digest, len(data), row, header_row, wf_rows)
+
+
+def _column(rows: Sequence[dict[str, Any]], field: pa.Field) -> pa.Array:
+    return pa.array([r[field.name] for r in rows], type=field.type)
+
+
+def _channels_column(rows: Sequence[dict[str, Any]], field: pa.Field) -> pa.Array:
+    """Each distinct ``channels`` cell converted once, then taken for every row."""
+    at: dict[int, int] = {}
+    distinct: list[list[dict[str, Any]]] = []
+    index = []
+    for r in rows:
+        cell = r[field.name]
+        k = at.get(id(cell))
+        if k is None:
+            k = at[id(cell)] = len(distinct)
+            distinct.append(cell)
+        index.append(k)
+    return pa.array(distinct, type=field.type).take(pa.array(index, type=pa.int32()))
+
+
+def _blob_column(rows: Sequence[dict[str, Any]], field: pa.Field) -> pa.ChunkedArray:
+    """A binary column whose chunks are the blobs themselves, not copies (``pa.array``
+    copies every blob into one growing buffer: most of the time of building a
+    batch of encoded samples)."""
+    offsets = np.zeros((len(rows), 2), dtype=np.int32)
+    blobs = [r[field.name] for r in rows]
+    offsets[:, 1] = [len(b) for b in blobs]
+    return pa.chunked_array([
+        pa.Array.from_buffers(field.type, 1, [None, pa.py_buffer(offsets[i]), pa.py_buffer(b)])
+        for i, b in enumerate(blobs)
+    ], type=field.type)
+
+
+_BUILDERS = {"channels": _channels_column, "samples": _blob_column, "header": _blob_column}
+
+
+def _table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_arrays(
+        [_BUILDERS.get(f.name, _column)(rows, f) for f in schema], schema=schema,
+    )
+
+
+def tables(items: Sequence[Prepared]) -> dict[str, pa.Table]:
+    """The ``ecg``, ``header`` and ``waveform`` rows of ``items`` as Arrow tables.
+
+    Built a column at a time (about 5x faster than ``Table.from_pylist`` on a
+    batch of 256, most of it the channel definitions, converted once per distinct
+    set): this runs on the writer thread, once per group commit.
+    """
+    return {
+        "ecg": _table([p.ecg_row for p in items], ECG),
+        "header": _table([p.header_row for p in items], HEADER),
+        "waveform": _table([r for p in items for r in p.waveform_rows], WAVEFORM),
+    }
 
 
 def decode_samples(row: dict[str, Any]) -> np.ndarray:

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +33,11 @@ from waveform.errors import (
     WaveformError,
 )
 from waveform.store import queries as _q
+from waveform.store import records as _records
 from waveform.store import schema as _schema
 from waveform.store.codec import EncodedSamples
 from waveform.store.codec import decode_samples as decode_encoded
-from waveform.store.durable import commit_tables, table_dir
+from waveform.store.durable import commit_tables, discard, register, stage_tables, table_dir
 from waveform.store.files import FileOps, LocalFiles
 from waveform.store.lake import ALIAS, Lake, connect
 from waveform.store.records import Prepared, channels_from_row, decode_samples, prepare, sha256
@@ -84,6 +85,87 @@ class _Entry:
 _WAVEFORM_META = [n for n in _schema.WAVEFORM.names if n != "samples"]
 
 
+class _CommitGate:
+    """The store's commit lock, aware of files staged ahead of their commit.
+
+    The ingest writer stages a group's files (`staging`) while the catalog commits
+    the previous group (`committing`). Holding the gate itself (``with``, re-entrant),
+    as compaction and the measurement stage do, means that no commit is running and
+    no staged file of this process is waiting for its commit: new staging waits, the
+    groups already staged are committed first. So compaction never takes a staged
+    file for an orphan, and a summary commit never runs between the two halves of
+    an ingest commit.
+    """
+
+    def __init__(self) -> None:
+        self._commit = threading.RLock()
+        self._cond = threading.Condition(threading.Lock())
+        self._staged = 0  # groups staged or being staged, not yet committed
+        self._closed_by: int | None = None  # the thread holding the gate
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[None]:
+        """Around writing one group's files; `committed` (or `discard`) must follow."""
+        with self._cond:
+            me = threading.get_ident()
+            self._cond.wait_for(lambda: self._closed_by in (None, me))
+            self._staged += 1
+        try:
+            yield
+        except BaseException:
+            self.committed()
+            raise
+
+    def committed(self) -> None:
+        """A staged group was committed, or given up."""
+        with self._cond:
+            self._staged -= 1
+            self._cond.notify_all()
+
+    def committing(self) -> threading.RLock:
+        """The commit lock alone (the writer's commit of a staged group)."""
+        return self._commit
+
+    def __enter__(self) -> _CommitGate:
+        me = threading.get_ident()
+        with self._cond:
+            if self._closed_by == me:
+                self._depth += 1
+                return self
+            self._cond.wait_for(lambda: self._closed_by is None)
+            self._closed_by = me
+            self._depth = 1
+            self._cond.wait_for(lambda: self._staged == 0)
+        self._commit.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._depth -= 1
+            if self._depth:
+                return
+            self._commit.release()
+            self._closed_by = None
+            self._cond.notify_all()
+
+
+@dataclass(slots=True)
+class _StagedIngest:
+    """An ingest group whose data files are durable, waiting for its catalog commit."""
+
+    store: Store
+    items: list[Prepared]
+    paths: dict[str, str]
+
+    def commit(self) -> list[IngestResult]:
+        return self.store._commit_staged(self.items, self.paths)
+
+    def abort(self) -> None:
+        discard(self.store._files, self.paths)
+        self.store._commit_lock.committed()
+
+
 class Store:
     """A DuckLake-backed ECG archive. Thread-safe; one writer process per catalog."""
 
@@ -98,7 +180,7 @@ class Store:
         #: Locators of the current analysis version's summary rows.
         self._summary_loc: dict[str, tuple[str, int]] = {}
         self._pending: dict[str, tuple[str, Future[IngestResult]]] = {}
-        self._commit_lock = threading.RLock()
+        self._commit_lock = _CommitGate()
         self._compact_lock = threading.Lock()
         self._reader = _q.RowReader(files)
         self._writer: GroupCommitWriter[Prepared, IngestResult] | None = None
@@ -154,7 +236,7 @@ class Store:
             store._load_index()
             store.auto_compact_commits = auto_compact_commits
             store._writer = GroupCommitWriter(
-                store._flush, max_objects=max_batch, max_delay_s=max_delay_ms / 1000,
+                stage=store._stage, max_objects=max_batch, max_delay_s=max_delay_ms / 1000,
                 max_queued=max_queued,
             )
             if analyze == "auto":
@@ -338,35 +420,38 @@ class Store:
 
         return settle
 
-    def _flush(self, items: list[Prepared]) -> list[IngestResult]:
-        """Writer thread: one durable commit for a group of objects."""
-        ecg = pa.Table.from_pylist([p.ecg_row for p in items], schema=_schema.ECG)
-        head = pa.Table.from_pylist([p.header_row for p in items], schema=_schema.HEADER)
-        wf = pa.Table.from_pylist(
-            [r for p in items for r in p.waveform_rows], schema=_schema.WAVEFORM
-        )
+    def _stage(self, items: list[Prepared]) -> _StagedIngest:
+        """Staging thread: a group's data files written and made durable (steps 1-4
+        of the durability order), while the previous group commits."""
+        tables = _records.tables(items)
+        with self._commit_lock.staging():
+            paths = stage_tables(self._files, self.data_path, tables)
+        return _StagedIngest(self, items, paths)
+
+    def _commit_staged(self, items: list[Prepared], paths: dict[str, str]) -> list[IngestResult]:
+        """Commit thread: one catalog commit for a staged group, then the index."""
         results = []
         # The index is updated under the commit lock too, so that compaction never
         # sees a committed file whose locators are not in the index yet.
-        with self._commit_lock:
-            paths = commit_tables(
-                self._cursor(), self._files, self.data_path,
-                {"ecg": ecg, "header": head, "waveform": wf},
-            )
-            row = 0
-            with self._ids:
-                for i, p in enumerate(items):
-                    n = len(p.waveform_rows)
-                    e = _Entry(
-                        p.sha256, p.size, p.ecg_row["ingested_at"], (paths["ecg"], i),
-                        (paths["header"], i),
-                        [(paths["waveform"], row + k) for k in range(n)],
-                    )
-                    row += n
-                    self._index[p.sop_instance_uid] = e
-                    results.append(dataclasses.replace(
-                        e.result(p.sop_instance_uid, False),
-                        patient_id=p.ecg_row.get("patient_id") or ""))
+        try:
+            with self._commit_lock.committing():
+                register(self._cursor(), self._files, paths)
+                row = 0
+                with self._ids:
+                    for i, p in enumerate(items):
+                        n = len(p.waveform_rows)
+                        e = _Entry(
+                            p.sha256, p.size, p.ecg_row["ingested_at"], (paths["ecg"], i),
+                            (paths["header"], i),
+                            [(paths["waveform"], row + k) for k in range(n)],
+                        )
+                        row += n
+                        self._index[p.sop_instance_uid] = e
+                        results.append(dataclasses.replace(
+                            e.result(p.sop_instance_uid, False),
+                            patient_id=p.ecg_row.get("patient_id") or ""))
+        finally:
+            self._commit_lock.committed()
         self._files.mark("ack")
         self._maybe_compact()
         if self._measure is not None:
