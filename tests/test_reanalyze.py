@@ -72,6 +72,14 @@ def local2() -> Iterator[LocalEngine]:
         yield engine
 
 
+@pytest.fixture(scope="module")
+def measured(archive: Path, local2: LocalEngine) -> JobResult:
+    """The archive measured once by the local engine under version t-local."""
+    with Store.open(archive, analyze=None, measure=False) as s:
+        return run(s, local2, version="t-local", analyze=analyze_or_fail, unit_ecgs=32,
+                   commit_rows=64, progress=_quiet())
+
+
 def _summaries(store: Store, version: str) -> dict[str, dict[str, object]]:
     names = ["sop_instance_uid", "organisation", "patient_id", "heart_rate_bpm", "pr_ms",
              "qrs_ms", "qt_ms", "qtc_ms", "document"]
@@ -168,12 +176,12 @@ def test_worker_reports_unread_rows_and_failed_analyses(store: Store) -> None:
 # ----------------------------------------------------------------- the job
 
 
-def test_local_and_dask_give_identical_summaries(store: Store, local2: LocalEngine) -> None:
+def test_local_and_dask_give_identical_summaries(store: Store, local2: LocalEngine,
+                                                 measured: JobResult) -> None:
     pytest.importorskip("distributed")
     from waveform.reanalyze import DaskEngine
 
-    local = run(store, local2, version="t-local", analyze=analyze_or_fail, unit_ecgs=32,
-                commit_rows=64, progress=_quiet())
+    local = measured
     assert local.planned == N and local.committed == N and local.skipped == 0
     assert local.commits >= N // 64 and not local.unread
     assert sorted(local.failed) == sorted(
@@ -270,10 +278,10 @@ def test_killed_job_resumes_without_duplicates(archive: Path, local2: LocalEngin
 
 
 def _shifted_version(store: Store) -> None:
-    """Version t-new: t-base with QT 10 ms longer, PR gone on one ECG, back on another."""
+    """Version t-new: t-local with QT 10 ms longer, PR gone on one ECG, back on another."""
     names = SUMMARY.names
     rows = store.sql(f"SELECT {', '.join(names)} FROM {ALIAS}.summary "
-                     "WHERE analysis_version = 't-base'")
+                     "WHERE analysis_version = 't-local'")
     new = []
     for i, r in enumerate(sorted(rows, key=lambda r: r[0])):
         row = dict(zip(names, r, strict=True))
@@ -287,17 +295,17 @@ def _shifted_version(store: Store) -> None:
     store.commit_summaries(pa.Table.from_pylist(new, schema=SUMMARY))
 
 
-def test_compare_reports_differences_and_plots(store: Store, local2: LocalEngine,
+def test_compare_reports_differences_and_plots(store: Store, measured: JobResult,
                                                tmp_path: Path) -> None:
-    run(store, local2, version="t-base", analyze=analyze_or_fail, progress=_quiet())
+    assert measured.committed == N
     _shifted_version(store)
-    c = compare(store, "t-base", "t-new")
+    c = compare(store, "t-local", "t-new")
     assert c.n_common == c.n_old == c.n_new == N
     by = {d.measurement.label: d for d in c.differences}
     qt = by["QT"]
-    measured = N - sum(marked_to_fail(u) for u in _summaries(store, "t-base"))
-    assert qt.n == measured
-    assert qt.mean == pytest.approx(10.0 + 50.0 / measured)
+    with_qt = N - sum(marked_to_fail(u) for u in _summaries(store, "t-local"))
+    assert qt.n == with_qt
+    assert qt.mean == pytest.approx(10.0 + 50.0 / with_qt)
     assert qt.largest[0][2] - qt.largest[0][1] == pytest.approx(60.0)
     assert by["PR"].stopped == 1 and by["PR"].became == 0
     assert by["QRS"].mean == 0.0 and by["QRS"].largest == ()

@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -153,42 +154,63 @@ def run(
     return result
 
 
+def _timed_commit(store: Store, table: pa.Table, version: str) -> tuple[int, int, float]:
+    t = time.perf_counter()
+    done, skipped = commit_new(store, table, version)
+    return done, skipped, time.perf_counter() - t
+
+
 def _dispatch(store: Store, engine: Engine, p: Plan, analyze: Analyze | None,
               commit_rows: int, progress: Progress, result: JobResult,
               on_commit: Callable[[JobResult], None] | None) -> None:
+    """Hand units to the engine, commit what comes back. Commits run in one thread
+    of their own (still the one writer, one commit at a time) so that dispatch
+    goes on while a batch is written."""
     buffered: list[pa.Table] = []
     n_buffered = 0
+    pending: Future[tuple[int, int, float]] | None = None
 
-    def commit() -> None:
-        nonlocal buffered, n_buffered
-        if not buffered:
+    def settle() -> None:
+        nonlocal pending
+        if pending is None:
             return
-        t = time.perf_counter()
-        done, skipped = commit_new(store, pa.concat_tables(buffered), p.version)
-        result.commit_seconds += time.perf_counter() - t
-        buffered, n_buffered = [], 0
+        done, skipped, seconds = pending.result()  # a failed commit ends the run here
+        pending = None
         result.committed += done
         result.skipped += skipped
         result.commits += 1
+        result.commit_seconds += seconds
         log.info("committed %d summaries (%d already present)", done, skipped)
         if on_commit is not None:
             on_commit(result)
 
-    for unit, out in engine.run(p.units, p.version, analyze):
-        if isinstance(out, UnitResult):
-            if out.table.num_rows:
-                buffered.append(out.table)
-                n_buffered += out.table.num_rows
-            result.failed.extend(out.failed)
-            result.unread.extend(out.unread)
-            for k, v in out.seconds.items():
-                result.stages[k] = result.stages.get(k, 0.0) + v
-        else:
-            why = f"worker failed: {type(out).__name__}: {out}"
-            log.warning("unit %d (%s) was not measured: %s", unit.index, unit.files, why)
-            result.unread.extend((u, why) for u in sorted(
-                set(unit.rows.column("sop_instance_uid").to_pylist())))
-        progress.advance(unit.n_ecgs)
-        if n_buffered >= commit_rows:
-            commit()
-    commit()
+    def commit() -> None:
+        nonlocal buffered, n_buffered, pending
+        settle()
+        if buffered:
+            pending = committer.submit(_timed_commit, store, pa.concat_tables(buffered),
+                                       p.version)
+            buffered, n_buffered = [], 0
+
+    with ThreadPoolExecutor(1, thread_name_prefix="reanalyze-commit") as committer:
+        for unit, out in engine.run(p.units, p.version, analyze):
+            if isinstance(out, UnitResult):
+                if out.table.num_rows:
+                    buffered.append(out.table)
+                    n_buffered += out.table.num_rows
+                result.failed.extend(out.failed)
+                result.unread.extend(out.unread)
+                for k, v in out.seconds.items():
+                    result.stages[k] = result.stages.get(k, 0.0) + v
+            else:
+                why = f"worker failed: {type(out).__name__}: {out}"
+                log.warning("unit %d (%s) was not measured: %s", unit.index, unit.files, why)
+                result.unread.extend((u, why) for u in sorted(
+                    set(unit.rows.column("sop_instance_uid").to_pylist())))
+            progress.advance(unit.n_ecgs)
+            if pending is not None and pending.done():
+                settle()
+            if n_buffered >= commit_rows:
+                commit()
+        commit()
+        settle()
