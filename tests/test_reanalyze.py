@@ -153,6 +153,16 @@ def test_worker_rows_equal_the_store_path(store: Store) -> None:
         assert row == expected
 
 
+def test_worker_reads_data_files_named_by_url(store: Store) -> None:
+    """A data path on an object store names files by URL; pyarrow's filesystems read them."""
+    unit = plan(store, "w", unit_ecgs=3).units[0]
+    rows = [dict(r, filename="file://" + r["filename"]) for r in unit.rows.to_pylist()]
+    by_url = measure_unit(WorkUnit(0, pa.Table.from_pylist(rows, schema=unit.rows.schema)), "w")
+    by_path = measure_unit(unit, "w")
+    assert by_url.table.num_rows == 3 and not by_url.unread
+    assert by_url.table.drop(["measured_at"]).equals(by_path.table.drop(["measured_at"]))
+
+
 def test_worker_reports_unread_rows_and_failed_analyses(store: Store) -> None:
     unit = plan(store, "w", unit_ecgs=N).units[0]
     rows = unit.rows.to_pylist()

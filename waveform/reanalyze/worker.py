@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,18 +55,11 @@ def default_analysis() -> tuple[Analyze, str]:
     return analyze, str(ANALYSIS_VERSION)
 
 
-@functools.cache
-def _filesystem(prefix: str) -> pafs.FileSystem:
-    fs, _ = pafs.FileSystem.from_uri(prefix + "/")
-    return fs
-
-
 def _open(path: str) -> pq.ParquetFile:
     """A data file by its catalog name: a local path or a URL (``s3://bucket/...``)."""
     if "://" in path:
-        scheme, rest = path.split("://", 1)
-        fs = _filesystem(f"{scheme}://{rest.split('/', 1)[0]}")
-        return pq.ParquetFile(fs.open_input_file(rest if scheme != "file" else "/" + rest))
+        fs, inner = pafs.FileSystem.from_uri(path)
+        return pq.ParquetFile(fs.open_input_file(inner))
     return pq.ParquetFile(path)
 
 
