@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from waveform.errors import NotFound, StorageError
 from waveform.store import Store
 from waveform.store.lake import ALIAS
@@ -50,40 +53,68 @@ def _ref(row: Sequence[object]) -> ExamRef:
                    str(v[6]), str(v[7]), str(v[8]), str(v[9]))
 
 
+def _groups(values: list[str]) -> dict[str, list[int]]:
+    """Row numbers of each distinct non-empty value (columnar: no per-row Python work
+    but the final lists)."""
+    if not values:
+        return {}
+    encoded = pa.array(values, pa.string()).fill_null("").dictionary_encode()
+    codes = encoded.indices.to_numpy()
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    keys = encoded.dictionary.to_pylist()
+    out = {}
+    for g in np.split(order, bounds):
+        key = keys[codes[g[0]]]
+        if key:
+            out[key] = g.tolist()
+    return out
+
+
 class PatientIndex:
+    """Columns of every ECG's context, and row numbers by patient, study, accession."""
+
     def __init__(self, store: Store, drain_interval_s: float = 0.5) -> None:
         self._store = store
         self._lock = threading.Lock()
-        self._by_patient: dict[str, list[ExamRef]] = {}
-        self._by_uid: dict[str, ExamRef] = {}
-        self._by_study: dict[str, list[ExamRef]] = {}
-        self._by_accession: dict[str, list[ExamRef]] = {}
+        table = store.sql_arrow(f"SELECT {', '.join(_COLUMNS)} FROM {ALIAS}.ecg")
+        self._cols: dict[str, list[Any]] = {c: table.column(c).to_pylist() for c in _COLUMNS}
+        uids = self._cols["sop_instance_uid"]
+        self._row: dict[str, int] = dict(zip(uids, range(len(uids)), strict=True))
+        self._by_patient = _groups(self._cols["patient_id"])
+        self._by_study = _groups(self._cols["study_instance_uid"])
+        self._by_accession = _groups(self._cols["accession_number"])
         self._pending: list[str] = []
-        for row in store.sql(f"SELECT {', '.join(_COLUMNS)} FROM {ALIAS}.ecg"):
-            self._add(_ref(row))
-        #: The recent-examination values of each ECG's current summary.
-        self._measures: dict[str, tuple[Any, ...]] = {}
+        #: The recent-examination values of each row's current summary.
+        self._measures: dict[int, tuple[Any, ...]] = {}
         if store.analysis_version is not None:
-            for uid, *values in store.sql(
-                    f"SELECT sop_instance_uid, {', '.join(MEASURES)} FROM {ALIAS}.summary "
-                    "WHERE analysis_version = ? ORDER BY measured_at",
-                    [store.analysis_version]):
-                self._measures[uid] = tuple(values)
+            m = store.sql_arrow(
+                f"SELECT sop_instance_uid, {', '.join(MEASURES)} FROM {ALIAS}.summary "
+                "WHERE analysis_version = ? ORDER BY measured_at", [store.analysis_version])
+            rows = [self._row.get(u) for u in m.column(0).to_pylist()]
+            values = zip(*(m.column(c).to_pylist() for c in MEASURES), strict=True)
+            self._measures = {i: v for i, v in zip(rows, values, strict=True) if i is not None}
         self._stop = threading.Event()
         self._interval = drain_interval_s
         self._thread = threading.Thread(target=self._drain_loop, name="patient-index",
                                         daemon=True)
         self._thread.start()
 
-    def _add(self, ref: ExamRef) -> None:
-        if ref.sop_instance_uid in self._by_uid:
+    def _ref(self, i: int) -> ExamRef:
+        return _ref([self._cols[c][i] for c in _COLUMNS])
+
+    def _add(self, values: Sequence[Any]) -> None:
+        uid = str(values[0])
+        if uid in self._row:
             return
-        self._by_uid[ref.sop_instance_uid] = ref
-        self._by_patient.setdefault(ref.patient_id, []).append(ref)
-        if ref.study_instance_uid:
-            self._by_study.setdefault(ref.study_instance_uid, []).append(ref)
-        if ref.accession_number:
-            self._by_accession.setdefault(ref.accession_number, []).append(ref)
+        i = len(self._cols["sop_instance_uid"])
+        for c, v in zip(_COLUMNS, values, strict=True):
+            self._cols[c].append(v)
+        self._row[uid] = i
+        for index, value in ((self._by_patient, values[1]), (self._by_study, values[3]),
+                             (self._by_accession, values[4])):
+            if value:
+                index.setdefault(str(value), []).append(i)
 
     def note(self, uid: str) -> None:
         """An ECG was just stored: index it soon."""
@@ -93,17 +124,17 @@ class PatientIndex:
     def _drain(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
-        refs = []
+        found = []
         for uid in pending:
             try:
                 ctx = self._store.ecg_context(uid, _COLUMNS)
             except (NotFound, StorageError, OSError) as e:
                 log.warning("cannot index ECG %s: %s", uid, e)
                 continue
-            refs.append(_ref([ctx.get(c) for c in _COLUMNS]))
+            found.append([ctx.get(c) for c in _COLUMNS])
         with self._lock:
-            for ref in refs:
-                self._add(ref)
+            for values in found:
+                self._add(values)
 
     def _drain_loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -115,12 +146,15 @@ class PatientIndex:
         self._thread.join(10)
 
     # ----------------------------------------------------------------- reading
-    def exams(self, patient_id: str) -> list[ExamRef]:
-        """The patient's ECGs, newest first."""
+    def _fresh(self) -> None:
         if self._pending:
             self._drain()
+
+    def exams(self, patient_id: str) -> list[ExamRef]:
+        """The patient's ECGs, newest first."""
+        self._fresh()
         with self._lock:
-            refs = list(self._by_patient.get(patient_id, ()))
+            refs = [self._ref(i) for i in self._by_patient.get(patient_id, ())]
         return sorted(refs, key=lambda r: (r.acquired is not None, r.acquired or dt.datetime.min,
                                            r.sop_instance_uid), reverse=True)
 
@@ -128,7 +162,8 @@ class PatientIndex:
         """The current summary's `MEASURES` of each ECG (None where not measured yet);
         held in memory, read from the store the first time after a measurement."""
         with self._lock:
-            known = [self._measures.get(u) for u in uids]
+            rows = [self._row.get(u) for u in uids]
+            known = [self._measures.get(i) if i is not None else None for i in rows]
         missing = [{"sop_instance_uid": u} for u, k in zip(uids, known, strict=True)
                    if k is None]
         if missing:
@@ -136,26 +171,27 @@ class PatientIndex:
             found = {r["sop_instance_uid"]: tuple(r.get(m) for m in MEASURES) for r in missing
                      if r.get("analysis_version") is not None}
             with self._lock:
-                self._measures.update(found)
-            known = [k if k is not None else found.get(u) for u, k in zip(uids, known,
-                                                                             strict=True)]
+                for u, v in found.items():
+                    i = self._row.get(u)
+                    if i is not None:
+                        self._measures[i] = v
+            known = [k if k is not None else found.get(u)
+                     for u, k in zip(uids, known, strict=True)]
         return [dict(zip(MEASURES, k, strict=True)) if k is not None else {} for k in known]
 
     def exam(self, uid: str) -> ExamRef | None:
-        if self._pending:
-            self._drain()
+        self._fresh()
         with self._lock:
-            return self._by_uid.get(uid)
+            i = self._row.get(uid)
+            return None if i is None else self._ref(i)
 
     def study(self, study_instance_uid: str) -> list[ExamRef]:
-        if self._pending:
-            self._drain()
+        self._fresh()
         with self._lock:
-            return list(self._by_study.get(study_instance_uid, ()))
+            return [self._ref(i) for i in self._by_study.get(study_instance_uid, ())]
 
     def accession(self, accession_number: str) -> list[ExamRef]:
         """ECGs with that accession number (of any organisation: the caller filters)."""
-        if self._pending:
-            self._drain()
+        self._fresh()
         with self._lock:
-            return list(self._by_accession.get(accession_number, ()))
+            return [self._ref(i) for i in self._by_accession.get(accession_number, ())]

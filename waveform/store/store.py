@@ -800,6 +800,13 @@ class Store:
             for c in _q.SUMMARY_RESULT:
                 row[c] = values.get(c)
 
+    def sql_arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """A read query's result as an Arrow table (large results, column at a time)."""
+        try:
+            return self._cursor().execute(sql, list(params)).to_arrow_table()
+        except duckdb.Error as e:
+            raise StorageError(f"catalog query failed: {e}") from e
+
     def sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read-only SQL over the catalog (tables are ``lake.ecg`` etc.), bound parameters."""
         return self._sql(sql, params)
