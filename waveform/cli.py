@@ -5,6 +5,7 @@
     waveform info FILE.dcm...           what an object holds (groups, leads, warnings)
     waveform import-wfdb RECORD... -o DIR   WFDB records as General ECG DICOM objects
     waveform audit verify [--data DIR]  check the audit trail's hash chain
+    waveform reanalyze [--engine local|dask]  re-measure the archive (see --help)
 
 Every failure is reported as one line naming the file and what was wrong, with
 exit status 1; nothing prints a traceback for bad input.
@@ -305,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("records", nargs="+", metavar="RECORD", help="record path without extension")
     q.add_argument("-o", "--output", required=True, type=Path, metavar="DIR")
     __import__("waveform.client", fromlist=["register"]).register(sub)  # client commands
+    __import__("waveform.reanalyze.cli", fromlist=["register"]).register(sub)  # batch
     return p
 
 
