@@ -4,6 +4,10 @@
                        [--scheduler ADDR] [--workers N]
     waveform reanalyze --data DIR --compare OLD NEW [--plot FILE]
 
+Exit status 0 when every planned ECG has a summary (an ECG the analysis
+rejects has one that records why), 1 when some could not be read (run it
+again) or on an error, 2 for a misused option.
+
 The command opens the store itself, so with the default embedded catalog the
 server must not be running on the same folder (the catalog file has one
 writer process); with a PostgreSQL catalog it runs beside the server. See
@@ -36,8 +40,7 @@ def register(sub: Any) -> None:
 
 
 def _arguments(q: argparse.ArgumentParser) -> None:
-    from waveform.reanalyze.engines import ENGINES
-
+    # Nothing heavy is imported here: the parser is built for every `waveform` command.
     q.add_argument("--data", default="./data", help="the archive's folder (default ./data)")
     q.add_argument("--catalog", help="DuckLake catalog (default DIR/catalog.ducklake; "
                    "postgres:dbname=... for a shared one)")
@@ -46,13 +49,14 @@ def _arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--where", action="append", default=[], metavar="FILTER",
                    help="only ECGs with COLUMN OP VALUE on the ecg table (OP: = != < <= > >=), "
                         "e.g. organisation=org-a; repeat to combine")
-    q.add_argument("--engine", choices=sorted(ENGINES), default="local",
-                   help="local process pool (default) or a Dask cluster")
+    q.add_argument("--engine", default="local", metavar="local|dask",
+                   help="a process pool on this machine (default) or a Dask cluster")
     q.add_argument("--scheduler", metavar="ADDR",
                    help="Dask scheduler address (tcp://host:8786); without it, --engine dask "
                         "starts a local cluster")
     q.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="worker processes (default: one per core)")
+                   help="worker processes of the local pool or of the local Dask cluster "
+                        "(default: one per core)")
     q.add_argument("--unit", type=int, default=256, metavar="N",
                    help="ECGs per task (default 256)")
     q.add_argument("--commit", type=int, default=1024, metavar="N",
@@ -95,7 +99,7 @@ def _cmd_reanalyze(args: argparse.Namespace) -> int:
 def _reanalyze(args: argparse.Namespace) -> int:
     from waveform.reanalyze.engines import make_engine
     from waveform.reanalyze.job import JobResult, run
-    from waveform.reanalyze.plan import parse_filter
+    from waveform.reanalyze.planning import parse_filter
     from waveform.reanalyze.progress import progress_for
 
     filters = [parse_filter(f) for f in args.where]

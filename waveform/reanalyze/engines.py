@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from waveform.errors import InvalidArgument
-from waveform.reanalyze.plan import WorkUnit
+from waveform.reanalyze.planning import WorkUnit
 from waveform.reanalyze.worker import Analyze, UnitResult, measure_unit, warm_up
 
 __all__ = ["ENGINES", "DaskEngine", "Engine", "LocalEngine", "Outcome", "make_engine"]

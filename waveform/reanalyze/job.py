@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from waveform.reanalyze.engines import Engine
-from waveform.reanalyze.plan import Filter, Plan, plan
+from waveform.reanalyze.planning import Filter, Plan, plan
 from waveform.reanalyze.progress import Progress, progress_for
 from waveform.reanalyze.worker import STAGES, Analyze, UnitResult, default_analysis
 from waveform.store.lake import ALIAS

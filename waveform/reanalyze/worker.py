@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from waveform.model import Ecg, WaveformGroup
-from waveform.reanalyze.plan import WorkUnit
+from waveform.reanalyze.planning import WorkUnit
 from waveform.store.measure import summary_row
 from waveform.store.records import group_from_row
 from waveform.store.schema import SUMMARY, SUMMARY_CONTEXT, WAVEFORM
