@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from waveform.errors import NotFound, StorageError
 from waveform.store import Store
@@ -53,47 +54,62 @@ def _ref(row: Sequence[object]) -> ExamRef:
                    str(v[6]), str(v[7]), str(v[8]), str(v[9]))
 
 
-def _groups(values: list[str]) -> dict[str, list[int]]:
-    """Row numbers of each distinct non-empty value (columnar: no per-row Python work
-    but the final lists)."""
-    if not values:
-        return {}
-    encoded = pa.array(values, pa.string()).fill_null("").dictionary_encode()
-    codes = encoded.indices.to_numpy()
-    order = np.argsort(codes, kind="stable")
-    bounds = np.flatnonzero(np.diff(codes[order])) + 1
-    keys = encoded.dictionary.to_pylist()
-    out = {}
-    for g in np.split(order, bounds):
-        key = keys[codes[g[0]]]
+class _Groups:
+    """Row numbers by value of one column: the loaded rows as one sort (an order
+    and the start of each value's run), rows added since in a dict."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        encoded = pc.dictionary_encode(pc.fill_null(column.combine_chunks(), ""))
+        codes = encoded.indices.to_numpy()
+        self._order = np.argsort(codes, kind="stable")
+        counts = np.bincount(codes, minlength=len(encoded.dictionary))
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        keys = encoded.dictionary.to_pylist()
+        self._code = dict(zip(keys, range(len(keys)), strict=True))
+        self._extra: dict[str, list[int]] = {}
+
+    def get(self, key: str) -> list[int]:
+        if not key:
+            return []
+        k = self._code.get(key)
+        rows = [] if k is None else self._order[self._starts[k]:self._starts[k + 1]].tolist()
+        return rows + self._extra.get(key, [])
+
+    def add(self, key: str, row: int) -> None:
         if key:
-            out[key] = g.tolist()
-    return out
+            self._extra.setdefault(key, []).append(row)
 
 
 class PatientIndex:
-    """Columns of every ECG's context, and row numbers by patient, study, accession."""
+    """Every ECG's context (loaded rows as Arrow columns, rows added since as tuples),
+    and row numbers by SOP instance, patient, study and accession number."""
 
     def __init__(self, store: Store, drain_interval_s: float = 0.5) -> None:
         self._store = store
         self._lock = threading.Lock()
-        table = store.sql_arrow(f"SELECT {', '.join(_COLUMNS)} FROM {ALIAS}.ecg")
-        self._cols: dict[str, list[Any]] = {c: table.column(c).to_pylist() for c in _COLUMNS}
-        uids = self._cols["sop_instance_uid"]
+        self._base = store.sql_arrow(f"SELECT {', '.join(_COLUMNS)} FROM {ALIAS}.ecg")
+        self._n_base = self._base.num_rows
+        self._added: list[list[Any]] = []
+        uids = self._base.column("sop_instance_uid").to_pylist()
         self._row: dict[str, int] = dict(zip(uids, range(len(uids)), strict=True))
-        self._by_patient = _groups(self._cols["patient_id"])
-        self._by_study = _groups(self._cols["study_instance_uid"])
-        self._by_accession = _groups(self._cols["accession_number"])
+        self._by_patient = _Groups(self._base.column("patient_id"))
+        self._by_study = _Groups(self._base.column("study_instance_uid"))
+        self._by_accession = _Groups(self._base.column("accession_number"))
         self._pending: list[str] = []
-        #: The recent-examination values of each row's current summary.
-        self._measures: dict[int, tuple[Any, ...]] = {}
+        #: The recent-examination values of each row's current summary (NaN: none).
+        self._values = np.full((self._n_base, len(MEASURES)), np.nan)
+        self._have = np.zeros(self._n_base, bool)
+        self._values_added: dict[int, tuple[Any, ...]] = {}
         if store.analysis_version is not None:
             m = store.sql_arrow(
                 f"SELECT sop_instance_uid, {', '.join(MEASURES)} FROM {ALIAS}.summary "
                 "WHERE analysis_version = ? ORDER BY measured_at", [store.analysis_version])
-            rows = [self._row.get(u) for u in m.column(0).to_pylist()]
-            values = zip(*(m.column(c).to_pylist() for c in MEASURES), strict=True)
-            self._measures = {i: v for i, v in zip(rows, values, strict=True) if i is not None}
+            rows = np.array([self._row.get(u, -1) for u in m.column(0).to_pylist()], np.int64)
+            ok = rows >= 0
+            for j, c in enumerate(MEASURES):
+                col = m.column(c).to_numpy(zero_copy_only=False).astype(float)
+                self._values[rows[ok], j] = col[ok]
+            self._have[rows[ok]] = True
         self._stop = threading.Event()
         self._interval = drain_interval_s
         self._thread = threading.Thread(target=self._drain_loop, name="patient-index",
@@ -101,20 +117,27 @@ class PatientIndex:
         self._thread.start()
 
     def _ref(self, i: int) -> ExamRef:
-        return _ref([self._cols[c][i] for c in _COLUMNS])
+        if i >= self._n_base:
+            return _ref(self._added[i - self._n_base])
+        return _ref([self._base.column(c)[i].as_py() for c in _COLUMNS])
 
     def _add(self, values: Sequence[Any]) -> None:
         uid = str(values[0])
         if uid in self._row:
             return
-        i = len(self._cols["sop_instance_uid"])
-        for c, v in zip(_COLUMNS, values, strict=True):
-            self._cols[c].append(v)
+        i = self._n_base + len(self._added)
+        self._added.append(list(values))
         self._row[uid] = i
-        for index, value in ((self._by_patient, values[1]), (self._by_study, values[3]),
-                             (self._by_accession, values[4])):
-            if value:
-                index.setdefault(str(value), []).append(i)
+        self._by_patient.add(str(values[1] or ""), i)
+        self._by_study.add(str(values[3] or ""), i)
+        self._by_accession.add(str(values[4] or ""), i)
+
+    def _known_values(self, i: int) -> tuple[Any, ...] | None:
+        if i < self._n_base:
+            if not self._have[i]:
+                return None
+            return tuple(None if np.isnan(v) else float(v) for v in self._values[i])
+        return self._values_added.get(i)
 
     def note(self, uid: str) -> None:
         """An ECG was just stored: index it soon."""
@@ -154,7 +177,7 @@ class PatientIndex:
         """The patient's ECGs, newest first."""
         self._fresh()
         with self._lock:
-            refs = [self._ref(i) for i in self._by_patient.get(patient_id, ())]
+            refs = [self._ref(i) for i in self._by_patient.get(patient_id)]
         return sorted(refs, key=lambda r: (r.acquired is not None, r.acquired or dt.datetime.min,
                                            r.sop_instance_uid), reverse=True)
 
@@ -163,7 +186,7 @@ class PatientIndex:
         held in memory, read from the store the first time after a measurement."""
         with self._lock:
             rows = [self._row.get(u) for u in uids]
-            known = [self._measures.get(i) if i is not None else None for i in rows]
+            known = [self._known_values(i) if i is not None else None for i in rows]
         missing = [{"sop_instance_uid": u} for u, k in zip(uids, known, strict=True)
                    if k is None]
         if missing:
@@ -173,8 +196,11 @@ class PatientIndex:
             with self._lock:
                 for u, v in found.items():
                     i = self._row.get(u)
-                    if i is not None:
-                        self._measures[i] = v
+                    if i is not None and i < self._n_base:
+                        self._values[i] = [np.nan if x is None else x for x in v]
+                        self._have[i] = True
+                    elif i is not None:
+                        self._values_added[i] = v
             known = [k if k is not None else found.get(u)
                      for u, k in zip(uids, known, strict=True)]
         return [dict(zip(MEASURES, k, strict=True)) if k is not None else {} for k in known]
@@ -188,10 +214,10 @@ class PatientIndex:
     def study(self, study_instance_uid: str) -> list[ExamRef]:
         self._fresh()
         with self._lock:
-            return [self._ref(i) for i in self._by_study.get(study_instance_uid, ())]
+            return [self._ref(i) for i in self._by_study.get(study_instance_uid)]
 
     def accession(self, accession_number: str) -> list[ExamRef]:
         """ECGs with that accession number (of any organisation: the caller filters)."""
         self._fresh()
         with self._lock:
-            return [self._ref(i) for i in self._by_accession.get(accession_number, ())]
+            return [self._ref(i) for i in self._by_accession.get(accession_number)]
