@@ -242,37 +242,33 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
     return out
 
 
-def _ramp(v: float, bad: float, good: float) -> float:
-    """0 at ``bad``, 1 at ``good``, linear between (either direction)."""
-    if bad == good:
-        return 1.0 if v >= good else 0.0
-    t = (v - bad) / (good - bad)
-    return float(min(max(t, 0.0), 1.0))
-
-
 def assess(x: np.ndarray, fs: float) -> list[LeadQuality]:
     """Quality and limiting reason of each lead of ``x`` (channels, samples) in µV."""
     arr = np.ascontiguousarray(x, dtype=np.float32 if x.dtype == np.float32 else np.float64)
     if arr.ndim == 1:
         arr = arr.reshape(1, -1)
     f = features(arr, float(fs))
-    result = []
-    # Plain floats: numpy scalars cost more than the arithmetic here.
-    for nan, amp, clip, noise, wander, offset in f.tolist():
-        scores = (
-            # Lead off: mostly padding, or a DC offset no electrode/skin contact gives.
-            (min(_ramp(nan, 0.5, 0.05), _ramp(abs(offset), 300_000.0, 50_000.0)),
-             Reason.LEAD_OFF),
-            (_ramp(amp, 15.0, 50.0), Reason.FLAT),
-            (_ramp(clip, 0.02, 0.001), Reason.CLIPPED),
-            # Signal-to-noise of the window amplitude over the noise sigma.
-            (_ramp(amp / max(noise, 1e-9), 4.0, 20.0), Reason.NOISE),
-            (_ramp(wander, 4000.0, 1000.0), Reason.BASELINE_WANDER),
-        )
-        # The worst score; on a tie the first in this order (as before).
-        q, reason = scores[0]
-        for sc, r in scores[1:]:
-            if sc < q:
-                q, reason = sc, r
-        result.append(LeadQuality(q, reason if q < 1.0 else Reason.OK, nan))
-    return result
+    nan, amp, clip, noise, wander, offset = f.T
+
+    def ramp(v: np.ndarray, bad: float, good: float) -> np.ndarray:
+        return np.clip((v - bad) / (good - bad), 0.0, 1.0)
+
+    # One column per entry of _ORDER (all leads at once: per-lead Python
+    # arithmetic cost more than the features kernel).
+    scores = np.stack([
+        # Lead off: mostly padding, or a DC offset no electrode/skin contact gives.
+        np.minimum(ramp(nan, 0.5, 0.05), ramp(np.abs(offset), 300_000.0, 50_000.0)),
+        ramp(amp, 15.0, 50.0),
+        ramp(clip, 0.02, 0.001),
+        # Signal-to-noise of the window amplitude over the noise sigma.
+        ramp(amp / np.maximum(noise, 1e-9), 4.0, 20.0),
+        ramp(wander, 4000.0, 1000.0),
+    ], axis=1)
+    worst = scores.argmin(axis=1)  # the first of equal scores, in _ORDER
+    q = scores[np.arange(scores.shape[0]), worst].tolist()
+    return [LeadQuality(qq, _ORDER[w] if qq < 1.0 else Reason.OK, ns)
+            for qq, w, ns in zip(q, worst.tolist(), nan.tolist(), strict=True)]
+
+
+#: The reasons in the order `assess` scores them (ties go to the first).
+_ORDER = (Reason.LEAD_OFF, Reason.FLAT, Reason.CLIPPED, Reason.NOISE, Reason.BASELINE_WANDER)
