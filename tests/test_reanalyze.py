@@ -410,6 +410,8 @@ def test_progress_lines_off_a_terminal_and_a_bar_on_one(
     tty = _Stream(tty=True)
     bar = progress_for(tty)  # type: ignore[arg-type]
     assert isinstance(bar, Bar)
+    bar.note("planned")
+    assert tty.text == "reanalyze: planned\n"
     bar.start(4)
     bar.advance(2)
     bar.note("a commit")

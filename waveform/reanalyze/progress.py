@@ -107,6 +107,8 @@ class Bar(Progress):
     def note(self, message: str) -> None:
         if self._tqdm is not None:
             self._tqdm.write(f"reanalyze: {message}", file=self.stream)
+        elif not self.total:  # before the bar is drawn
+            super().note(message)
         else:
             self.stream.write("\r\033[K")
             super().note(message)
