@@ -103,7 +103,8 @@ def _pending_sql(filters: Sequence[Filter]) -> str:
     return (
         f"WITH todo AS (SELECT e.sop_instance_uid, {ctx} FROM {ALIAS}.ecg e "
         f"WHERE e.sop_instance_uid NOT IN (SELECT sop_instance_uid FROM {ALIAS}.summary "
-        f"WHERE analysis_version = ?){where}) "
+        # (NOT IN over a NULL would exclude everything: none is let in.)
+        f"WHERE analysis_version = ? AND sop_instance_uid IS NOT NULL){where}) "
         "SELECT w.filename, w.file_row_number, w.group_index, t.* "
         f"FROM {ALIAS}.waveform w JOIN todo t USING (sop_instance_uid) "
         "ORDER BY w.filename, w.file_row_number"
@@ -123,16 +124,21 @@ def plan(
     if unit_ecgs < 1:
         raise InvalidArgument(f"unit size {unit_ecgs} ECGs: expected at least 1")
     params: list[Any] = [version, *[f.value for f in filters]]
-    live = {r[0] for r in store.sql(
-        f"SELECT data_file FROM ducklake_list_files('{ALIAS}', 'waveform')")}
-    rows = store.sql(_pending_sql(filters), params)
-    # Rows come with their locators, so a worker reads only rows the catalog names;
-    # a name the catalog does not list as live would be read in vain: say so now.
-    stray = {r[0] for r in rows} - live
-    if stray:
-        raise StorageError(f"{len(stray)} waveform data files named by rows are not listed "
-                           f"by ducklake_list_files (e.g. {min(stray)}); the catalog changed "
-                           "under the plan: run again")
+    for attempt in (1, 2):
+        live = {r[0] for r in store.sql(
+            f"SELECT data_file FROM ducklake_list_files('{ALIAS}', 'waveform')")}
+        rows = store.sql(_pending_sql(filters), params)
+        # Rows come with their locators, so a worker reads only rows the catalog
+        # names; a file the catalog does not list as live (a compaction committed
+        # between the two queries) would be read in vain: plan again.
+        stray = {r[0] for r in rows} - live
+        if not stray:
+            break
+        if attempt == 2:
+            raise StorageError(
+                f"{len(stray)} waveform data files named by rows are not listed by "
+                f"ducklake_list_files (e.g. {min(stray)}); the catalog keeps changing "
+                "under the plan: run again")
     if only is not None:
         keep = set(only)
         rows = [r for r in rows if r[3] in keep]
