@@ -53,10 +53,14 @@ def detect_beats(signal: np.ndarray, fs: float) -> np.ndarray:
         raise InvalidArgument(f"signal must be 1-D or (channels, samples), got shape {arr.shape}")
     if fs <= 0:
         raise InvalidArgument(f"sampling frequency must be positive, got {fs}")
-    arr2 = np.nan_to_num(np.atleast_2d(np.asarray(arr, dtype=np.float64)))
+    # float32 stays float32 (half the memory the filter streams through).
+    arr2 = np.atleast_2d(arr if arr.dtype in (np.float32, np.float64)
+                         else arr.astype(np.float64))
+    if np.isnan(arr2).any():
+        arr2 = np.nan_to_num(arr2)
     if arr2.shape[1] < int(0.5 * fs):
         return np.empty(0, dtype=np.int64)
-    return qrs.detect(_filtered(arr2, float(fs)), float(fs), band_passed=True)
+    return qrs.detect(_filtered(arr2, float(fs)), float(fs), band_passed=True, finite=True)
 
 
 def _voltage_rows(g: WaveformGroup) -> list[int]:

@@ -57,25 +57,24 @@ def energy(bp: np.ndarray, fs: float) -> np.ndarray:
         return out
     w = max(int(fs), 4)
     n_win = max(n // w, 1)
-    d2 = np.empty((n_ch, n))
     maxima = np.empty(n_win)
     scale = np.zeros(n_ch)
     par = np.zeros(n_ch)
+    # The squared slope is recomputed in the second pass rather than stored:
+    # a (channels, samples) scratch array costs more in memory traffic than
+    # the subtraction it saves.
     for c in range(n_ch):
-        d2[c, 0] = 0.0
-        d2[c, n - 1] = 0.0
         total = 0.0
-        for i in range(1, n - 1):
-            d = bp[c, i + 1] - bp[c, i - 1]
-            d2[c, i] = d * d
-            total += d * d
         for k in range(n_win):
-            a = k * w
-            b = n if k == n_win - 1 else a + w
+            a = max(k * w, 1)
+            b = n - 1 if k == n_win - 1 else (k + 1) * w
             m = 0.0
             for i in range(a, b):
-                if d2[c, i] > m:
-                    m = d2[c, i]
+                d = bp[c, i + 1] - bp[c, i - 1]
+                v = d * d
+                total += v
+                if v > m:
+                    m = v
             maxima[k] = m
         scale[c] = np.median(maxima)
         if total > 0.0:
@@ -92,12 +91,14 @@ def energy(bp: np.ndarray, fs: float) -> np.ndarray:
         # barely rises above its noise cannot outvote a clean one.
         weight = (par[c] / best) ** 2
         inv = weight / scale[c]
-        for i in range(n):
-            v = d2[c, i] * inv
+        cap = 4.0 * weight
+        for i in range(1, n - 1):
+            d = bp[c, i + 1] - bp[c, i - 1]
+            v = d * d * inv
             # A lead's share is capped so that an artefact many times larger
             # than its beats cannot outvote the other leads.
-            if v > 4.0 * weight:
-                v = 4.0 * weight
+            if v > cap:
+                v = cap
             out[0, i] += v
     half = max(int(_MWI_S * fs / 2), 1)
     acc = 0.0
