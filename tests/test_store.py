@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import threading
@@ -267,3 +268,38 @@ def test_search_measurements_survive_compaction_and_reopen(tmp_path: Path) -> No
         assert measured(s) == want
     with Store.open(tmp_path, analyze=None, analysis_version="c1") as s:
         assert measured(s) == want
+
+
+def test_summary_document_keeps_the_median_beat_exactly() -> None:
+    import json
+
+    from waveform.analysis import analyze
+    from waveform.model import Summary
+    from waveform.store.measure import summary_row
+
+    summary = analyze(decode(_obj(31)))
+    median = summary.median_beat.copy()
+    median[0, :4] = [1e-45, -0.0, 3.4028235e38, 65504.0]  # extremes of float32
+    summary = dataclasses.replace(summary, median_beat=median)
+    row = summary_row("1.2.3", "v", None, summary, {"patient_id": "P"})
+    doc = json.loads(row["document"])
+    plain = json.loads(json.dumps(summary.to_dict()))
+    assert set(doc) == set(plain)
+    assert all(doc[k] == plain[k] for k in doc if k != "median_beat")
+    back = Summary.from_dict(doc).median_beat
+    assert back.dtype == np.float32 and back.view(np.uint32).tolist() == \
+        median.view(np.uint32).tolist()
+    assert row["patient_id"] == "P" and row["heart_rate_bpm"] == plain["heart_rate_bpm"]
+
+
+def test_stored_objects_reads_a_batch_and_falls_back_per_object(tmp_path: Path) -> None:
+    objs = [_obj(40 + i) for i in range(5)]
+    with Store.open(tmp_path, analyze=None, auto_compact_commits=None) as s:
+        res = s.ingest(objs[:3], "org") + s.ingest(objs[3:], "org")
+        uids = [r.sop_instance_uid for r in res]
+        got = s._stored_objects([*uids, "1.2.3.4"])
+        assert [got[u] for u in uids] == objs
+        assert isinstance(got["1.2.3.4"], NotFound)
+        s.compact(grace_s=0)  # locators move; the batch read still finds every object
+        got = s._stored_objects(uids)
+        assert [got[u] for u in uids] == objs
