@@ -17,7 +17,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -26,7 +28,9 @@ from waveform.analysis import ANALYSIS_VERSION
 from waveform.dicom import decode
 from waveform.errors import InvalidArgument
 from waveform.reanalyze import (
+    Engine,
     LocalEngine,
+    UnitResult,
     WorkUnit,
     commit_new,
     measure_unit,
@@ -210,6 +214,54 @@ def test_local_and_dask_give_identical_summaries(store: Store, local2: LocalEngi
     again = run(store, local2, version="t-local", analyze=analyze_or_fail, progress=_quiet())
     assert again.planned == 0 and again.committed == 0
     assert _counts(store, "t-local") == (N, N)
+
+
+class _Inline(Engine):
+    """Units measured in this process; the first ``failures`` tasks die instead."""
+
+    name = "inline"
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def _submit(self, unit: WorkUnit, version: str, analyze: Any) -> Future[UnitResult]:
+        f: Future[UnitResult] = Future()
+        if self.failures:
+            self.failures -= 1
+            f.set_exception(RuntimeError("the worker process died"))
+        else:
+            f.set_result(measure_unit(unit, version, analyze))
+        return f
+
+    def _completed(self, pending: set[Any]) -> Iterator[Any]:
+        yield from pending
+
+
+def test_a_dead_worker_leaves_its_ecgs_unread_and_they_are_planned_again(
+        store: Store) -> None:
+    lines = _Stream(tty=False)
+    r = run(store, _Inline(failures=1), version="t-flaky", unit_ecgs=100, commit_rows=50,
+            progress=LogLines(lines, every_s=3600))  # type: ignore[arg-type]
+    assert r.committed == N and not r.unread
+    assert "100 ECGs were unread; planning them again" in lines.text
+    assert _counts(store, "t-flaky") == (N, N)
+    hopeless = run(store, _Inline(failures=10**6), version="t-dead", unit_ecgs=100,
+                   progress=_quiet())
+    assert r.planned == hopeless.planned == N and hopeless.committed == 0
+    assert len(hopeless.unread) == N
+    assert {why for _, why in hopeless.unread} == {
+        "worker failed: RuntimeError: the worker process died"}
+    assert _counts(store, "t-dead") == (0, 0)
 
 
 def test_commit_skips_summaries_that_appeared_meanwhile(store: Store) -> None:
