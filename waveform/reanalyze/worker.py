@@ -77,7 +77,8 @@ def _read_rows(path: str, rows: list[int]) -> dict[int, dict[str, Any]]:
         raise IndexError(f"{path} has {at} rows; rows {want[0]}..{want[-1]} were asked for")
     home = [bisect.bisect_right(starts, r) - 1 for r in want]
     groups = sorted(set(home))
-    table = pf.read_row_groups(groups, columns=WAVEFORM.names)
+    # One thread: a worker is one of several processes sharing the cores.
+    table = pf.read_row_groups(groups, columns=WAVEFORM.names, use_threads=False)
     offset: dict[int, int] = {}
     base = 0
     for g in groups:
