@@ -253,7 +253,8 @@ def test_a_dead_worker_leaves_its_ecgs_unread_and_they_are_planned_again(
     r = run(store, _Inline(failures=1), version="t-flaky", unit_ecgs=100, commit_rows=50,
             progress=LogLines(lines, every_s=3600))  # type: ignore[arg-type]
     assert r.committed == N and not r.unread
-    assert "100 ECGs were unread; planning them again" in lines.text
+    assert "100 ECGs were unread; 100 still lack a summary: planning them again" in lines.text
+    assert "reanalyze: 100/100 ECGs (100%)" in lines.text  # the second pass has its own count
     assert _counts(store, "t-flaky") == (N, N)
     hopeless = run(store, _Inline(failures=10**6), version="t-dead", unit_ecgs=100,
                    progress=_quiet())

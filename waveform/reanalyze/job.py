@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from waveform.errors import InvalidArgument
 from waveform.reanalyze.engines import Engine
 from waveform.reanalyze.planning import Filter, Plan, plan
 from waveform.reanalyze.progress import Progress, progress_for
@@ -124,7 +125,7 @@ def run(
     ``on_commit`` is called after each commit (tests, callers' own logging).
     """
     if analyze is not None and version is None:
-        raise ValueError("a custom analyze function needs its version")
+        raise InvalidArgument("a custom analyze function needs its version: pass version=")
     if version is None:
         version = default_analysis()[1]
     progress = progress or progress_for(sys.stderr)
@@ -141,11 +142,15 @@ def run(
         _dispatch(store, engine, p, analyze, commit_rows, progress, result, on_commit)
         if result.unread and retry_unread:
             # Compaction may have moved a file under a unit: plan those ECGs again.
+            # Those that got a summary meanwhile (or were deleted) are not planned.
             again = plan(store, version, filters=filters, unit_ecgs=unit_ecgs,
                          only=[u for u, _ in result.unread])
+            progress.note(f"{len(result.unread)} ECGs were unread; "
+                          f"{again.n_ecgs} still lack a summary: planning them again")
+            result.unread = []
             if again.units:
-                progress.note(f"{len(result.unread)} ECGs were unread; planning them again")
-                result.unread = []
+                progress.close()
+                progress.start(again.n_ecgs)
                 _dispatch(store, engine, again, analyze, commit_rows, progress, result,
                           on_commit)
     finally:
