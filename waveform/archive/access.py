@@ -35,7 +35,10 @@ __all__ = ["Access"]
 
 class Access:
     def __init__(self, archive: Archive, identity: Identity, purpose: Purpose,
-                 action: str) -> None:
+                 action: str, *, uid: str = "", document_id: str = "",
+                 patient_id: str = "") -> None:
+        """``uid``/``document_id``/``patient_id``: what the call is about, so that even
+        a refusal by role is recorded against the patient concerned."""
         self.archive = archive
         self.identity = identity
         self.purpose = purpose
@@ -46,6 +49,15 @@ class Access:
             reason=purpose.reason)
         self._rules: list[str] = []
         self._written = False
+        if uid:
+            self.objects(uid)
+            ref = archive.patients.exam(uid)
+            self.patient(ref.patient_id if ref else "")
+        if document_id:
+            self.objects(document_id)
+            meta = archive.documents.latest(document_id)
+            self.patient(meta.patient_id if meta else "")
+        self.patient(patient_id)
         roles = ROLES[action]
         if identity.role not in roles:
             self.deny("role", AccessDenied(
@@ -82,7 +94,8 @@ class Access:
             self.event.patient_id = patient_id
 
     def objects(self, *ids: str) -> None:
-        self.event.objects.extend(i for i in ids if i)
+        have = self.event.objects
+        have.extend(i for i in dict.fromkeys(ids) if i and i not in have)
 
     def allow(self, decision: Decision) -> None:
         self._rules.append(decision.rule)

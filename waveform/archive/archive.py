@@ -100,8 +100,10 @@ class Archive:
         self.patients.close()
         self.audit.close()
 
-    def access(self, identity: Identity, purpose: Purpose, action: str) -> Access:
-        return Access(self, identity, purpose, action)
+    def access(self, identity: Identity, purpose: Purpose, action: str, *, uid: str = "",
+               document_id: str = "", patient_id: str = "") -> Access:
+        return Access(self, identity, purpose, action, uid=uid, document_id=document_id,
+                      patient_id=patient_id)
 
     def now(self) -> dt.datetime:
         return self.clock().astimezone(dt.UTC)

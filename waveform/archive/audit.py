@@ -251,6 +251,11 @@ class AuditTrail:
         self._duck.close()
 
     @property
+    def last_seq(self) -> int:
+        """The sequence number of the last durable event."""
+        return self._seq
+
+    @property
     def failed(self) -> BaseException | None:
         return self._failed
 
@@ -264,14 +269,16 @@ class AuditTrail:
         time_from: dt.datetime | None = None,
         time_to: dt.datetime | None = None,
         after_seq: int = 0,
+        until_seq: int | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Events matching every given filter, oldest first, after ``after_seq``."""
+        """Events matching every given filter, oldest first, after ``after_seq`` and up to
+        ``until_seq`` (default: the last event written)."""
         files = [str(p) for p in _segments(self.directory)]
         if not files:
             return []
         where = ["seq > ?", "seq <= ?"]
-        params: list[Any] = [after_seq, self._seq]
+        params: list[Any] = [after_seq, self._seq if until_seq is None else until_seq]
         for col, value in (("patient_id", patient_id), ("user", user),
                            ("organisation", organisation)):
             if value:

@@ -40,8 +40,9 @@ _MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/
 class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
     """The ECG service, over an injected store, archive, identity provider and metrics."""
 
-    def _access(self, call: Call, action: str) -> Access:
-        return self.archive.access(call.identity, call.purpose, action)
+    def _access(self, call: Call, action: str, uid: str = "", patient_id: str = "") -> Access:
+        return self.archive.access(call.identity, call.purpose, action, uid=uid,
+                                   patient_id=patient_id)
 
     # ------------------------------------------------------------- ingest
     def _submit(self, request: pb.IngestRequest, identity: Identity) -> Future[IngestResult]:
@@ -162,7 +163,7 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
     def GetSummary(self, request: pb.GetSummaryRequest, context: grpc.ServicerContext,
                    call: Call) -> pb.Summary:
         call.uid = request.sop_instance_uid
-        with self._access(call, "summary") as acc:
+        with self._access(call, "summary", request.sop_instance_uid) as acc:
             acc.ecg(request.sop_instance_uid)
             doc = self.store.get_summary(request.sop_instance_uid,
                                          request.analysis_version or None)
@@ -174,7 +175,7 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
     @rpc
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext,
                call: Call) -> pb.SearchResponse:
-        with self._access(call, "search") as acc:
+        with self._access(call, "search", patient_id=request.patient_id) as acc:
             query = convert.search_query(request, {})
             query = dataclasses.replace(
                 query, visible=self.archive.visibility(acc, request.patient_id))
@@ -186,7 +187,7 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
     def GetTrace(self, request: pb.GetTraceRequest, context: grpc.ServicerContext,
                  call: Call) -> Iterator[pb.TraceChunk]:
         call.uid = request.sop_instance_uid
-        with self._access(call, "trace") as acc:
+        with self._access(call, "trace", request.sop_instance_uid) as acc:
             acc.ecg(request.sop_instance_uid)
             trace = self.store.get_trace(
                 request.sop_instance_uid, group=request.group,
@@ -199,7 +200,7 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
     def GetDicom(self, request: pb.GetDicomRequest, context: grpc.ServicerContext,
                  call: Call) -> Iterator[pb.DicomChunk]:
         call.uid = request.sop_instance_uid
-        with self._access(call, "dicom") as acc:
+        with self._access(call, "dicom", request.sop_instance_uid) as acc:
             acc.ecg(request.sop_instance_uid)
             data = self.store.get_dicom(request.sop_instance_uid)
         digest = hashlib.sha256(data).hexdigest()
@@ -219,7 +220,7 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
         from waveform.render import render
 
         call.uid = request.sop_instance_uid
-        with self._access(call, "render") as acc:
+        with self._access(call, "render", request.sop_instance_uid) as acc:
             acc.ecg(request.sop_instance_uid)
             ecg = decode(self.store.get_dicom(request.sop_instance_uid))
             doc = self.store.get_summary(request.sop_instance_uid)

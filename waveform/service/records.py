@@ -75,7 +75,7 @@ def _consent(state: ConsentState) -> rpb.ConsentState:
     return out
 
 
-def _audit_page(rows: list[dict[str, Any]], limit: int) -> rpb.AuditPage:
+def _audit_page(rows: list[dict[str, Any]], limit: int, until: int) -> rpb.AuditPage:
     out = rpb.AuditPage()
     for r in rows[:limit]:
         ev = out.events.add(
@@ -86,22 +86,24 @@ def _audit_page(rows: list[dict[str, Any]], limit: int) -> rpb.AuditPage:
             emergency=bool(r["emergency"]), hash=r["hash"] or "")
         ev.time.FromDatetime(dt.datetime.fromisoformat(r["time"].replace("Z", "+00:00")))
     if len(rows) > limit:
-        out.next_page_token = _token(rows[limit - 1]["seq"])
+        out.next_page_token = _token(rows[limit - 1]["seq"], until)
     return out
 
 
-def _token(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"audit:{seq}".encode()).decode()
+def _token(after: int, until: int) -> str:
+    return base64.urlsafe_b64encode(f"audit:{after}:{until}".encode()).decode()
 
 
-def _after(token: str) -> int:
+def _pages(token: str, trail_end: int) -> tuple[int, int]:
+    """(after, until) of a page: the first page fixes ``until`` at the trail's end, so
+    that paging ends although each page's own reading is audited too."""
     if not token:
-        return 0
+        return 0, trail_end
     try:
-        kind, _, seq = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        kind, after, until = base64.urlsafe_b64decode(token.encode()).decode().split(":")
         if kind != "audit":
             raise ValueError(kind)
-        return int(seq)
+        return int(after), int(until)
     except (ValueError, UnicodeDecodeError):
         raise InvalidArgument(f"page_token {token!r} is not one this service gave") from None
 
@@ -116,15 +118,15 @@ def _limit(value: int) -> int:
 class PatientRecords(Servicer, rpb_grpc.PatientRecordsServicer):
     """Documents, consent, the citizen's view and the audit trail over the archive."""
 
-    def _access(self, call: Call, action: str) -> Any:
-        return self.archive.access(call.identity, call.purpose, action)
+    def _access(self, call: Call, action: str, **about: str) -> Any:
+        return self.archive.access(call.identity, call.purpose, action, **about)
 
     # -------------------------------------------------------------- documents
     @rpc
     def AttachDocument(self, request: rpb.AttachDocumentRequest,
                        context: grpc.ServicerContext, call: Call) -> rpb.DocumentRef:
         kind = _KIND_FROM_PB.get(request.kind)
-        with self._access(call, "attach-document") as acc:
+        with self._access(call, "attach-document", patient_id=request.patient_id) as acc:
             if kind is None:
                 raise InvalidArgument("kind must be REFERRAL, EXAMINATION_NOTE or STATEMENT")
             meta = self.archive.attach(
@@ -139,7 +141,12 @@ class PatientRecords(Servicer, rpb_grpc.PatientRecordsServicer):
     @rpc
     def GetDocuments(self, request: rpb.GetDocumentsRequest, context: grpc.ServicerContext,
                      call: Call) -> rpb.DocumentList:
-        with self._access(call, "documents") as acc:
+        exams = (self.archive.patients.study(request.study_instance_uid)
+                 if request.study_instance_uid else
+                 self.archive.patients.accession(request.accession_number)
+                 if request.accession_number else [])
+        with self._access(call, "documents", document_id=request.document_id,
+                          patient_id=exams[0].patient_id if exams else "") as acc:
             views, performer, reporting = self.archive.get_documents(
                 acc, study_instance_uid=request.study_instance_uid,
                 accession_number=request.accession_number, document_id=request.document_id,
@@ -151,7 +158,7 @@ class PatientRecords(Servicer, rpb_grpc.PatientRecordsServicer):
     def ReleaseDocument(self, request: rpb.ReleaseDocumentRequest,
                         context: grpc.ServicerContext, call: Call
                         ) -> rpb.ReleaseDocumentResponse:
-        with self._access(call, "release-document") as acc:
+        with self._access(call, "release-document", document_id=request.document_id) as acc:
             at = self.archive.release_document(acc, request.document_id)
         out = rpb.ReleaseDocumentResponse()
         out.released_at.CopyFrom(_ts(at))
@@ -164,7 +171,8 @@ class PatientRecords(Servicer, rpb_grpc.PatientRecordsServicer):
                            ) -> rpb.RecentExaminationsResponse:
         from waveform.archive.archive import examination_type, rhythm
 
-        with self._access(call, "recent-examinations") as acc:
+        with self._access(call, "recent-examinations",
+                          patient_id=request.patient_id) as acc:
             exams, notice = self.archive.recent(acc, request.patient_id, request.within_days)
         out = rpb.RecentExaminationsResponse(notice=notice)
         for ex in exams:
@@ -191,7 +199,7 @@ class PatientRecords(Servicer, rpb_grpc.PatientRecordsServicer):
                        context: grpc.ServicerContext, call: Call) -> rpb.MyExaminationsResponse:
         from waveform.archive.archive import examination_type
 
-        with self._access(call, "my-examinations") as acc:
+        with self._access(call, "my-examinations", patient_id=call.identity.patient_id) as acc:
             exams = self.archive.my_examinations(acc)
         out = rpb.MyExaminationsResponse()
         for ref, views, performer, reporting in exams:
@@ -209,14 +217,14 @@ class PatientRecords(Servicer, rpb_grpc.PatientRecordsServicer):
     @rpc
     def GetConsentState(self, request: rpb.GetConsentStateRequest,
                         context: grpc.ServicerContext, call: Call) -> rpb.ConsentState:
-        with self._access(call, "consent-state") as acc:
+        with self._access(call, "consent-state", patient_id=call.identity.patient_id) as acc:
             state = self.archive.consent_state(acc)
         return _consent(state)
 
     @rpc
     def SetConsent(self, request: rpb.SetConsentRequest, context: grpc.ServicerContext,
                    call: Call) -> rpb.ConsentState:
-        with self._access(call, "set-consent") as acc:
+        with self._access(call, "set-consent", patient_id=call.identity.patient_id) as acc:
             self.archive.consent_state(acc)
             state = self.archive.consent.set_consent(
                 call.identity.patient_id, request.granted, call.identity.user,
@@ -226,7 +234,7 @@ class PatientRecords(Servicer, rpb_grpc.PatientRecordsServicer):
     @rpc
     def AddDenial(self, request: rpb.AddDenialRequest, context: grpc.ServicerContext,
                   call: Call) -> rpb.ConsentState:
-        with self._access(call, "add-denial") as acc:
+        with self._access(call, "add-denial", patient_id=call.identity.patient_id) as acc:
             self.archive.consent_state(acc)
             state = self.archive.consent.add_denial(
                 call.identity.patient_id, request.organisation, request.study_instance_uid,
@@ -237,7 +245,7 @@ class PatientRecords(Servicer, rpb_grpc.PatientRecordsServicer):
     @rpc
     def RemoveDenial(self, request: rpb.RemoveDenialRequest, context: grpc.ServicerContext,
                      call: Call) -> rpb.ConsentState:
-        with self._access(call, "remove-denial") as acc:
+        with self._access(call, "remove-denial", patient_id=call.identity.patient_id) as acc:
             self.archive.consent_state(acc)
             acc.objects(request.denial_id)
             state = self.archive.consent.remove_denial(
@@ -250,21 +258,23 @@ class PatientRecords(Servicer, rpb_grpc.PatientRecordsServicer):
     def QueryAudit(self, request: rpb.QueryAuditRequest, context: grpc.ServicerContext,
                    call: Call) -> rpb.AuditPage:
         limit = _limit(request.limit)
-        with self._access(call, "query-audit") as acc:
+        after, until = _pages(request.page_token, self.archive.audit.last_seq)
+        with self._access(call, "query-audit", patient_id=request.patient_id) as acc:
             rows = self.archive.query_audit(
                 acc, patient_id=request.patient_id, user=request.user,
                 organisation=request.organisation, time_from=_when(request, "from"),
-                time_to=_when(request, "to"), after_seq=_after(request.page_token),
+                time_to=_when(request, "to"), after_seq=after, until_seq=until,
                 limit=limit + 1)
-        return _audit_page(rows, limit)
+        return _audit_page(rows, limit, until)
 
     @rpc
     def MyAccessLog(self, request: rpb.MyAccessLogRequest, context: grpc.ServicerContext,
                     call: Call) -> rpb.AuditPage:
         limit = _limit(request.limit)
-        with self._access(call, "my-access-log") as acc:
+        after, until = _pages(request.page_token, self.archive.audit.last_seq)
+        with self._access(call, "my-access-log", patient_id=call.identity.patient_id) as acc:
             rows = self.archive.my_access_log(
-                acc, time_from=_when(request, "from"), after_seq=_after(request.page_token),
+                acc, time_from=_when(request, "from"), after_seq=after, until_seq=until,
                 limit=limit + 1)
-        return _audit_page(rows, limit)
+        return _audit_page(rows, limit, until)
 
