@@ -24,12 +24,15 @@ and latest offset over leads):
 - each boundary then moves by a constant margin: human readers mark onsets
   before the first deflection that a slope threshold sees and offsets after
   the last (LUDB's QRS marks lie ~18 ms before and ~10 ms after, its P onset
-  ~6 ms before and its T end ~10 ms after our points); the margins were
+  ~16 ms before and its T end ~10 ms after our points); the margins were
   measured on the tuning half of LUDB only (odd records, docs/accuracy.md);
 - P wave where the spatial magnitude before the QRS forms a peak well above
-  the median beat's noise; its onset and offset where it falls to a fraction
-  of that peak. No such peak (atrial fibrillation averages out in a median
-  beat) means no P wave: the P fiducials are absent, not guessed.
+  the median beat's noise; its offset where it falls to a fraction of that
+  peak, its onset where it falls to a fraction of its height above the floor
+  the magnitude reaches before it (the TP segment need not sit at the PR
+  segment's level, which the magnitude is measured from). No such peak
+  (atrial fibrillation averages out in a median beat) means no P wave: the P
+  fiducials are absent, not guessed.
 """
 
 from __future__ import annotations
@@ -63,12 +66,16 @@ _RANK_T_OFF = 2
 _QRS_ON_MARGIN_S = -0.018
 _QRS_OFF_MARGIN_S = 0.010
 _T_OFF_MARGIN_S = 0.010
-_P_ON_MARGIN_S = -0.006
-# P wave: least spatial magnitude peak (µV) and its multiple of the noise, and
-# the fraction of its peak that bounds it.
+_P_ON_MARGIN_S = -0.016
+# P wave: least spatial magnitude peak (µV) and its multiple of the noise, the
+# fractions of its height that bound it (offset: of the peak; onset: of the
+# height above the floor before it), and the share of that height below which
+# a trough ends the onset walk.
 _P_MIN_UV = 20.0
 _P_SNR = 3.0
 _P_FRACTION = 0.15
+_P_ON_FRACTION = 0.10
+_P_TROUGH = 0.3
 
 
 @numba.njit(cache=True, nogil=True)
@@ -382,16 +389,32 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
             cut = p_fraction * amp
             # Walk out from the peak to the cut, or to the trough where the
             # P wave meets a neighbouring wave (the T wave at fast rates, a
-            # TP level off the PR level) once past half the peak.
+            # TP level off the PR level) once past half the peak. A walk that
+            # runs out of the window found no P wave, only a slope.
             a = pp
             while a > p_lo and mag[a] > cut and not (
                     mag[a] < 0.5 * amp and mag[a - 1] >= mag[a]):
                 a -= 1
+            # The onset itself is measured above the magnitude's floor before
+            # the peak, not above zero: the magnitude is taken from the PR
+            # segment's level, and the TP segment before the P wave often sits
+            # off it (baseline drift, atrial repolarisation), which holds the
+            # magnitude up and ends a walk to a fixed cut late.
+            floor = mag[pp]
+            for i in range(p_lo, pp):
+                if mag[i] < floor:
+                    floor = mag[i]
+            cut_on = floor + _P_ON_FRACTION * (amp - floor)
+            on_p = pp
+            while on_p > p_lo and mag[on_p] > cut_on and not (
+                    mag[on_p] - floor < _P_TROUGH * (amp - floor)
+                    and mag[on_p - 1] >= mag[on_p]):
+                on_p -= 1
             b = pp
             while b < on0 and mag[b] > cut and not (
                     mag[b] < 0.5 * amp and mag[b + 1] >= mag[b]):
                 b += 1
             if a > p_lo and b < on0:
-                out[0] = max(0, a + int(np.round(p_margin_s * fs)))
+                out[0] = max(0, on_p + int(np.round(p_margin_s * fs)))
                 out[1] = b
     return out
