@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import itertools
+import os
 import pstats
 import signal
 import statistics
@@ -100,7 +101,7 @@ def _serve(mode: str, data_dir: str, tokens: str, profile: str | None) -> None:
 
         def per_thread(frame: Any, event: str, arg: Any) -> None:
             # Python 3.11's cProfile sees one thread: give each new thread its own.
-            p = cProfile.Profile()
+            p = cProfile.Profile(time.thread_time)  # CPU time: waits and other threads excluded
             with lock:
                 profilers.append(p)
             p.enable()
@@ -185,6 +186,15 @@ def _ready(proc: subprocess.Popen[str], timeout_s: float = 120.0) -> _Proc:
 
 
 # --------------------------------------------------------------------- callers
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``; nan elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Run:
     kind: str
@@ -193,6 +203,12 @@ class Run:
     seconds: float
     latencies: list[float]
     errors: int
+    #: CPU seconds the server process spent during the run (every thread).
+    server_cpu: float = float("nan")
+
+    @property
+    def cpu_per_call(self) -> float:
+        return self.server_cpu / self.count if self.count else float("nan")
 
     @property
     def rate(self) -> float:
@@ -204,7 +220,7 @@ class Run:
 
 
 def _ingest(address: str, token: str, kind: str, callers: int, seconds: float,
-            payloads: Payloads) -> Run:
+            payloads: Payloads, server_pid: int | None = None) -> Run:
     import grpc
 
     from waveform.service._proto.waveform.v1 import archive_pb2 as pb
@@ -256,15 +272,17 @@ def _ingest(address: str, token: str, kind: str, callers: int, seconds: float,
         with ThreadPoolExecutor(callers) as pool:
             futures = [pool.submit(fn, k, stubs[k]) for k in range(callers)]
             deadline[0] = time.perf_counter() + seconds
+            cpu0 = _cpu_seconds(server_pid) if server_pid else float("nan")
             t0 = time.perf_counter()
             start.wait()
             for f in futures:
                 f.result()
             elapsed = time.perf_counter() - t0
+            cpu = (_cpu_seconds(server_pid) if server_pid else float("nan")) - cpu0
     finally:
         for c in channels:
             c.close()
-    return Run(kind, callers, sum(counts), elapsed, latencies, sum(errors))
+    return Run(kind, callers, sum(counts), elapsed, latencies, sum(errors), cpu)
 
 
 def _trace_p50(address: str, token: str, uids: list[str], repeat: int) -> float:
@@ -433,14 +451,16 @@ def main(small: bool = False) -> None:
             for kind in ("unary", "stream"):
                 for callers in levels:
                     ours = _ingest(servers["archive"].address, token, kind, callers, seconds,
-                                   payloads)
+                                   payloads, servers["archive"].proc.pid)
                     ceiling = _ingest(servers["null"].address, token, kind, callers, seconds,
-                                      payloads)
+                                      payloads, servers["null"].proc.pid)
                     results[(kind, callers)] = (ours, ceiling)
                     rows.append([
                         f"{'Ingest' if kind == 'unary' else 'IngestStream'} x{callers}",
                         f"{ours.rate:,.0f}/s", fmt_time(ours.pct(0.5)), fmt_time(ours.pct(0.99)),
+                        fmt_time(ours.cpu_per_call),
                         f"{ceiling.rate:,.0f}/s", fmt_time(ceiling.pct(0.5)),
+                        fmt_time(ceiling.cpu_per_call),
                         f"{ours.rate / ceiling.rate:.2f}" if ceiling.rate else "-",
                         ours.errors,
                     ])
@@ -457,8 +477,10 @@ def main(small: bool = False) -> None:
 
         print(f"12-lead 10 s 500 Hz ECGs of {payloads.size / 1000:.0f} KB, loopback, "
               f"{seconds:g} s a run; every archive answer is after a durable commit")
-        print(table(["call x callers", "archive", "p50", "p99", "do-nothing", "p50",
-                     "ratio", "errors"], rows))
+        print(table(["call x callers", "archive", "p50", "p99", "server CPU/ECG", "do-nothing",
+                     "p50", "server CPU/call", "ratio", "errors"], rows))
+        print("(server CPU: user + system time of the server process over the run, every "
+              "thread, per answer; steadier than rates on a shared machine)")
         print()
         print(table(["operation", "ours", "target"], [
             ["GetTrace whole 12-lead 10 s, p50 end to end", fmt_time(trace),

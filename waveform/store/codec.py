@@ -34,6 +34,7 @@ __all__ = [
     "codec",
     "decode_samples",
     "encode_samples",
+    "warm_up",
 ]
 
 
@@ -269,3 +270,12 @@ def decode_samples(
             f"codec {enc.codec!r} decoded {len(out)} bytes, the row records {enc.nbytes}"
         )
     return out
+
+
+def warm_up() -> None:
+    """Load the compiled kernels (from numba's cache) now rather than in the first
+    ingest or read: about a second on a busy machine."""
+    x = np.arange(24, dtype="<i2").tobytes()
+    for dtype in ("<i2", "<i4"):
+        enc = encode_samples(x, np.dtype(dtype), 2)
+        decode_samples(enc, np.dtype(dtype), 2)

@@ -32,6 +32,7 @@ from waveform.errors import (
     UnsupportedObject,
     WaveformError,
 )
+from waveform.store import codec as _codec
 from waveform.store import queries as _q
 from waveform.store import records as _records
 from waveform.store import schema as _schema
@@ -201,7 +202,7 @@ class Store:
         data_path: str | None = None,
         files: FileOps | None = None,
         clock: Clock | None = None,
-        max_batch: int = 256,
+        max_batch: int = 1024,
         max_delay_ms: float = 5.0,
         max_queued: int = 10_000,
         analyze: Callable[[Any], Any] | str | None = "auto",
@@ -235,6 +236,7 @@ class Store:
             store._remove_temporaries()
             store._load_index()
             store.auto_compact_commits = auto_compact_commits
+            _codec.warm_up()
             store._writer = GroupCommitWriter(
                 stage=store._stage, max_objects=max_batch, max_delay_s=max_delay_ms / 1000,
                 max_queued=max_queued,
