@@ -102,6 +102,23 @@ def test_energy_matches_numpy_reference() -> None:
     np.testing.assert_allclose(got[1], np.convolve(want, kern, mode="same"), atol=1e-9)
 
 
+@pytest.mark.parametrize("n_beats", [1, 2, 7, 12, 31])
+def test_median_beats_many_beats_match_numpy(n_beats: int) -> None:
+    # The kernel sorts each sample starting from the previous sample's order;
+    # the result must not depend on that order (odd and even beat counts).
+    rng = np.random.default_rng(n_beats)
+    x = np.cumsum(rng.standard_normal((2, 20_000)), axis=1)
+    beats = np.sort(rng.choice(np.arange(300, 19_500), n_beats, replace=False))
+    got = delineate.median_beats(x, beats, 200, 300)
+    want = np.median(np.stack([x[:, b - 200:b + 300] for b in beats]), axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_detect_beats_float32_equals_float64() -> None:
+    x, _ = synthetic_ecg(np.full(11, 0.8), noise_uv=20.0)
+    np.testing.assert_array_equal(detect_beats(x.astype(np.float32), FS), detect_beats(x, FS))
+
+
 def test_median_beats_matches_numpy() -> None:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 2000))
@@ -172,6 +189,22 @@ def test_frontal_axis() -> None:
     assert measure.frontal_axis(one, -one, 0, 10, 0, 0) == -45.0
 
 
+def test_axes_equal_frontal_axis_of_each_wave() -> None:
+    # analyze() takes every wave's net area from running sums; the reference
+    # is measure.frontal_axis on the median beat's I and aVF over the same span.
+    x, _ = synthetic_ecg(np.full(11, 0.8))
+    s = analyze(make_ecg(x))
+    pts = [s.p_onset_ms, s.p_offset_ms, s.qrs_onset_ms, s.qrs_offset_ms, s.t_offset_ms]
+    assert all(m.value is not None for m in pts)
+    p_on, p_off, q_on, q_off, t_off = (round((m.value or 0.0) * FS / 1000) for m in pts)
+    i = s.median_beat[s.median_leads.index("I")].astype(np.float64)
+    f = s.median_beat[s.median_leads.index("aVF")].astype(np.float64)
+    bi, bf = i[q_on - 5:q_on].mean(), f[q_on - 5:q_on].mean()
+    for got, (a, b) in zip((s.p_axis_deg, s.qrs_axis_deg, s.t_axis_deg),
+                           ((p_on, p_off), (q_on, q_off + 1), (q_off, t_off)), strict=True):
+        assert got.value == pytest.approx(measure.frontal_axis(i, f, a, b, bi, bf), abs=0.11)
+
+
 def test_summary_dict_round_trip() -> None:
     x, _ = synthetic_ecg(np.full(11, 0.8))
     s = analyze(make_ecg(x))
@@ -221,10 +254,11 @@ def test_detection_on_ludb_report_set() -> None:
 def test_ludb_pr_interval_on_report_set() -> None:
     shared("wfdb", "ludb", "2.hea")
     rows = evaluate_intervals(list(range(2, 101, 4)))
-    mean, _sd, _n, with_ref, measured = interval_stats(rows)["PR"]
-    # Measured on the 25 records: see docs/accuracy.md for the full set.
+    mean, sd, _n, with_ref, measured = interval_stats(rows)["PR"]
+    # Measured on these 25 records (analysis 1.2.0): mean -1.1 ms, SD 9.5 ms,
+    # 20 of 21; see docs/accuracy.md for the full set.
     assert measured >= 0.85 * with_ref
-    assert abs(mean) <= 15.0
+    assert abs(mean) <= 10.0 and sd <= 12.0
 
 
 def test_ludb_reference_builder() -> None:

@@ -184,6 +184,7 @@ def test_quality_reasons() -> None:
             quality.Reason.BASELINE_WANDER, quality.Reason.LEAD_OFF]
     assert [g.reason for g in got[1:]] == want
     assert all(g.quality < 0.5 for g in got[1:])
+    assert [g.nan_share for g in got] == [0.0] * 5 + [1.0]
 
 
 @settings(max_examples=200, deadline=None)
