@@ -634,38 +634,53 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- export
-def _cmd_export(args: argparse.Namespace) -> int:
-    from waveform.service._proto.waveform.v1 import archive_pb2 as pb
-
-    out = Path(args.output)
+def _save(conn: _Connection, chunks: Iterator[Any], out: Path,
+          check: Callable[[int, Any, str], None]) -> int:
+    """Stream ``chunks`` into ``out`` by way of a temporary file, fsynced; ``check``
+    (size, first chunk, SHA-256 hex) may refuse it, and then nothing is written."""
     tmp = out.with_name(f".{out.name}.part")
-    conn = _connect(args)
     digest = hashlib.sha256()
-    expected_sha, expected_size, size = "", -1, 0
+    size, first = 0, None
     try:
         with open(tmp, "wb") as f:
-            for i, chunk in enumerate(conn.archive().GetDicom(
-                    pb.GetDicomRequest(sop_instance_uid=args.uid), metadata=conn.metadata,
-                    timeout=conn.timeout)):
-                if i == 0:
-                    expected_sha, expected_size = chunk.sha256, chunk.total_bytes
+            for chunk in chunks:
+                first = first if first is not None else chunk
                 digest.update(chunk.data)
                 size += len(chunk.data)
                 f.write(chunk.data)
             f.flush()
             os.fsync(f.fileno())
-        if size != expected_size or digest.hexdigest() != expected_sha:
-            raise CommandFailed(
-                "DATA_LOSS", f"received {size} bytes with SHA-256 {digest.hexdigest()[:16]}...; "
-                f"the server announced {expected_size} bytes with SHA-256 "
-                f"{expected_sha[:16]}...; nothing written")
+        check(size, first, digest.hexdigest())
         os.replace(tmp, out)
     except OSError as exc:
         raise _os_failure(exc, f"cannot write {out}") from None
     finally:
         conn.channel.close()
         tmp.unlink(missing_ok=True)
-    print(f"{out}: {size} bytes, SHA-256 {expected_sha}")
+    return size
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from waveform.service._proto.waveform.v1 import archive_pb2 as pb
+
+    out = Path(args.output)
+    conn = _connect(args)
+    announced: list[Any] = []
+
+    def check(size: int, first: Any, sha: str) -> None:
+        expected_sha = first.sha256 if first is not None else ""
+        expected_size = first.total_bytes if first is not None else -1
+        announced.append(expected_sha)
+        if size != expected_size or sha != expected_sha:
+            raise CommandFailed(
+                "DATA_LOSS", f"received {size} bytes with SHA-256 {sha[:16]}...; "
+                f"the server announced {expected_size} bytes with SHA-256 "
+                f"{expected_sha[:16]}...; nothing written")
+
+    size = _save(conn, conn.archive().GetDicom(
+        pb.GetDicomRequest(sop_instance_uid=args.uid), metadata=conn.metadata,
+        timeout=conn.timeout), out, check)
+    print(f"{out}: {size} bytes, SHA-256 {announced[0]}")
     return 0
 
 
@@ -698,25 +713,15 @@ def _cmd_render(args: argparse.Namespace) -> int:
         sop_instance_uid=args.target, layout=args.layout, paper=args.paper, format=fmt,
         dpi=args.dpi, speed_mm_s=args.speed, gain_mm_mv=args.gain, qtc_formula=args.qtc)
     conn = _connect(args)
-    tmp = out.with_name(f".{out.name}.part")
-    try:
-        size, expected = 0, -1
-        with open(tmp, "wb") as f:
-            for i, chunk in enumerate(conn.archive().Render(req, metadata=conn.metadata,
-                                                            timeout=conn.timeout)):
-                if i == 0:
-                    expected = chunk.total_bytes
-                f.write(chunk.data)
-                size += len(chunk.data)
+
+    def check(size: int, first: Any, sha: str) -> None:
+        expected = first.total_bytes if first is not None else -1
         if size != expected:
             raise CommandFailed("DATA_LOSS", f"received {size} bytes of a {expected}-byte "
                                 "printout; nothing written")
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise _os_failure(exc, f"cannot write {out}") from None
-    finally:
-        conn.channel.close()
-        tmp.unlink(missing_ok=True)
+
+    size = _save(conn, conn.archive().Render(req, metadata=conn.metadata,
+                                             timeout=conn.timeout), out, check)
     print(f"{out}: printout of {args.target} ({size} bytes)")
     return 0
 
@@ -733,9 +738,13 @@ def _cmd_compact(args: argparse.Namespace) -> int:
                                    timeout=conn.timeout)
     finally:
         conn.channel.close()
+    _print_compaction(r)
+    return 0
+
+
+def _print_compaction(r: Any) -> None:
     print(f"merged {r.merged_files} files into {r.written_files}, removed {r.removed_files}, "
           f"orphans removed {r.orphans_removed}")
-    return 0
 
 
 def _compact_offline(data: Path) -> int:
@@ -752,8 +761,7 @@ def _compact_offline(data: Path) -> int:
             raise CommandFailed("UNAVAILABLE", f"{data} is open in a running server; "
                                 "compact through it (waveform compact --server ...)") from None
         raise
-    print(f"merged {r.merged_files} files into {r.written_files}, removed {r.removed_files}, "
-          f"orphans removed {r.orphans_removed}")
+    _print_compaction(r)
     return 0
 
 

@@ -206,12 +206,7 @@ class Archive:
         exams: list[ExamRef] = []
         metas: list[DocumentMeta] = []
         if document_id:
-            latest = self.documents.latest(document_id)
-            acc.objects(document_id)
-            if latest is None:
-                acc.event.outcome = "failed"
-                acc.deny("not-found", NotFound(f"no document {document_id!r} is visible to "
-                                               f"{acc.identity.describe()}"))
+            latest = self._document(acc, document_id)
             study = latest.study_instance_uid
             if study:
                 exams = self.patients.study(study)
@@ -269,13 +264,18 @@ class Archive:
         performer, reporting = _people(exams, metas)
         return views, performer, reporting
 
-    def release_document(self, acc: Access, document_id: str) -> dt.datetime:
+    def _document(self, acc: Access, document_id: str) -> DocumentMeta:
+        """The latest version of ``document_id``; `NotFound` (audited) if there is none."""
         latest = self.documents.latest(document_id)
         acc.objects(document_id)
         if latest is None:
             acc.event.outcome = "failed"
             acc.deny("not-found", NotFound(f"no document {document_id!r} is visible to "
                                            f"{acc.identity.describe()}"))
+        return latest
+
+    def release_document(self, acc: Access, document_id: str) -> dt.datetime:
+        latest = self._document(acc, document_id)
         acc.patient(latest.patient_id)
         d = acc.document_decision(latest, latest.study_instance_uid)
         if not d.allowed:

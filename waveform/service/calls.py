@@ -99,12 +99,21 @@ def _failed(service: Servicer, call: Call, context: grpc.ServicerContext,
     raise AssertionError("grpc's context.abort always raises")
 
 
-def _admit(service: Servicer) -> None:
-    """Take a call slot or refuse at once: the limit is ours, not grpc's, so that
-    health checks and reflection (served by the reserve threads) still answer."""
+def _begin(service: Servicer, name: str, context: grpc.ServicerContext) -> Call:
+    """A new call holding a slot, or RESOURCE_EXHAUSTED at once: the limit is ours,
+    not grpc's, so that health checks and reflection (served by the reserve
+    threads) still answer. The caller releases the slot."""
+    call = Call(name)
     if not service._slots.acquire(blocking=False):
-        raise Overloaded(f"the server is at capacity ({service.max_concurrent} calls in "
-                         "progress); nothing was done, retry later")
+        _failed(service, call, context, Overloaded(
+            f"the server is at capacity ({service.max_concurrent} calls in progress); "
+            "nothing was done, retry later"))
+    return call
+
+
+def _identify(service: Servicer, call: Call, context: grpc.ServicerContext) -> None:
+    call._identity = service.authenticate(context)
+    call.purpose = parse_purpose(context.invocation_metadata())
 
 
 def rpc(method: Callable[..., T]) -> Callable[..., T]:
@@ -113,14 +122,9 @@ def rpc(method: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(method)
     def wrapper(self: Servicer, request: Any, context: grpc.ServicerContext) -> T:
-        call = Call(name)
+        call = _begin(self, name, context)
         try:
-            _admit(self)
-        except Overloaded as exc:
-            _failed(self, call, context, exc)
-        try:
-            call._identity = self.authenticate(context)
-            call.purpose = parse_purpose(context.invocation_metadata())
+            _identify(self, call, context)
             result = method(self, request, context, call)
         except Exception as exc:
             _failed(self, call, context, exc)
@@ -138,14 +142,9 @@ def stream(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
 
     @functools.wraps(method)
     def wrapper(self: Servicer, request: Any, context: grpc.ServicerContext) -> Iterator[T]:
-        call = Call(name)
+        call = _begin(self, name, context)
         try:
-            _admit(self)
-        except Overloaded as exc:
-            _failed(self, call, context, exc)
-        try:
-            call._identity = self.authenticate(context)
-            call.purpose = parse_purpose(context.invocation_metadata())
+            _identify(self, call, context)
             yield from method(self, request, context, call)
         except Exception as exc:
             _failed(self, call, context, exc)

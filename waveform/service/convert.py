@@ -15,7 +15,10 @@ from waveform.model import SUMMARY_MEASURES
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.store import SearchQuery, Trace
 
-__all__ = ["TRACE_CHUNK_SAMPLES", "search_query", "search_response", "summary", "trace_chunks"]
+__all__ = [
+    "TRACE_CHUNK_SAMPLES", "search_query", "search_response", "summary", "timestamp",
+    "trace_chunks",
+]
 
 #: Frames per TraceChunk when the caller does not choose: about 1 MB of float32 for
 #: 12 leads, well under the message limit.
@@ -44,7 +47,8 @@ def summary(uid: str, doc: Mapping[str, Any]) -> pb.Summary:
     return out
 
 
-def _timestamp(value: dt.datetime | None) -> Timestamp | None:
+def timestamp(value: dt.datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp (naive datetimes are taken as UTC); None stays None."""
     if value is None:
         return None
     ts = Timestamp()
@@ -103,7 +107,7 @@ def search_response(rows: list[dict[str, Any]], next_cursor: str | None) -> pb.S
             manufacturer=row.get("manufacturer") or "", model=row.get("model") or "",
             analysis_version=row.get("analysis_version") or "",
         )
-        acquired = _timestamp(row.get("acquisition_datetime"))
+        acquired = timestamp(row.get("acquisition_datetime"))
         if acquired is not None:
             hit.acquired.CopyFrom(acquired)
         for name in ("heart_rate_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms"):

@@ -10,7 +10,6 @@ import datetime as dt
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from waveform.archive import ConsentState, DocumentMeta, DocumentView
 from waveform.errors import InvalidArgument
@@ -27,12 +26,7 @@ _KIND_FROM_PB = {v: k for k, v in _KIND_TO_PB.items()}
 _MAX_PAGE = 1000
 
 
-def _ts(value: dt.datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value if value.tzinfo else value.replace(tzinfo=dt.UTC))
-    return ts
+_ts = convert.timestamp
 
 
 def _when(msg: Any, name: str) -> dt.datetime | None:
