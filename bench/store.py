@@ -71,8 +71,9 @@ def codec_table(small: bool) -> str:
     variants: list[tuple[str, C.Codec]] = [
         ("zstd-3 of raw int16", C.ZstdCodec()),
         ("zstd-19 of raw int16", C.ZstdCodec(level=19)),
-        ("delta + shuffle + zstd-3", C.CODECS["delta-shuffle-zstd"]),
-        ("delta + zigzag + shuffle + zstd-3 (default)", C.CODECS[C.DEFAULT_CODEC]),
+        ("delta + shuffle + zstd-3", C.DeltaShuffleCodec(zigzag=False, level=3)),
+        ("delta + zigzag + shuffle + zstd-1 (default)", C.CODECS[C.DEFAULT_CODEC]),
+        ("delta + zigzag + shuffle + zstd-3", C.DeltaShuffleCodec(level=3)),
         ("delta + zigzag + shuffle + zstd-9", C.DeltaShuffleCodec(level=9)),
         ("delta + zigzag + shuffle + zstd-19", C.DeltaShuffleCodec(level=19)),
     ]

@@ -12,6 +12,9 @@ in this order, every step through `FileOps`:
 6. ``mark("commit")``, COMMIT, ``mark("committed")``; only then may a caller be
    acknowledged (the writer marks ``ack``).
 
+Steps 1-4 are `stage_tables`, 5-6 `register`: the group-commit writer stages the
+next group while the catalog commits the previous one (`commit_tables` does both).
+
 A failure before the COMMIT leaves nothing visible: the transaction is rolled
 back and the published files are removed (best effort; a leftover file is an
 orphan that compaction removes). A failed fsync is never retried: the page cache
