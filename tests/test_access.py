@@ -17,10 +17,12 @@ in three of the states.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +70,7 @@ SCENARIO_PATIENTS = (
     "PAT-RECENT", "PAT-VERSIONS", "PAT-ACCESSION", "PAT-PERFORMER", "PAT-CROSS-DOC",
     "PAT-STUDY-HIDDEN", "PAT-RELEASE", "PAT-DUPLICATE", "PAT-CONSENT", "PAT-CONSENT-2",
     "PAT-EMERGENCY", "PAT-TRAIL", "PAT-WRITES", "PAT-PURPOSE", "PAT-ATTACH", "PAT-EACH",
+    "PAT-CONCURRENT",
 )
 
 
@@ -875,6 +878,33 @@ def test_duplicate_of_another_organisations_object(world: World) -> None:
                                                 metadata=world.md("dr_b"))) == NOT_FOUND
     assert list(world.ecg.Search(pb.SearchRequest(patient_id=p),
                                  metadata=world.md("dr_b")).hits) == []
+
+
+def test_rules_hold_for_concurrent_calls(world: World) -> None:
+    """Right after ingests, concurrent calls see each ECG as its controller archived it:
+    the controller's clinician reads it, another organisation's duplicate gets no
+    summary, and every duplicate is recorded against the patient."""
+    p = "PAT-CONCURRENT"
+    for _ in range(3):
+        datas = [world.ecg_bytes(p, acquired=world.now()) for _ in range(8)]
+        stored = [f.result().sop_instance_uid for f in [
+            world.ecg.Ingest.future(pb.IngestRequest(dicom=d), metadata=world.md("cart_a"))
+            for d in datas]]
+        with world.appended(p) as box, ThreadPoolExecutor(16) as pool:
+            again = [pool.submit(answer, functools.partial(
+                world.ecg.Ingest, pb.IngestRequest(dicom=d, wait_for_summary=True),
+                metadata=world.md("cart_b"))) for d in datas]
+            read = [pool.submit(answer, lambda uid=uid: list(world.ecg.GetDicom(
+                pb.GetDicomRequest(sop_instance_uid=uid), metadata=world.md("dr_a"))))
+                for uid in stored]
+            answers = [f.result() for f in again]
+            reads = [f.result() for f in read]
+        # (code, already stored, with a summary): never org-a's summary for cart_b.
+        assert [(code, r is not None and r.already_stored, r is not None and r.HasField(
+            "summary")) for code, r, _ in answers] == [(OK, True, False)] * 8
+        assert [code for code, _, _ in reads] == [OK] * 8, [d for _, _, d in reads]
+        assert sorted((e.action, e.rule) for e in box.events) == sorted(
+            [("ingest", "duplicate-of-other-organisation")] * 8 + [("dicom", "controller")] * 8)
 
 
 # --------------------------------------------------------------------------------------
