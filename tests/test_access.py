@@ -590,8 +590,8 @@ def test_recent_examinations(world: World, matrix: dict[tuple[str, str], Scenari
 
 
 # --------------------------------------------------------------------------------------
-# Search (rule 9): confined to the caller's organisation without a patient filter;
-# paging does not reveal a hidden ECG.
+# Search: confined to the caller's organisation without a patient filter; paging does
+# not reveal a hidden ECG.
 
 
 def _page_shapes(w: World, who: str, patient: str, page_size: int) -> list[tuple[int, bool]]:
@@ -658,7 +658,7 @@ def test_search_paging_does_not_reveal_hidden_ecgs(world: World) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# RecentExaminations (rule 9): the window, the order, the summary values, the links.
+# RecentExaminations: the window, the order, the summary values, the links.
 
 
 def test_recent_examinations_window_order_and_links(world: World) -> None:
@@ -694,7 +694,7 @@ def test_recent_examinations_window_order_and_links(world: World) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Documents (rule 11).
+# Documents (docs/access.md, "Documents").
 
 
 def test_attach_is_for_clinicians_and_devices(world: World) -> None:
@@ -855,7 +855,7 @@ def test_release_document(world: World) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Duplicate check (rule 12).
+# The duplicate check.
 
 
 def test_duplicate_of_another_organisations_object(world: World) -> None:
@@ -908,7 +908,7 @@ def test_rules_hold_for_concurrent_calls(world: World) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Roles (rule 8) for the calls without an object, and the purpose metadata.
+# Roles (rule `role`) for the calls without an object, and the purpose metadata.
 
 
 ROLE_CALLS: dict[str, Callable[[World, Metadata], Any]] = {
@@ -1002,7 +1002,8 @@ def test_consent_and_denials(world: World) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# The citizen's view (rule 10). These tests move the clock forward: they come last.
+# The citizen's view (rule `citizen-own`). These tests move the clock forward: they
+# come last.
 
 
 def _mine(w: World, who: str) -> list[rpb.CitizenExamination]:
