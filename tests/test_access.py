@@ -583,6 +583,9 @@ def test_recent_examinations(world: World, matrix: dict[tuple[str, str], Scenari
     assert code == OK, details
     assert r is not None
     assert [e.sop_instance_uid for e in r.examinations] == _visible(ident, emergency, s)
+    links = {s.a_uid: [(s.document_id, rpb.STATEMENT, 1)], s.b_uid: []}
+    assert [[(d.document_id, d.kind, d.version) for d in e.documents] for e in r.examinations
+            ] == [links[e.sop_instance_uid] for e in r.examinations]
     # The notice says exactly when other organisations were not searched: no consent,
     # no emergency. A denial is no reason for it (the patient has consented).
     assert bool(r.notice) == (consent != "granted" and not emergency), r.notice
