@@ -96,6 +96,7 @@ class PatientIndex:
         self._by_study = _Groups(self._base.column("study_instance_uid"))
         self._by_accession = _Groups(self._base.column("accession_number"))
         self._pending: list[str] = []
+        self._draining = threading.Lock()
         #: The recent-examination values of each row's current summary (NaN: none).
         self._values = np.full((self._n_base, len(MEASURES)), np.nan)
         self._have = np.zeros(self._n_base, bool)
@@ -162,7 +163,8 @@ class PatientIndex:
     def _drain_loop(self) -> None:
         while not self._stop.wait(self._interval):
             if self._pending:
-                self._drain()
+                with self._draining:
+                    self._drain()
 
     def close(self) -> None:
         self._stop.set()
@@ -170,8 +172,11 @@ class PatientIndex:
 
     # ----------------------------------------------------------------- reading
     def _fresh(self) -> None:
-        if self._pending:
-            self._drain()
+        # Serialised: a caller that finds another draining waits for it to finish,
+        # so an ECG noted before the call is always found.
+        if self._pending or self._draining.locked():
+            with self._draining:
+                self._drain()
 
     def exams(self, patient_id: str) -> list[ExamRef]:
         """The patient's ECGs, newest first."""

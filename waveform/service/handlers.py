@@ -68,8 +68,13 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
         acc.objects(result.sop_instance_uid)
         if result.already_stored:
             ref = self.archive.patients.exam(result.sop_instance_uid)
-            acc.patient(ref.patient_id if ref else "")
-            if ref is not None and ref.organisation != acc.identity.organisation:
+            if ref is not None:
+                patient, controller = ref.patient_id, ref.organisation
+            else:  # stored by a path that does not index (a bulk load): ask the store
+                ctx = self.store.ecg_context(result.sop_instance_uid)
+                patient, controller = ctx["patient_id"] or "", ctx["organisation"] or ""
+            acc.patient(patient)
+            if controller != acc.identity.organisation:
                 acc.event.rule = "duplicate-of-other-organisation"
                 return IngestResult(result.sop_instance_uid, result.sha256, result.size,
                                     result.ingested_at, already_stored=True)
