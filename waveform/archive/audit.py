@@ -11,8 +11,9 @@ or reordered event, and a removed last event (``HEAD`` then points past the end)
 are found. Nothing in the service changes or deletes an event.
 
 Why a journal and not a catalog table: every read call appends an event, and a
-catalog commit costs tens of milliseconds while an appended, fsynced line costs
-well under one (docs/access.md). Queries read the segments with DuckDB.
+catalog commit costs tens of milliseconds while an appended, fsynced batch of
+lines costs a few (measured in docs/access.md). Queries read the segments with
+DuckDB.
 """
 
 from __future__ import annotations
