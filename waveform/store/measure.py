@@ -181,7 +181,7 @@ class MeasureStage:
         self._thread.join()
         self._committer.join()
 
-    def _measure_one(self, uid: str, data: bytes | BaseException,
+    def _measure_one(self, uid: str, data: bytes | Exception,
                      context: dict[str, Any] | None) -> dict[str, Any]:
         from waveform.dicom import decode
 
@@ -231,7 +231,7 @@ class MeasureStage:
         for uid, context in items:
             try:
                 rows.append(self._measure_one(uid, objects[uid], context))
-            except WaveformError as e:  # unreadable now; catch-up retries at next start
+            except (WaveformError, OSError) as e:  # unreadable now; catch-up retries later
                 log.warning("ECG %s was not measured: %s", uid, e)
         self._commits.put((uids, pa.Table.from_pylist(rows, schema=SUMMARY)))
 

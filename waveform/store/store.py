@@ -552,7 +552,7 @@ class Store:
         finally:
             self._commit_lock.committed()
 
-    def _stored_objects(self, uids: Sequence[str]) -> dict[str, bytes | WaveformError]:
+    def _stored_objects(self, uids: Sequence[str]) -> dict[str, bytes | Exception]:
         """Measurement hook: the original objects of ``uids`` (or why one cannot be read).
 
         Rows committed together are consecutive in their files, so each run of
@@ -562,7 +562,7 @@ class Store:
         from waveform.dicom import join
 
         entries: dict[str, _Entry] = {}
-        out: dict[str, bytes | WaveformError] = {}
+        out: dict[str, bytes | Exception] = {}
         for uid in uids:
             try:
                 entries[uid] = self._entry(uid)
@@ -589,7 +589,7 @@ class Store:
                     out[uid] = self.get_dicom(uid)  # raises the damaged-copy error
                     continue
                 out[uid] = data
-            except WaveformError as err:
+            except (WaveformError, OSError) as err:  # this object only
                 out[uid] = err
         return out
 
