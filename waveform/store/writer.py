@@ -7,10 +7,12 @@ written and fsynced); a commit thread then commits it (``Staged.commit``: the
 catalog transaction) and answers every future of the group with that one
 commit's result: all succeed, or all fail with the same error.
 
-The two threads overlap: while the catalog commits group N, group N+1 is being
-staged, and the requests that arrive meanwhile wait for group N+2, so groups grow
-with the load (adaptive batching). At most one staged group waits for its commit.
-Commits happen in staging order.
+The two threads overlap: while the catalog commits group N, group N+1 collects
+requests until it is twice as large as group N (or the commit ends), is staged,
+and waits; what arrives meanwhile goes to group N+2. So groups grow with the load
+(adaptive batching), and a few callers that each wait for their answer (unary
+calls) stay in one group instead of being split in two. At most one staged group
+waits for its commit. Commits happen in staging order.
 
 A `DurabilityError` stops the writer: every queued and later request fails with
 it, and a group staged but not committed is discarded (`Staged.abort`), because
@@ -121,6 +123,8 @@ class GroupCommitWriter(Generic[T, R]):
         # starts committing one.
         self._slot = threading.Semaphore(1)
         self._queued = 0
+        #: Objects in the group being committed (0: the commit thread is idle).
+        self._committing = 0
         self._lock = threading.Lock()
         self._stopped: BaseException | None = None
         self._closed = False
@@ -169,15 +173,25 @@ class GroupCommitWriter(Generic[T, R]):
         self._stager.join(timeout)
 
     def _collect(self, first: Job[T, R]) -> tuple[list[Job[T, R]], bool]:
+        """A group: from ``first`` on, until ``max_objects``; while a commit runs,
+        until the commit ends or the group is twice the one committing (then
+        staging it in parallel pays, and groups double up to ``max_objects``
+        under a steady load); when the commit thread is idle, until ``max_delay_s``."""
         jobs = [first]
         n = len(first.items)
         deadline = time.monotonic() + self.max_delay_s
         while n < self.max_objects:
-            timeout = deadline - time.monotonic()
-            try:
-                job = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-            except queue.Empty:
+            busy = self._committing
+            if busy and n >= 2 * busy:
                 break
+            left = deadline - time.monotonic()
+            if not busy and left <= 0:
+                break
+            try:
+                # While a commit runs, look again every 2 ms whether it has ended.
+                job = self._queue.get(timeout=0.002 if busy else left)
+            except queue.Empty:
+                continue
             if job is _STOP:
                 return jobs, True
             jobs.append(job)
@@ -219,10 +233,12 @@ class GroupCommitWriter(Generic[T, R]):
             if item is _STOP:
                 break
             futures, staged = item
+            self._committing = len(futures)
             self._slot.release()
             try:
                 results = staged.commit()
             except BaseException as e:
+                self._committing = 0
                 if isinstance(e, DurabilityError):
                     with self._lock:
                         if self._stopped is None:
@@ -232,6 +248,7 @@ class GroupCommitWriter(Generic[T, R]):
                     return
                 _fail(futures, e)
                 continue
+            self._committing = 0
             for f, r in zip(futures, results, strict=True):
                 f.set_result(r)
         self._drain(self._stopped or StorageError(
