@@ -41,7 +41,7 @@ def _run(capsys: pytest.CaptureFixture[str], archive: Archive, who: str | None, 
     """``waveform ARGV --server ... --token ...``: (status, stdout, stderr)."""
     conn = ["--server", archive.address, "--timeout", "30"]
     if who is not None:
-        conn += ["--token", archive.tokens[who]]
+        conn += ["--token", archive.tokens[who]]  # a token never starts with "-"
     code = main([*argv, *conn])
     out = capsys.readouterr()
     return code, out.out, out.err
@@ -372,6 +372,12 @@ def test_server_and_token_from_the_environment(archive: Archive, stored: tuple[s
     assert main(["summary", uid]) == 1
     line = _one_failure_line(capsys.readouterr().err, "summary", "UNAUTHENTICATED")
     assert "no credentials" in line
+
+
+def test_new_tokens_never_look_like_options() -> None:
+    from waveform.service.identity import new_token
+
+    assert not any(new_token().startswith("-") for _ in range(2000))
 
 
 def test_tokens_add_prints_a_token_that_authenticates(tmp_path: Path,

@@ -49,8 +49,9 @@ def hash_token(token: str) -> str:
 
 
 def new_token() -> str:
-    """A fresh random bearer token (256 bits, URL-safe)."""
-    return secrets.token_urlsafe(32)
+    """A fresh random bearer token (256 bits, URL-safe). It never starts with "-", so
+    that ``--token TOKEN`` on a command line is not taken for an option."""
+    return "wf" + secrets.token_urlsafe(32)
 
 
 class TokenIdentities:
