@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -39,6 +40,29 @@ def _read_until(proc: subprocess.Popen[str], pattern: str, timeout: float = 120.
                          f"{proc.stderr.read() if proc.stderr else ''}")
 
 
+def _run_printed_examples(lines: list[str], cwd: Path) -> None:
+    start = lines.index("try, in another terminal:") + 1
+    examples = [line.strip() for line in lines[start:] if line.startswith("  ")]
+    cwd.mkdir()
+    env = dict(os.environ)
+    ran = []
+    for line in examples:
+        if line.startswith(". "):  # the virtual environment's activate script
+            assert Path(line[2:]).is_file() or (Path.cwd() / line[2:]).is_file(), line
+            continue
+        words = shlex.split(line)
+        if words[0] == "export":
+            env.update(w.split("=", 1) for w in words[1:])
+            continue
+        assert words[0] == "waveform", line
+        done = subprocess.run([sys.executable, "-m", "waveform.cli", *words[1:]], cwd=cwd,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{line}: {done.stderr}"
+        ran.append(words[1])
+    assert ran == ["health", "search", "summary", "trace", "export", "render"]
+    assert {p.name for p in cwd.iterdir()} == {"trace.csv", "ecg.dcm", "printout.pdf"}
+
+
 def test_demo_server_serves_and_stops_cleanly(tmp_path: Path) -> None:
     proc = _serve(tmp_path / "data", "--port", "0", "--demo")
     try:
@@ -51,6 +75,9 @@ def test_demo_server_serves_and_stops_cleanly(tmp_path: Path) -> None:
             hits = pb_grpc.EcgArchiveStub(channel).Search(
                 pb.SearchRequest(), metadata=[("authorization", f"Bearer {token}")]).hits
             assert len(hits) == 4  # the demo ECGs, all of demo-clinic
+
+            # Every example command it printed works as printed.
+            _run_printed_examples(lines, tmp_path / "try")
 
             # A second server on the same port is refused, not silently sharing it.
             other = _serve(tmp_path / "other", "--port", str(port), "--demo")

@@ -197,6 +197,8 @@ def _load_demo(server: Any, where: str, tokens: dict[str, str]) -> None:
     clinician = tokens.get("clinician:demo-clinic:dr-demo", "<clinician token>")
     uid = results[0].sop_instance_uid if results else "<uid>"
     print("try, in another terminal:")
+    if sys.prefix != sys.base_prefix:  # run from a virtual environment: put it on PATH
+        print(f"  . {_shown(Path(sys.prefix) / 'bin' / 'activate')}")
     for line in (
         f"export WAVEFORM_SERVER={where} WAVEFORM_TOKEN={clinician}",
         "waveform health",
@@ -225,6 +227,14 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
         return 1
     print(f"{directory}: {checked} events, the chain is intact")
     return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
