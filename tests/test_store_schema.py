@@ -46,3 +46,35 @@ def test_a_real_summary_fills_every_searchable_measurement() -> None:
     assert row["rr_sd_ms"] == s.rr_sd_ms.value
     for name in MEASURES:
         assert row[name] is not None, name
+
+
+def test_a_summary_of_the_current_version_is_committed_once(tmp_path: Path) -> None:
+    import threading
+
+    import pyarrow as pa
+
+    from waveform.analysis import analyze
+    from waveform.store.lake import ALIAS
+    from waveform.store.measure import summary_row
+    from waveform.store.schema import SUMMARY
+
+    ecgs = [synthetic_ecg(seed=s, duration_s=10.0) for s in (11, 12)]
+    with Store.open(tmp_path, analyze=None, analysis_version="v1") as store:
+        store.ingest([encode(e) for e in ecgs], organisation="org-a")
+        rows = [summary_row(e.sop_instance_uid, "v1", None, analyze(e),
+                            store.ecg_context(e.sop_instance_uid)) for e in ecgs]
+        table = pa.Table.from_pylist(rows, schema=SUMMARY)
+        other = pa.Table.from_pylist([{**rows[0], "analysis_version": "v0"}], schema=SUMMARY)
+        threads = [threading.Thread(target=store.commit_summaries, args=(table,))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        store.commit_summaries(table)  # again, after the others
+        store.commit_summaries(other)  # another version is not the current one's business
+        counts = store.sql(f"SELECT sop_instance_uid, analysis_version, count(*) FROM "
+                           f"{ALIAS}.summary GROUP BY ALL ORDER BY ALL")
+    want = sorted([(ecgs[0].sop_instance_uid, "v0", 1), (ecgs[0].sop_instance_uid, "v1", 1),
+                   (ecgs[1].sop_instance_uid, "v1", 1)])
+    assert counts == want

@@ -180,6 +180,8 @@ class Store:
         self._index: dict[str, _Entry] = {}
         #: Locators of the current analysis version's summary rows.
         self._summary_loc: dict[str, tuple[str, int]] = {}
+        #: UIDs whose current-version summary a commit of this process is writing.
+        self._summary_claims: set[str] = set()
         self._pending: dict[str, tuple[str, Future[IngestResult]]] = {}
         self._commit_lock = _CommitGate()
         self._compact_lock = threading.Lock()
@@ -532,25 +534,42 @@ class Store:
             self._summary_loc = {u: (f, r) for u, f, r in rows}
 
     def commit_summaries(self, table: pa.Table) -> None:
-        """Durably commit ``summary`` rows and index those of the current version.
+        """Durably commit ``summary`` rows and index those of the current version
+        (rows of ECGs that already have a summary of it are dropped).
 
         Staged and committed like an ingest group: the file is written while an
         ingest commit may run, and only the catalog transaction takes the lock."""
-        if table.num_rows == 0:
-            return
-        with self._commit_lock.staging():
-            paths = stage_tables(self._files, self.data_path, {"summary": table})
+        # Never a second summary of the current version: rows of ECGs that have one,
+        # or that another commit of this process is writing now, are dropped.
+        uids = table.column("sop_instance_uid").to_pylist()
+        versions = table.column("analysis_version").to_pylist()
+        with self._ids:
+            keep = [i for i, (u, v) in enumerate(zip(uids, versions, strict=True))
+                    if v != self.analysis_version
+                    or (u not in self._summary_loc and u not in self._summary_claims)]
+            claimed = {uids[i] for i in keep if versions[i] == self.analysis_version}
+            self._summary_claims |= claimed
         try:
-            with self._commit_lock.committing():
-                register(self._cursor(), self._files, paths)
-                uids = table.column("sop_instance_uid").to_pylist()
-                versions = table.column("analysis_version").to_pylist()
-                with self._ids:
-                    for i, (u, v) in enumerate(zip(uids, versions, strict=True)):
-                        if v == self.analysis_version:
-                            self._summary_loc[u] = (paths["summary"], i)
+            if len(keep) < table.num_rows:
+                table = table.take(pa.array(keep, pa.int64()))
+                uids = [uids[i] for i in keep]
+                versions = [versions[i] for i in keep]
+            if table.num_rows == 0:
+                return
+            with self._commit_lock.staging():
+                paths = stage_tables(self._files, self.data_path, {"summary": table})
+            try:
+                with self._commit_lock.committing():
+                    register(self._cursor(), self._files, paths)
+                    with self._ids:
+                        for i, (u, v) in enumerate(zip(uids, versions, strict=True)):
+                            if v == self.analysis_version:
+                                self._summary_loc[u] = (paths["summary"], i)
+            finally:
+                self._commit_lock.committed()
         finally:
-            self._commit_lock.committed()
+            with self._ids:
+                self._summary_claims -= claimed
 
     def _stored_objects(self, uids: Sequence[str]) -> dict[str, bytes | Exception]:
         """Measurement hook: the original objects of ``uids`` (or why one cannot be read).
