@@ -23,7 +23,7 @@ from waveform.archive.audit import AuditEvent
 from waveform.archive.consent import ConsentState
 from waveform.archive.documents import DocumentMeta
 from waveform.archive.patients import ExamRef
-from waveform.archive.policy import ROLES, Decision, Purpose, decide
+from waveform.archive.policy import Decision, Purpose, decide, require_role
 from waveform.errors import AccessDenied, InvalidArgument, NotFound, WaveformError
 from waveform.model import Identity
 
@@ -49,20 +49,21 @@ class Access:
             reason=purpose.reason)
         self._rules: list[str] = []
         self._written = False
+        #: The ECG the call is about, looked up once (None: unknown, or no ECG named).
+        self._about: ExamRef | None = None
         if uid:
             self.objects(uid)
-            ref = archive.patients.exam(uid)
-            self.patient(ref.patient_id if ref else "")
+            self._about = archive.patients.exam(uid)
+            self.patient(self._about.patient_id if self._about else "")
         if document_id:
             self.objects(document_id)
             meta = archive.documents.latest(document_id)
             self.patient(meta.patient_id if meta else "")
         self.patient(patient_id)
-        roles = ROLES[action]
-        if identity.role not in roles:
-            self.deny("role", AccessDenied(
-                f"{identity.describe()} may not {action.replace('-', ' ')} "
-                f"(role {' or '.join(roles)} only)"))
+        try:
+            require_role(identity, action)
+        except AccessDenied as refused:
+            self.deny("role", refused)
         if purpose.emergency and identity.role != "clinician":
             self.deny("role", InvalidArgument("only a clinician may state the emergency "
                                               "purpose"))
@@ -130,7 +131,10 @@ class Access:
         if not uid:
             raise InvalidArgument("sop_instance_uid is empty")
         self.objects(uid)
-        ref = self.archive.patients.exam(uid) if self.archive.store.contains(uid) else None
+        ref = self._about if self._about is not None and \
+            self._about.sop_instance_uid == uid else self.archive.patients.exam(uid)
+        if ref is not None and not self.archive.store.contains(uid):
+            ref = None
         if ref is None:
             self.event.outcome = "failed"
             self.deny("not-found", NotFound(f"no ECG {uid} is visible to "

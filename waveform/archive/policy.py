@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from waveform.archive.consent import ConsentState
-from waveform.errors import InvalidArgument
+from waveform.errors import AccessDenied, InvalidArgument
+from waveform.model import Identity
 
 __all__ = [
     "CARE",
@@ -25,6 +26,7 @@ __all__ = [
     "decide",
     "parse_purpose",
     "reaches_others",
+    "require_role",
     "roles_for",
 ]
 
@@ -53,6 +55,14 @@ ROLES: Mapping[str, tuple[str, ...]] = {
 
 def roles_for(action: str) -> tuple[str, ...]:
     return ROLES[action]
+
+
+def require_role(identity: Identity, action: str) -> None:
+    """`AccessDenied` unless ``identity``'s role may make a call of ``action``."""
+    roles = ROLES[action]
+    if identity.role not in roles:
+        raise AccessDenied(f"{identity.describe()} may not {action.replace('-', ' ')} "
+                           f"(role {' or '.join(roles)} only)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from waveform.errors import InvalidArgument
 from waveform.model import SUMMARY_MEASURES
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
-from waveform.store import SearchQuery, Trace
+from waveform.store import SearchQuery, Trace, Visibility
 
 __all__ = [
     "TRACE_CHUNK_SAMPLES", "search_query", "search_response", "summary", "timestamp",
@@ -67,15 +67,10 @@ _EQUALS = ("patient_id", "patient_id_issuer", "organisation", "sop_class_uid", "
            "model", "study_instance_uid", "accession_number")
 
 
-def search_query(req: pb.SearchRequest, scope: Mapping[str, str]) -> SearchQuery:
-    """The store query of a request, confined to ``scope`` (equality filters the
-    access policy imposes; a request naming another value finds nothing)."""
+def search_query(req: pb.SearchRequest, visible: Visibility) -> SearchQuery:
+    """The store query of a request, confined to what ``visible`` (the access
+    policy's decision for this caller) lets the caller see."""
     equals = {name: getattr(req, name) for name in _EQUALS if getattr(req, name)}
-    for name, value in scope.items():
-        if name in equals and equals[name] != value:
-            equals[name] = "\0no such value"  # outside the caller's scope: an empty page
-        else:
-            equals[name] = value
     ranges = []
     for r in req.ranges:
         ranges.append((r.measure, r.low if r.HasField("low") else None,
@@ -92,6 +87,7 @@ def search_query(req: pb.SearchRequest, scope: Mapping[str, str]) -> SearchQuery
         descending=not req.ascending,
         limit=size,
         cursor=req.page_token or None,
+        visible=visible,
     )
 
 

@@ -7,7 +7,6 @@ line (method, caller, code, duration; never samples or names) and counted.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import queue
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 import grpc
 
 from waveform.archive import Access
+from waveform.archive.policy import require_role
 from waveform.errors import Conflict, NotFound, StorageError, WaveformError
 from waveform.model import Identity
 from waveform.service import convert
@@ -181,9 +181,8 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext,
                call: Call) -> pb.SearchResponse:
         with self._access(call, "search", patient_id=request.patient_id) as acc:
-            query = convert.search_query(request, {})
-            query = dataclasses.replace(
-                query, visible=self.archive.visibility(acc, request.patient_id))
+            query = convert.search_query(
+                request, self.archive.visibility(acc, request.patient_id))
             page = self.store.search(query)
             rows = self.archive.screen_hits(acc, page.rows)
         return convert.search_response(rows, page.next_cursor)
@@ -247,12 +246,7 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
     @rpc
     def Compact(self, request: pb.CompactRequest, context: grpc.ServicerContext,
                 call: Call) -> pb.CompactResponse:
-        from waveform.archive.policy import ROLES
-        from waveform.errors import AccessDenied
-
-        if call.identity.role not in ROLES["compact"]:
-            raise AccessDenied(f"{call.identity.describe()} may not compact the archive "
-                               "(role admin only)")
+        require_role(call.identity, "compact")  # no patient data: nothing to audit
         report = self.store.compact()
         return pb.CompactResponse(merged_files=report.merged_files,
                                   written_files=report.written_files,

@@ -841,7 +841,7 @@ class Store:
             page = _q.page_from(res.fetchall(), names, query.limit)
             if two_phase and (query.analysis_version in (None, self.analysis_version)
                               and self.analysis_version is not None):
-                self._attach_summaries(page.rows)
+                self.attach_summaries(page.rows)
             elif two_phase:
                 version = query.analysis_version or self.analysis_version
                 found: dict[str, tuple[Any, ...]] = {}
@@ -862,11 +862,8 @@ class Store:
 
     def attach_summaries(self, rows: list[dict[str, Any]]) -> None:
         """Add to each row (a dict with ``sop_instance_uid``) the searchable measurements
-        of its current summary (`queries.SUMMARY_RESULT`; None where there is none)."""
-        self._attach_summaries(rows)
-
-    def _attach_summaries(self, rows: list[dict[str, Any]]) -> None:
-        """Phase two of a search by locators: each row's current summary, read directly."""
+        of its current summary (`queries.SUMMARY_RESULT`; None where there is none),
+        read directly by locator (also phase two of a search)."""
         cols = ["sop_instance_uid", *_q.SUMMARY_RESULT]
         for row in rows:
             uid = row["sop_instance_uid"]
