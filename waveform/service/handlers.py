@@ -53,9 +53,10 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
             f.set_exception(exc)
             return f
 
-    def _settle(self, acc: Access, future: Future[IngestResult]) -> IngestResult:
-        """The commit's answer, recorded in ``acc``'s event; the duplicate check
-        answers as the policy allows (another organisation's copy is not described)."""
+    def _settle(self, acc: Access, future: Future[IngestResult]) -> tuple[IngestResult, bool]:
+        """The commit's answer, recorded in ``acc``'s event, and whether the caller's
+        organisation controls the ECG (the duplicate check describes another
+        organisation's copy no further: no summary, a conflict without details)."""
         try:
             result = future.result()
         except Conflict as exc:
@@ -76,13 +77,12 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
             acc.patient(patient)
             if controller != acc.identity.organisation:
                 acc.event.rule = "duplicate-of-other-organisation"
-                return IngestResult(result.sop_instance_uid, result.sha256, result.size,
-                                    result.ingested_at, already_stored=True)
+                return result, False
         else:
             acc.patient(result.patient_id)
             self.archive.ingested(result.sop_instance_uid)
         acc.event.rule = acc.event.rule or "device-ingest"
-        return result
+        return result, True
 
     def _response(self, request: pb.IngestRequest, result: IngestResult, controller: bool
                   ) -> pb.IngestResponse:
@@ -117,9 +117,9 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
                               "it was)")
             except WaveformError:
                 pass  # raised again, and audited, by _settle
-            result = self._settle(acc, future)
+            result, controls = self._settle(acc, future)
         call.uid = result.sop_instance_uid
-        return self._response(request, result, acc.event.rule != "duplicate-of-other-organisation")
+        return self._response(request, result, controls)
 
     @stream
     def IngestStream(self, requests: Iterator[pb.IngestRequest],
@@ -153,9 +153,8 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
             req, future = item
             try:
                 with self._access(call, "ingest") as acc:
-                    result = self._settle(acc, future)
-                yield self._response(req, result,
-                                     acc.event.rule != "duplicate-of-other-organisation")
+                    result, controls = self._settle(acc, future)
+                yield self._response(req, result, controls)
             except WaveformError as exc:
                 if isinstance(exc, StorageError):
                     raise  # the writer or the audit trail failed: end the stream

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from waveform.archive import ConsentState, DocumentMeta, DocumentView
+from waveform.archive.archive import examination_type, rhythm
 from waveform.errors import InvalidArgument
 from waveform.service import convert
 from waveform.service._proto.waveform.v1 import records_pb2 as rpb
@@ -163,8 +164,6 @@ class PatientRecords(Servicer, rpb_grpc.PatientRecordsServicer):
     def RecentExaminations(self, request: rpb.RecentExaminationsRequest,
                            context: grpc.ServicerContext, call: Call
                            ) -> rpb.RecentExaminationsResponse:
-        from waveform.archive.archive import examination_type, rhythm
-
         with self._access(call, "recent-examinations",
                           patient_id=request.patient_id) as acc:
             exams, notice = self.archive.recent(acc, request.patient_id, request.within_days)
@@ -191,8 +190,6 @@ class PatientRecords(Servicer, rpb_grpc.PatientRecordsServicer):
     @rpc
     def MyExaminations(self, request: rpb.MyExaminationsRequest,
                        context: grpc.ServicerContext, call: Call) -> rpb.MyExaminationsResponse:
-        from waveform.archive.archive import examination_type
-
         with self._access(call, "my-examinations", patient_id=call.identity.patient_id) as acc:
             exams = self.archive.my_examinations(acc)
         out = rpb.MyExaminationsResponse()
