@@ -83,7 +83,7 @@ def median_beats(x: np.ndarray, beats: np.ndarray, pre: int, post: int) -> np.nd
     """(leads, pre + post) float32 median of the beats' windows [b - pre, b + post).
 
     Beats whose window leaves the signal are skipped; with none left the
-    result is all NaN.
+    result is all NaN. ``x`` must be finite.
     """
     n_ch, n = x.shape
     width = pre + post
@@ -96,32 +96,34 @@ def median_beats(x: np.ndarray, beats: np.ndarray, pre: int, post: int) -> np.nd
     out = np.full((n_ch, width), np.nan, dtype=np.float32)
     if m == 0:
         return out
-    col = np.empty(m)
-    order = np.empty(m, dtype=np.int64)
+    h = m // 2
+    win = np.empty((m, width), dtype=x.dtype)
     for c in range(n_ch):
+        xc = x[c]
         for k in range(m):
-            order[k] = k
-        for i in range(width):
-            # The beats' ranking at sample i is nearly their ranking at i - 1
-            # (the signals are smooth), so insertion sort starting from the
-            # previous order moves few entries: linear time per sample
-            # instead of quadratic.
-            for k in range(m):
-                col[k] = x[c, use[order[k]] - pre + i]
-            for a in range(1, m):
-                v = col[a]
-                o = order[a]
-                j = a - 1
-                while j >= 0 and col[j] > v:
-                    col[j + 1] = col[j]
-                    order[j + 1] = order[j]
-                    j -= 1
-                col[j + 1] = v
-                order[j + 1] = o
-            if m % 2 == 1:
-                out[c, i] = col[m // 2]
-            else:
-                out[c, i] = 0.5 * (col[m // 2 - 1] + col[m // 2])
+            s0 = use[k] - pre
+            wk = win[k]
+            for i in range(width):
+                wk[i] = xc[s0 + i]
+        # Odd-even transposition sort of the m windows, every sample at once:
+        # m rounds of compare-exchange between neighbouring windows. No
+        # branch depends on the data, so noise (which reorders the beats from
+        # one sample to the next) costs nothing, unlike an insertion sort.
+        for r in range(m):
+            for k in range(r % 2, m - 1, 2):
+                a = win[k]
+                b = win[k + 1]
+                for i in range(width):
+                    u = a[i]
+                    v = b[i]
+                    a[i] = min(u, v)
+                    b[i] = max(u, v)
+        if m % 2 == 1:
+            for i in range(width):
+                out[c, i] = win[h, i]
+        else:
+            for i in range(width):
+                out[c, i] = 0.5 * (np.float64(win[h - 1, i]) + np.float64(win[h, i]))
     return out
 
 
