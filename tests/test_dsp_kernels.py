@@ -187,6 +187,44 @@ def test_quality_reasons() -> None:
     assert [g.nan_share for g in got] == [0.0] * 5 + [1.0]
 
 
+def _scores_numpy(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The quality scores of `quality.assess`, written with numpy on all leads."""
+    nan, amp, clip, noise, wander, offset = f.T
+
+    def ramp(v: np.ndarray, bad: float, good: float) -> np.ndarray:
+        return np.clip((v - bad) / (good - bad), 0.0, 1.0)
+
+    scores = np.stack([
+        np.minimum(ramp(nan, 0.5, 0.05), ramp(np.abs(offset), 300_000.0, 50_000.0)),
+        ramp(amp, 15.0, 50.0),
+        ramp(clip, 0.02, 0.001),
+        ramp(amp / np.maximum(noise, 1e-9), 4.0, 20.0),
+        ramp(wander, 4000.0, 1000.0),
+    ], axis=1)
+    worst = scores.argmin(axis=1)
+    return scores[np.arange(len(worst)), worst], worst
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_quality_scores_equal_numpy(seed: int) -> None:
+    # Features spread over every ramp's bad..good span, ties at the ends included.
+    rng = np.random.default_rng(seed)
+    n = 16
+    f = np.column_stack([
+        rng.choice([0.0, 0.05, 0.3, 0.6, 1.0], n),
+        rng.uniform(0.0, 80.0, n),
+        rng.choice([0.0, 0.0005, 0.01, 0.05], n),
+        rng.uniform(0.0, 10.0, n),
+        rng.uniform(0.0, 6000.0, n),
+        rng.uniform(-400_000.0, 400_000.0, n),
+    ])
+    q, worst = quality._scores(f)
+    want_q, want_worst = _scores_numpy(f)
+    np.testing.assert_array_equal(q, want_q)
+    np.testing.assert_array_equal(worst, want_worst)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(-3, 3) | st.floats(-1e6, 1e6), min_size=1, max_size=300))
 def test_median_selection_equals_numpy(values: list[float]) -> None:

@@ -242,32 +242,48 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _ramp(v: float, bad: float, good: float) -> float:
+    return min(max((v - bad) / (good - bad), 0.0), 1.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _scores(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Per lead: the lowest of the scores in _ORDER and its index (the first of
+    # equal scores). In the kernel: per-lead Python arithmetic, or numpy on
+    # twelve values, cost more than `features` itself.
+    n_ch = f.shape[0]
+    q = np.empty(n_ch)
+    worst = np.empty(n_ch, dtype=np.int64)
+    s = np.empty(5)
+    for c in range(n_ch):
+        nan = f[c, _F_NAN]
+        amp = f[c, _F_AMP]
+        # Lead off: mostly padding, or a DC offset no electrode/skin contact gives.
+        s[0] = min(_ramp(nan, 0.5, 0.05), _ramp(abs(f[c, _F_OFFSET]), 300_000.0, 50_000.0))
+        s[1] = _ramp(amp, 15.0, 50.0)
+        s[2] = _ramp(f[c, _F_CLIP], 0.02, 0.001)
+        # Signal-to-noise of the window amplitude over the noise sigma.
+        s[3] = _ramp(amp / max(f[c, _F_NOISE], 1e-9), 4.0, 20.0)
+        s[4] = _ramp(f[c, _F_WANDER], 4000.0, 1000.0)
+        w = 0
+        for k in range(1, 5):
+            if s[k] < s[w]:
+                w = k
+        q[c] = s[w]
+        worst[c] = w
+    return q, worst
+
+
 def assess(x: np.ndarray, fs: float) -> list[LeadQuality]:
     """Quality and limiting reason of each lead of ``x`` (channels, samples) in µV."""
     arr = np.ascontiguousarray(x, dtype=np.float32 if x.dtype == np.float32 else np.float64)
     if arr.ndim == 1:
         arr = arr.reshape(1, -1)
     f = features(arr, float(fs))
-    nan, amp, clip, noise, wander, offset = f.T
-
-    def ramp(v: np.ndarray, bad: float, good: float) -> np.ndarray:
-        return np.clip((v - bad) / (good - bad), 0.0, 1.0)
-
-    # One column per entry of _ORDER (all leads at once: per-lead Python
-    # arithmetic cost more than the features kernel).
-    scores = np.stack([
-        # Lead off: mostly padding, or a DC offset no electrode/skin contact gives.
-        np.minimum(ramp(nan, 0.5, 0.05), ramp(np.abs(offset), 300_000.0, 50_000.0)),
-        ramp(amp, 15.0, 50.0),
-        ramp(clip, 0.02, 0.001),
-        # Signal-to-noise of the window amplitude over the noise sigma.
-        ramp(amp / np.maximum(noise, 1e-9), 4.0, 20.0),
-        ramp(wander, 4000.0, 1000.0),
-    ], axis=1)
-    worst = scores.argmin(axis=1)  # the first of equal scores, in _ORDER
-    q = scores[np.arange(scores.shape[0]), worst].tolist()
+    q, worst = _scores(f)
     return [LeadQuality(qq, _ORDER[w] if qq < 1.0 else Reason.OK, ns)
-            for qq, w, ns in zip(q, worst.tolist(), nan.tolist(), strict=True)]
+            for qq, w, ns in zip(q.tolist(), worst.tolist(), f[:, _F_NAN].tolist(), strict=True)]
 
 
 #: The reasons in the order `assess` scores them (ties go to the first).
