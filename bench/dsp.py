@@ -67,6 +67,21 @@ def _cold_start() -> float:
     return float(out.stdout.strip())
 
 
+def _many_records(analyze: Callable[[object], object], n: int,
+                  repeat: int) -> tuple[int, float, float, float] | None:
+    """CPU time of analyze() per LUDB record (records 1..n): median, 90th
+    percentile and slowest over the records, each the median of ``repeat`` runs;
+    None without the data."""
+    from bench.accuracy import WFDB, wfdb_ecg
+
+    records = [WFDB / "ludb" / str(i) for i in range(1, n + 1)]
+    ecgs = [wfdb_ecg(r) for r in records if r.with_suffix(".hea").exists()]
+    if not ecgs:
+        return None
+    per = np.array([_cpu_time(lambda e=e: analyze(e), repeat) for e in ecgs])
+    return len(ecgs), float(np.median(per)), float(np.percentile(per, 90)), float(per.max())
+
+
 def main(small: bool = False) -> None:
     import neurokit2 as nk
     from scipy import signal
@@ -137,6 +152,12 @@ def main(small: bool = False) -> None:
     # calling thread).
     print(f"\nanalyze(): median {fmt_time(t_ours)} wall, {fmt_time(cpu)} CPU on one core "
           f"(target <= 2 ms); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    spread = _many_records(analyze, 4 if small else 100, 1 if small else 5)
+    if spread is not None:
+        n, p50, p90, worst = spread
+        print(f"analyze() over {n} LUDB records (CPU, median of {1 if small else 5} runs each): "
+              f"median {fmt_time(p50)}, 90th percentile {fmt_time(p90)}, "
+              f"slowest {fmt_time(worst)}")
     if not small:
         t0 = time.perf_counter()
         cold = _cold_start()
