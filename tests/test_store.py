@@ -276,13 +276,14 @@ def test_summary_document_keeps_the_median_beat_exactly() -> None:
     from waveform.analysis import analyze
     from waveform.model import Summary
     from waveform.store.measure import summary_row
+    from waveform.store.summaries import summary_document
 
     summary = analyze(decode(_obj(31)))
     median = summary.median_beat.copy()
     median[0, :4] = [1e-45, -0.0, 3.4028235e38, 65504.0]  # extremes of float32
     summary = dataclasses.replace(summary, median_beat=median)
     row = summary_row("1.2.3", "v", None, summary, {"patient_id": "P"})
-    doc = json.loads(row["document"])
+    doc = summary_document(row["document"], row["median_beat"])
     plain = json.loads(json.dumps(summary.to_dict()))
     assert set(doc) == set(plain)
     assert all(doc[k] == plain[k] for k in doc if k != "median_beat")

@@ -15,27 +15,24 @@ JSON of the document (the 12 x 600 median beat as Python floats) and a catalog
 commit for every 64 summaries cost four times ``analyze`` itself. So the stage
 reads a batch's objects a run of rows at a time (`Store._stored_objects`), gets the
 context with the UIDs (from the writer's rows, or the catch-up query), writes the
-median beat as the shortest decimals of its float32 values and commits
+median beat as a float32 column, not JSON (`waveform.store.summaries`), and commits
 up to 512 summaries at once on a second thread while the next batch is measured.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from waveform.errors import DurabilityError, WaveformError
 from waveform.store.lake import ALIAS
-from waveform.store.schema import MEASURES, SUMMARY, SUMMARY_CONTEXT
+from waveform.store.schema import SUMMARY_CONTEXT
+from waveform.store.summaries import summary_row, summary_table
 
 if TYPE_CHECKING:
     from waveform.store.store import Store
@@ -45,73 +42,6 @@ __all__ = ["MeasureStage", "summary_row"]
 log = logging.getLogger(__name__)
 
 _STOP: Any = object()
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return str(v)
-
-
-_MEDIAN_MARK = "\u0000median_beat\u0000"
-
-
-def _float32_median(summary: Any) -> np.ndarray | None:
-    """The median beat when `_document` can write it from the array itself."""
-    median = getattr(summary, "median_beat", None)
-    if (
-        isinstance(median, np.ndarray) and median.dtype == np.float32 and median.ndim == 2
-        and median.size and dataclasses.is_dataclass(summary)
-        and bool(np.isfinite(median).all())
-    ):
-        return median
-    return None
-
-
-def _document(doc: dict[str, Any], median: np.ndarray | None) -> str:
-    """The JSON of ``doc``, with ``median`` (a float32 median beat) as its
-    ``median_beat``, each value written as the shortest decimal that reads back as
-    the same float32 (Arrow's cast, in C++; `Summary.from_dict` reads the median
-    beat as float32). ``json`` writing the 7,200 widened doubles one by one was most
-    of the stage's own time; this is 5-10x faster and the document 40% smaller."""
-    if median is None:
-        return json.dumps(doc, default=_jsonable, sort_keys=True)
-    rows, n = median.shape
-    text = pc.cast(pa.array(median.ravel()), pa.string())
-    lists = pa.ListArray.from_arrays(pa.array(np.arange(0, rows * n + 1, n, dtype=np.int32)),
-                                     text)
-    beat = "[[" + "],[".join(pc.binary_join(lists, ",").to_pylist()) + "]]"
-    out = json.dumps({**doc, "median_beat": _MEDIAN_MARK}, default=_jsonable, sort_keys=True)
-    return out.replace(json.dumps(_MEDIAN_MARK), beat, 1)
-
-
-def summary_row(
-    uid: str, version: str, measured_at: Any, summary: Any, context: dict[str, Any]
-) -> dict[str, Any]:
-    """A ``summary`` row from an analysis result (anything with ``to_dict()``, or a
-    dict) and the ECG's ``context`` (its `SUMMARY_CONTEXT` columns)."""
-    median = _float32_median(summary)
-    if median is not None:
-        # to_dict would turn the median beat into Python floats one by one (as
-        # long as the rest of the stage's work); `_document` writes the array.
-        doc = dataclasses.replace(summary, median_beat=median[:0]).to_dict()
-    else:
-        doc = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary)
-    row: dict[str, Any] = {
-        **{k: context.get(k) for k in SUMMARY_CONTEXT},
-        "sop_instance_uid": uid,
-        "analysis_version": version,
-        "measured_at": measured_at,
-        "document": _document(doc, median),
-    }
-    for column, keys in MEASURES.items():
-        value = next((doc[k] for k in keys if doc.get(k) is not None), None)
-        row[column] = None if value is None else float(value)
-    return row
 
 
 class MeasureStage:
@@ -233,7 +163,7 @@ class MeasureStage:
                 rows.append(self._measure_one(uid, objects[uid], context))
             except (WaveformError, OSError) as e:  # unreadable now; catch-up retries later
                 log.warning("ECG %s was not measured: %s", uid, e)
-        self._commits.put((uids, pa.Table.from_pylist(rows, schema=SUMMARY)))
+        self._commits.put((uids, summary_table(rows)))
 
     def _run_commits(self) -> None:
         while True:

@@ -150,8 +150,13 @@ SUMMARY = pa.schema([
     ("measured_at", _TS_UTC),
     *[(name, ECG.field(name).type) for name in SUMMARY_CONTEXT],
     *[(name, pa.float64()) for name in MEASURES],
-    # The whole `Summary.to_dict()` as JSON: the typed columns are for search.
+    # The whole `Summary.to_dict()` as JSON but the median beat: the typed columns
+    # are for search.
     ("document", pa.string()),
+    # The median beat: float32 little-endian, a lead after another in the order of
+    # the document's median_leads (`waveform.store.summaries`). NULL in rows written
+    # before this column, whose document holds it.
+    ("median_beat", pa.binary()),
 ])
 
 TABLES: dict[str, pa.Schema] = {

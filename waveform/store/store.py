@@ -813,19 +813,22 @@ class Store:
         self._entry(uid)
         if analysis_version is not None:
             rows = self._sql(
-                f"SELECT document FROM {ALIAS}.summary WHERE sop_instance_uid = ? AND "
-                "analysis_version = ? ORDER BY measured_at DESC LIMIT 1", [uid, analysis_version])
+                f"SELECT document, median_beat FROM {ALIAS}.summary WHERE sop_instance_uid = ? "
+                "AND analysis_version = ? ORDER BY measured_at DESC LIMIT 1",
+                [uid, analysis_version])
         else:
             rows = self._sql(
-                f"SELECT document FROM {ALIAS}.summary WHERE sop_instance_uid = ? "
+                f"SELECT document, median_beat FROM {ALIAS}.summary WHERE sop_instance_uid = ? "
                 "ORDER BY analysis_version = ? DESC, measured_at DESC LIMIT 1",
                 [uid, self.analysis_version or ""])
         if not rows:
             return None
-        import json
+        from waveform.store.summaries import summary_document
 
-        doc: dict[str, Any] = json.loads(rows[0][0])
-        return doc
+        try:
+            return summary_document(rows[0][0], rows[0][1])
+        except ValueError as e:  # a median beat that does not fit its leads: damaged
+            raise StorageError(f"the summary of {uid} cannot be read: {e}") from e
 
     def search(self, query: _q.SearchQuery | None = None, **filters: Any) -> _q.Page:
         """One page of ECGs matching ``query`` (or keyword filters, see `SearchQuery`)."""

@@ -1,0 +1,124 @@
+"""A measured ECG as a ``summary`` row, and a stored row back as its document.
+
+A row holds the searchable measurements as typed columns, the whole
+``Summary.to_dict()`` as JSON in ``document``, except the median beat: 12 x 600
+float32 values that as JSON text were three quarters of a row's bytes and most
+of the time of making it. The median beat is the ``median_beat`` column instead:
+the float32 values little-endian, one lead after another in the order of the
+document's ``median_leads`` (so its shape is the number of those leads by the
+blob's length over them). Rows written before that column existed hold the median
+beat in the document and are read as they always were.
+
+`summary_document` gives back what `Summary.to_dict()` gave, as the JSON of the
+older rows read: each median value as the shortest decimal that reads back as
+the same float32 (bit-exact through `Summary.from_dict`), keys in sorted order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from waveform.store.schema import MEASURES, SUMMARY, SUMMARY_CONTEXT
+
+__all__ = ["median_beat", "summary_document", "summary_row", "summary_table"]
+
+_F32 = np.dtype("<f4")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v)
+
+
+def _median_of(summary: Any) -> np.ndarray | None:
+    """The median beat of a `Summary` when the column can hold it: a 2-D float32
+    array with a row per ``median_leads`` entry (otherwise its shape could not be
+    recovered, and the document keeps it as it is)."""
+    median = getattr(summary, "median_beat", None)
+    leads = getattr(summary, "median_leads", None)
+    if (
+        isinstance(median, np.ndarray) and median.dtype == np.float32 and median.ndim == 2
+        and leads is not None and median.shape[0] == len(leads)
+        and dataclasses.is_dataclass(summary)
+    ):
+        return median
+    return None
+
+
+def summary_row(
+    uid: str, version: str, measured_at: Any, summary: Any, context: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A ``summary`` row from an analysis result (anything with ``to_dict()``, or a
+    dict) and the ECG's ``context`` (its `SUMMARY_CONTEXT` columns)."""
+    median = _median_of(summary)
+    blob: bytes | None = None
+    if median is not None:
+        # to_dict would turn the 7,200 values into Python floats one by one; the
+        # column takes the array's bytes instead.
+        doc = dataclasses.replace(summary, median_beat=median[:0]).to_dict()
+        del doc["median_beat"]
+        blob = median.astype(_F32, copy=False).tobytes()
+    else:
+        doc = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary)
+    row: dict[str, Any] = {
+        **{k: context.get(k) for k in SUMMARY_CONTEXT},
+        "sop_instance_uid": uid,
+        "analysis_version": version,
+        "measured_at": measured_at,
+        "document": json.dumps(doc, default=_jsonable, sort_keys=True),
+        "median_beat": blob,
+    }
+    for column, keys in MEASURES.items():
+        value = next((doc[k] for k in keys if doc.get(k) is not None), None)
+        row[column] = None if value is None else float(value)
+    return row
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """``rows`` (`summary_row`'s) as a `SUMMARY` table, built a column at a time
+    (``Table.from_pylist`` goes through every value of every row as a dict)."""
+    return pa.Table.from_arrays(
+        [pa.array([r[f.name] for r in rows], type=f.type) for f in SUMMARY], schema=SUMMARY,
+    )
+
+
+def median_beat(blob: bytes, leads: int) -> list[list[float]]:
+    """The ``median_beat`` column's value as the document held it: ``leads`` lists
+    of floats, each the shortest decimal of its float32 value (as `summary_row`
+    wrote them before the column existed; Arrow's cast does both conversions in
+    C++), so ``float32(value)`` is the stored value, bit for bit."""
+    values = np.frombuffer(blob, dtype=_F32)
+    if leads <= 0:
+        if values.size:
+            raise ValueError(f"a median beat of {values.size} values for no median_leads")
+        return []
+    if values.size % leads:
+        raise ValueError(f"a median beat of {values.size} values does not divide into "
+                         f"{leads} leads (median_leads)")
+    shortest = pc.cast(pc.cast(pa.array(values), pa.string()), pa.float64()).to_numpy()
+    finite = np.isfinite(values)
+    if not finite.all():  # NaN keeps its payload: widened, not parsed from "nan"
+        shortest = np.where(finite, shortest, values.astype(np.float64))
+    out: list[list[float]] = shortest.reshape(leads, -1).tolist()
+    return out
+
+
+def summary_document(document: str, median: bytes | None) -> dict[str, Any]:
+    """The `Summary.to_dict()` of a stored row (``document`` and ``median_beat``)."""
+    doc: dict[str, Any] = json.loads(document)
+    if median is None:  # written before the column, or a document without one
+        return doc
+    doc["median_beat"] = median_beat(median, len(doc.get("median_leads") or ()))
+    return dict(sorted(doc.items()))
