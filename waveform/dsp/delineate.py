@@ -76,6 +76,9 @@ _P_SNR = 3.0
 _P_FRACTION = 0.15
 _P_ON_FRACTION = 0.10
 _P_TROUGH = 0.3
+# Paced beats: how far the 40 Hz filter smears a pacemaker pulse (s), the span
+# after the pulse where the QRS's steepest point is not looked for.
+_PULSE_SMEAR_S = 0.020
 
 
 @numba.njit(cache=True, nogil=True)
@@ -316,24 +319,28 @@ PARAMS: tuple[float, ...] = (
 
 def fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float,
               use: np.ndarray | None = None,
-              params: tuple[float, ...] = PARAMS) -> np.ndarray:
+              params: tuple[float, ...] = PARAMS, pace: int = -1) -> np.ndarray:
     """int64 [P on, P off, QRS on, QRS off, T off] sample indices in the median beat.
 
     ``med`` is (leads, samples) µV aligned so that the QRS fiducial is at
     ``pre``; ``rr_s`` the mean RR interval (bounds the T wave search); ``use``
     marks the leads allowed to vote on the QRS and T boundaries (default all:
-    leave out leads of poor quality). -1 marks a point that could not be found.
+    leave out leads of poor quality); ``pace`` the samples from a pacemaker
+    pulse to the fiducial when the median beat is paced
+    (`waveform.dsp.pacer.paced_lag`), else -1. -1 marks a point that could not
+    be found.
     """
     m = np.ascontiguousarray(med, dtype=np.float64)
     u = np.ones(m.shape[0], dtype=np.bool_) if use is None else np.asarray(use, dtype=np.bool_)
     if u.shape[0] != m.shape[0]:
         raise ValueError(f"use has {u.shape[0]} entries for {m.shape[0]} leads")
-    return _fiducials(m, float(fs), int(pre), float(rr_s), u, *(float(p) for p in params))
+    return _fiducials(m, float(fs), int(pre), float(rr_s), u, int(pace),
+                      *(float(p) for p in params))
 
 
 @numba.njit(cache=True, nogil=True)
 def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarray,
-               f_on: float, f_off: float, gap_s: float, qrs_snr: float, rank_on: float,
+               pace: int, f_on: float, f_off: float, gap_s: float, qrs_snr: float, rank_on: float,
                rank_off: float, t_window_s: float, t_min_uv: float, t_snr: float,
                rank_t: float, on_margin_s: float, off_margin_s: float, t_margin_s: float,
                p_margin_s: float,
@@ -348,15 +355,27 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
     w = int(0.06 * fs)
     lo = max(1, pre - w)
     hi = min(n - 1, pre + w)
+    spike = pre - pace if 0 < pace < pre else -1
+    if spike >= 0:
+        # The filtered pulse is a wave of its own around the pulse; the QRS
+        # it triggers comes after it.
+        lo = max(lo, spike + int(_PULSE_SMEAR_S * fs))
+        hi = max(hi, lo + 1)
     peak = lo
     for i in range(lo, hi):
         if v[i] > v[peak]:
             peak = i
     on0, off0 = _qrs_bounds(med, peak, fs, use, noise, f_on, f_off, gap_s, qrs_snr,
                             int(rank_on), int(rank_off))
+    if spike >= 0:
+        # A paced QRS starts at the stimulus: LUDB's readers mark its onset at
+        # the pulse or just after it on the unfiltered trace, so neither the
+        # slope walk (which would run through the smeared pulse) nor the
+        # reader margin applies.
+        on0 = spike
     if on0 < 0 or off0 < 0 or on0 >= peak or off0 <= peak:
         return out
-    on = max(0, on0 + int(np.round(on_margin_s * fs)))
+    on = spike if spike >= 0 else max(0, on0 + int(np.round(on_margin_s * fs)))
     off = min(n - 1, off0 + int(np.round(off_margin_s * fs)))
     out[2] = on
     out[3] = off

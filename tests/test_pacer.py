@@ -1,0 +1,106 @@
+"""Pacemaker pulses: found where injected, none on unpaced ECGs, and the paced QRS onset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.accuracy import WFDB, ludb_paced
+from tests.conftest import shared
+from tests.test_analysis import FS, synthetic_ecg
+from waveform.analysis import detect_beats
+from waveform.dsp import delineate, pacer
+
+
+def _paced(rr: np.ndarray, lag_s: float = 0.06, amp_uv: float = 800.0, seed: int = 0
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A synthetic 12-lead ECG with a pacemaker pulse ``lag_s`` before every R.
+
+    The pulse is a one-sample step decaying over ~4 ms (a 0.5 ms stimulus seen
+    through a recorder's AC coupling at 500 Hz), of one sign per lead as one
+    field projects on every lead. Returns (x µV, R indices, pulse indices).
+    """
+    x, r = synthetic_ecg(rr, seed=seed, p_wave=False)
+    pulse = r - round(lag_s * FS)
+    sign = np.where(np.arange(12) % 2 == 0, 1.0, -1.0)
+    gain = np.linspace(0.5, 1.0, 12)
+    tail = amp_uv * np.exp(-np.arange(6) / 2.0)
+    for p in pulse:
+        x[:, p + 1:p + 7] += (sign * gain)[:, None] * tail[None, :]
+    return x, r, pulse
+
+
+def test_pulses_found_at_the_injected_samples() -> None:
+    x, _, pulse = _paced(np.full(10, 0.8))
+    got = pacer.pulses(np.ascontiguousarray(x), FS)
+    np.testing.assert_array_equal(got, pulse)
+
+
+def test_small_pulses_on_few_leads_are_not_pulses() -> None:
+    x, _, _ = _paced(np.full(10, 0.8))
+    # The same pulses on 5 of 12 leads only (not one field on every lead).
+    y, _ = synthetic_ecg(np.full(10, 0.8), p_wave=False)
+    y[:5] = x[:5]
+    assert pacer.pulses(np.ascontiguousarray(y), FS).shape == (0,)
+
+
+@pytest.mark.parametrize("noise_uv", [5.0, 30.0])
+def test_no_pulses_on_unpaced_ecgs(noise_uv: float) -> None:
+    rng = np.random.default_rng(1)
+    x, _ = synthetic_ecg(rng.uniform(0.5, 1.2, 12), noise_uv=noise_uv, seed=2)
+    assert pacer.pulses(np.ascontiguousarray(x), FS).shape == (0,)
+
+
+def test_paced_lag_needs_a_fixed_lag_before_most_beats() -> None:
+    beats = np.arange(1, 11, dtype=np.int64) * 400
+    fixed = beats - 30
+    assert pacer.paced_lag(fixed, beats, FS) == 30
+    # Pulses before only 4 of 10 beats: the median beat is not paced.
+    assert pacer.paced_lag(fixed[:4], beats, FS) == -1
+    # A pulse before every beat, at lags 20-110 samples (no capture, or a
+    # pulse that happens to fall before unrelated beats): not paced.
+    wander = beats - np.array([20, 110, 45, 90, 30, 70, 100, 25, 60, 80])
+    assert pacer.paced_lag(wander, beats, FS) == -1
+    # An atrial pulse before each ventricular one: the later one counts.
+    both = np.sort(np.concatenate([fixed, beats - 90]))
+    assert pacer.paced_lag(both, beats, FS) == 30
+    assert pacer.paced_lag(np.empty(0, dtype=np.int64), beats, FS) == -1
+
+
+def test_paced_median_beat_starts_its_qrs_at_the_pulse() -> None:
+    x, _, _ = _paced(np.full(12, 0.8), lag_s=0.06)
+    from waveform.analysis import _filtered
+
+    bp = np.ascontiguousarray(_filtered(x, FS))
+    beats = detect_beats(x, FS)
+    pulse = pacer.pulses(np.ascontiguousarray(x), FS)
+    lag = pacer.paced_lag(pulse, beats, FS)
+    assert abs(lag - 0.06 * FS) <= 0.01 * FS  # the fiducial sits at the R peak
+    pre, post = int(0.5 * FS), int(0.7 * FS)
+    med = delineate.median_beats(bp, beats, pre, post)
+    paced = delineate.fiducials(med, FS, pre, 0.8, pace=lag)
+    assert paced[2] == pre - lag
+    # Without the pulse's position the smeared pulse is taken for QRS: the
+    # onset lands before the stimulus.
+    plain = delineate.fiducials(med, FS, pre, 0.8)
+    assert plain[2] < pre - lag
+    assert paced[3] == plain[3]  # the offset does not depend on it
+
+
+def test_ludb_pulses_only_on_paced_records() -> None:
+    shared("wfdb", "ludb", "1.hea")
+    import wfdb
+
+    paced = ludb_paced()
+    found = set()
+    for k in range(1, 101):
+        r = wfdb.rdrecord(str(WFDB / "ludb" / str(k)))
+        x = np.ascontiguousarray(np.nan_to_num(r.p_signal.T) * 1000.0)
+        beats = detect_beats(x, r.fs)
+        if pacer.paced_lag(pacer.pulses(x, r.fs), beats, r.fs) >= 0:
+            found.add(k)
+    assert found <= paced
+    # The unipolar ventricular pacing with visible pulses (34, 72, 74 report
+    # set; 45 tuning); bipolar (90) and biventricular (93) pulses are too small
+    # at 500 Hz.
+    assert {34, 45, 72, 74} <= found
