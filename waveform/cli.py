@@ -288,8 +288,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--client-ca", help="require client certificates from this CA (PEM)")
     q.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port")
     q.add_argument("--workers", type=int, default=32,
-                   help="RPC threads (at least --max-concurrent + 8, so that health "
-                        "checks answer at capacity)")
+                   help="RPC threads (at least --max-concurrent + 9, so that health "
+                        "checks and a re-analysis job's progress answer at capacity)")
     q.add_argument("--max-concurrent", type=int, default=256,
                    help="calls in progress; more are refused with RESOURCE_EXHAUSTED")
     q.add_argument("--max-message-mb", type=int, default=64, help="largest message (MiB)")

@@ -7,6 +7,8 @@
     waveform export UID -o FILE.dcm      the original object, SHA-256 checked
     waveform render UID|FILE.dcm -o OUT  the 12-lead printout (.png, .svg, .pdf)
     waveform compact [--data DIR]        merge small data files (admin; or offline)
+    waveform reanalyze --server ADDR     re-measure the archive inside the server (admin;
+                                         see waveform.reanalyze.cli)
     waveform health                      the grpc.health.v1 status of the server
     waveform tokens add ...              add a caller to a tokens file
 
@@ -42,7 +44,8 @@ if TYPE_CHECKING:
 
     from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 
-__all__ = ["DEFAULT_SERVER", "CommandFailed", "register"]
+__all__ = ["DEFAULT_SERVER", "CommandFailed", "connect", "connection_options", "register",
+           "rpc_failure"]
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 SERVICE_NAME = "waveform.v1.EcgArchive"
@@ -90,7 +93,8 @@ def _read_file(path: str | None, what: str) -> bytes | None:
         raise _os_failure(exc, f"{what} {path}") from None
 
 
-def _connect(args: argparse.Namespace) -> _Connection:
+def connect(args: argparse.Namespace) -> _Connection:
+    """A channel to the server and the caller's metadata, from `connection_options`."""
     import grpc
 
     server = args.server or os.environ.get("WAVEFORM_SERVER") or DEFAULT_SERVER
@@ -113,19 +117,22 @@ def _connect(args: argparse.Namespace) -> _Connection:
     return _Connection(channel, metadata, args.timeout)
 
 
-def _connection_options() -> argparse.ArgumentParser:
+def connection_options(timeout: float | None = 60.0,
+                       timeout_help: str = "deadline of each call in seconds (default 60)",
+                       server_help: str = f"the archive (default $WAVEFORM_SERVER or "
+                                          f"{DEFAULT_SERVER})") -> argparse.ArgumentParser:
+    """The options naming the server and the caller (``--server``, ``--token``, TLS,
+    ``--timeout``), as a parent parser for a command that talks to the server."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("connection")
-    g.add_argument("--server", metavar="HOST:PORT",
-                   help=f"the archive (default $WAVEFORM_SERVER or {DEFAULT_SERVER})")
+    g.add_argument("--server", metavar="HOST:PORT", help=server_help)
     g.add_argument("--token", help="bearer token (default $WAVEFORM_TOKEN)")
     g.add_argument("--tls-ca", metavar="PEM", help="CA certificate of the server: use TLS")
     g.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
     g.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     g.add_argument("--tls-server-name", metavar="NAME",
                    help="name to expect in the server certificate (default: the host)")
-    g.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                   help="deadline of each call in seconds (default 60)")
+    g.add_argument("--timeout", type=float, default=timeout, metavar="S", help=timeout_help)
     return p
 
 
@@ -246,7 +253,8 @@ def _code_name(value: int) -> str:
     return str(value)
 
 
-def _rpc_reason(exc: Any) -> tuple[str, str]:
+def rpc_failure(exc: Any) -> tuple[str, str]:
+    """The status code name and details of a failed call."""
     code = exc.code() if hasattr(exc, "code") else None
     return (code.name if code is not None else "UNKNOWN",
             exc.details() if hasattr(exc, "details") else str(exc))
@@ -280,7 +288,7 @@ def _ingest_unary(conn: _Connection, files: queue.Queue[Path], tally: _Tally,
                 r = stub.Ingest(pb.IngestRequest(dicom=data), metadata=conn.metadata,
                                 timeout=conn.timeout)
             except grpc.RpcError as exc:
-                code, details = _rpc_reason(exc)
+                code, details = rpc_failure(exc)
                 if code in _RETRYABLE and attempt < retries:
                     time.sleep(min(2.0, 0.05 * 2 ** attempt))
                     continue
@@ -334,7 +342,7 @@ def _ingest_stream(conn: _Connection, files: queue.Queue[Path], tally: _Tally,
                     tally.ok(r.already_stored)
                     failures = 0
         except grpc.RpcError as exc:
-            failure = _rpc_reason(exc)
+            failure = rpc_failure(exc)
         with lock:
             closed[0] = True
             unanswered = list(sent)
@@ -360,7 +368,7 @@ def _ingest_stream(conn: _Connection, files: queue.Queue[Path], tally: _Tally,
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     paths = _collect(args.paths)
-    conn = _connect(args)
+    conn = connect(args)
     progress = _Progress(len(paths), not args.quiet, sys.stderr)
     tally = _Tally(progress)
     work: queue.Queue[Path] = queue.Queue()
@@ -470,7 +478,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             r.low = low
         if high is not None:
             r.high = high
-    conn = _connect(args)
+    conn = connect(args)
     try:
         page = conn.archive().Search(req, metadata=conn.metadata, timeout=conn.timeout)
     finally:
@@ -508,7 +516,7 @@ def _summary_dict(s: Any) -> dict[str, Any]:
 def _cmd_summary(args: argparse.Namespace) -> int:
     from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 
-    conn = _connect(args)
+    conn = connect(args)
     try:
         s = conn.archive().GetSummary(
             pb.GetSummaryRequest(sop_instance_uid=args.uid,
@@ -621,7 +629,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
                              start_s=args.start, duration_s=args.duration or 0.0,
                              sampling_frequency=args.rate or 0.0,
                              units=pb.UNITS_RAW if args.raw else pb.UNITS_MICROVOLTS)
-    conn = _connect(args)
+    conn = connect(args)
     try:
         trace = _fetch_trace(conn, req)
     finally:
@@ -664,7 +672,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 
     out = Path(args.output)
-    conn = _connect(args)
+    conn = connect(args)
     announced: list[Any] = []
 
     def check(size: int, first: Any, sha: str) -> None:
@@ -712,7 +720,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     req = pb.RenderRequest(
         sop_instance_uid=args.target, layout=args.layout, paper=args.paper, format=fmt,
         dpi=args.dpi, speed_mm_s=args.speed, gain_mm_mv=args.gain, qtc_formula=args.qtc)
-    conn = _connect(args)
+    conn = connect(args)
 
     def check(size: int, first: Any, sha: str) -> None:
         expected = first.total_bytes if first is not None else -1
@@ -732,7 +740,7 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
     if args.data is not None:
         return _compact_offline(args.data)
-    conn = _connect(args)
+    conn = connect(args)
     try:
         r = conn.archive().Compact(pb.CompactRequest(), metadata=conn.metadata,
                                    timeout=conn.timeout)
@@ -769,7 +777,7 @@ def _compact_offline(data: Path) -> int:
 def _cmd_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    conn = _connect(args)
+    conn = connect(args)
     bad = []
     try:
         stub = health_pb2_grpc.HealthStub(conn.channel)
@@ -820,7 +828,7 @@ def _guarded(command: str, fn: Callable[[argparse.Namespace], int]
         except CommandFailed as exc:
             code, details = exc.code, exc.details
         except grpc.RpcError as exc:
-            code, details = _rpc_reason(exc)
+            code, details = rpc_failure(exc)
         except WaveformError as exc:
             code, details = code_of(exc).name, str(exc)
         except OSError as exc:
@@ -836,7 +844,7 @@ def _guarded(command: str, fn: Callable[[argparse.Namespace], int]
 
 def register(sub: Any) -> None:
     """Add the client commands to the `waveform` command line's subparsers."""
-    conn = _connection_options()
+    conn = connection_options()
     fmt = argparse.RawDescriptionHelpFormatter
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help: str,

@@ -50,6 +50,7 @@ ROLES: Mapping[str, tuple[str, ...]] = {
     "my-access-log": ("citizen",),
     "query-audit": ("auditor",),
     "compact": ("admin",),
+    "reanalyze": ("admin",),
 }
 
 

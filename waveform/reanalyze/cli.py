@@ -2,16 +2,23 @@
 
     waveform reanalyze --data DIR [--where COLUMN=VALUE]... [--engine local|dask]
                        [--scheduler ADDR] [--workers N]
+    waveform reanalyze --server HOST:PORT --token TOKEN [--where COLUMN=VALUE]...
+                       [--engine local|dask] [--scheduler ADDR] [--workers N]
     waveform reanalyze --data DIR --compare OLD NEW [--plot FILE]
 
 Exit status 0 when every planned ECG has a summary (an ECG the analysis
 rejects has one that records why), 1 when some could not be read (run it
-again) or on an error, 2 for a misused option.
+again), on an error or when interrupted, 2 for a misused option.
 
-The command opens the store itself, so with the default embedded catalog the
-server must not be running on the same folder (the catalog file has one
-writer process); with a PostgreSQL catalog it runs beside the server. See
-docs/scale.md. `register` adds the command to the `waveform` command line.
+With --data the command opens the store itself, so with the default embedded
+catalog the server must not be running on the same folder (the catalog file
+has one writer process); with a PostgreSQL catalog it runs beside the server.
+With --server the job runs inside that server (the Reanalyze call, role
+admin), on the server's store while it ingests, its workers on the server's
+machine or on --scheduler; the progress and the report are shown here, and
+Ctrl-C stops the job after its current unit (run it again to measure the
+rest). See docs/scale.md. `register` adds the command to the `waveform`
+command line.
 """
 
 from __future__ import annotations
@@ -20,9 +27,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from waveform.errors import WaveformError
+
+if TYPE_CHECKING:
+    from waveform.reanalyze.job import JobResult
+    from waveform.reanalyze.progress import Progress
 
 __all__ = ["main", "register"]
 
@@ -31,9 +42,16 @@ _LOCKED = "Could not set lock"
 
 def register(sub: Any) -> None:
     """Add ``reanalyze`` to the `waveform` command line's subparsers."""
+    from waveform.client import connection_options
+
     help = "re-measure stored ECGs that lack a summary of the current analysis version"
+    server = connection_options(
+        timeout=None, timeout_help="with --server: a deadline for the whole job in seconds "
+        "(default none); the job stops when it passes",
+        server_help="run the job inside this running server (role admin) instead of "
+                    "opening --data here")
     q: argparse.ArgumentParser = sub.add_parser(
-        "reanalyze", help=help, description=__doc__,
+        "reanalyze", help=help, description=__doc__, parents=[server],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _arguments(q)
     q.set_defaults(fn=_cmd_reanalyze)
@@ -41,7 +59,8 @@ def register(sub: Any) -> None:
 
 def _arguments(q: argparse.ArgumentParser) -> None:
     # Nothing heavy is imported here: the parser is built for every `waveform` command.
-    q.add_argument("--data", default="./data", help="the archive's folder (default ./data)")
+    q.add_argument("--data", help="the archive's folder, opened here (default ./data; "
+                   "not with --server)")
     q.add_argument("--catalog", help="DuckLake catalog (default DIR/catalog.ducklake; "
                    "postgres:dbname=... for a shared one)")
     q.add_argument("--data-path", help="where the data files are (default DIR/lake/; "
@@ -56,7 +75,7 @@ def _arguments(q: argparse.ArgumentParser) -> None:
                         "starts a local cluster")
     q.add_argument("--workers", type=int, default=0, metavar="N",
                    help="worker processes of the local pool or of the local Dask cluster "
-                        "(default: one per core)")
+                        "(default: one per core; with --server, one less than the server's)")
     q.add_argument("--unit", type=int, default=256, metavar="N",
                    help="ECGs per task (default 256)")
     q.add_argument("--commit", type=int, default=1024, metavar="N",
@@ -71,34 +90,52 @@ def _open(args: argparse.Namespace) -> Any:
     from waveform.store import Store
 
     try:
-        return Store.open(args.data, catalog=args.catalog, data_path=args.data_path,
-                          analyze=None, measure=False)
+        return Store.open(args.data or "./data", catalog=args.catalog,
+                          data_path=args.data_path, analyze=None, measure=False)
     except WaveformError as e:
         if _LOCKED in str(e):
             raise WaveformError(
                 f"{e}\nThe catalog is held by another process (a running `waveform serve` "
-                "on this folder?). An embedded catalog has one writer process: stop the "
-                "server first, or use a PostgreSQL catalog so that the job runs beside it "
-                "(docs/scale.md)") from e
+                "on this folder?). An embedded catalog has one writer process: run the job "
+                "inside that server with `waveform reanalyze --server HOST:PORT --token "
+                "ADMIN_TOKEN` and the same options, or stop the server first, or use a "
+                "PostgreSQL catalog so that the job runs beside it (docs/scale.md)") from e
         raise
+
+
+#: Options that name a store opened here, which --server does not take.
+_LOCAL_ONLY = (("data", "--data"), ("catalog", "--catalog"), ("data_path", "--data-path"),
+               ("compare", "--compare"), ("plot", "--plot"))
 
 
 def _cmd_reanalyze(args: argparse.Namespace) -> int:
     if args.plot and not args.compare:
         print("waveform reanalyze: --plot needs --compare OLD NEW", file=sys.stderr)
         return 2
+    if args.server:
+        misused = [flag for name, flag in _LOCAL_ONLY if getattr(args, name)]
+        if misused:
+            print(f"waveform reanalyze: {', '.join(misused)} open the archive here, --server "
+                  "runs the job inside the server: choose one", file=sys.stderr)
+            return 2
     try:
+        if args.server:
+            return _remote(args)
         if args.compare:
             return _compare(args)
         return _reanalyze(args)
     except (WaveformError, OSError) as e:
         print(f"waveform reanalyze: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("waveform reanalyze: interrupted; the summaries committed so far stay: run "
+              "the command again to measure the rest", file=sys.stderr)
+        return 1
 
 
 def _reanalyze(args: argparse.Namespace) -> int:
     from waveform.reanalyze.engines import make_engine
-    from waveform.reanalyze.job import JobResult, run
+    from waveform.reanalyze.job import run
     from waveform.reanalyze.planning import parse_filter
     from waveform.reanalyze.progress import progress_for
 
@@ -120,6 +157,82 @@ def _reanalyze(args: argparse.Namespace) -> int:
     for line in result.lines():
         print(line)
     return 1 if result.unread else 0
+
+
+class _Follower:
+    """Shows a server's `ReanalyzeProgress` messages on a local `Progress` (the same
+    display as a job run here) and gathers the end-of-job report."""
+
+    def __init__(self, progress: Progress, verbose: bool) -> None:
+        self.progress = progress
+        self.verbose = verbose
+        self.pass_number = 0
+        self.commits = 0
+        self.failed: list[tuple[str, str]] = []
+        self.unread: list[tuple[str, str]] = []
+        self.result: JobResult | None = None
+
+    def show(self, m: Any) -> None:
+        from waveform.reanalyze.job import JobResult
+
+        progress = self.progress
+        if m.note:
+            progress.note(m.note)
+        if m.pass_number != self.pass_number:
+            if self.pass_number:
+                progress.close()
+            progress.start(m.pass_ecgs)
+            self.pass_number = m.pass_number
+        if m.done > progress.done:
+            progress.advance(m.done - progress.done)
+        if self.verbose and m.commits > self.commits:
+            progress.note(f"committed: {m.committed} summaries in {m.commits} commits")
+        self.commits = m.commits
+        self.failed += [(f.sop_instance_uid, f.reason) for f in m.failed_ecgs]
+        self.unread += [(f.sop_instance_uid, f.reason) for f in m.unread_ecgs]
+        if m.final:
+            self.result = JobResult(
+                m.analysis_version, planned=m.planned, files=m.files, units=m.units,
+                committed=m.committed, commits=m.commits, skipped=m.already_present,
+                failed=self.failed, unread=self.unread, seconds=m.seconds)
+
+
+def _remote(args: argparse.Namespace) -> int:
+    """The job inside the server at ``--server`` (the Reanalyze call), shown here."""
+    import grpc
+
+    from waveform.client import connect, rpc_failure
+    from waveform.reanalyze.progress import progress_for
+    from waveform.service._proto.waveform.v1 import archive_pb2 as pb
+
+    request = pb.ReanalyzeRequest(where=args.where, engine=args.engine,
+                                  scheduler=args.scheduler or "", workers=args.workers,
+                                  unit_ecgs=args.unit, commit_rows=args.commit)
+    follower = _Follower(progress_for(sys.stderr), args.verbose)
+    conn = connect(args)
+    try:
+        call = conn.archive().Reanalyze(request, metadata=conn.metadata, timeout=conn.timeout)
+        try:
+            for message in call:
+                follower.show(message)
+        except KeyboardInterrupt:
+            call.cancel()  # the server stops the job after its current unit
+            raise
+        finally:
+            follower.progress.close()
+    except grpc.RpcError as e:
+        code, details = rpc_failure(e)
+        print(f"waveform reanalyze: {code}: {details}", file=sys.stderr)
+        return 1
+    finally:
+        conn.channel.close()
+    if follower.result is None:
+        print("waveform reanalyze: the server ended the job's stream without its report; "
+              "run the command again (it measures what is left)", file=sys.stderr)
+        return 1
+    for line in follower.result.lines():
+        print(line)
+    return 1 if follower.result.unread else 0
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -3,8 +3,10 @@ error translation (one status code per error class, `status.code_of`), and one
 JSON log line and metric per call (never samples or names).
 
 `Servicer` is the base of each gRPC service class; a method decorated with
-`rpc` (unary answer) or `stream` (streamed answer) receives a `Call` holding the
-authenticated identity and the stated purpose.
+`rpc` (unary answer), `stream` (streamed answer) or `job` (a long-running job's
+streamed progress) receives a `Call` holding the authenticated identity and the
+stated purpose. `Abort` ends a call with a status code that is not one error
+class's (a deadline the service noticed, a job already running).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from waveform.archive import Archive
     from waveform.store import Store
 
-__all__ = ["Call", "Servicer", "remaining", "rpc", "stream"]
+__all__ = ["Abort", "Call", "Servicer", "job", "remaining", "rpc", "stream"]
 
 log = logging.getLogger("waveform.service")
 
@@ -52,6 +54,19 @@ def _certificate_organisation(context: grpc.ServicerContext) -> str | None:
         return str(orgs[0].value)
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else ""
+
+
+class Abort(Exception):
+    """End the call with ``code`` and ``message``: for answers that belong to the
+    call's situation rather than to an error class of `waveform.errors` (whose
+    codes `status.code_of` decides). Raised inside a handler, it is logged and
+    counted once, with its code (``context.abort`` inside a handler would be taken
+    for an unexpected exception)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 def remaining(context: grpc.ServicerContext) -> float | None:
@@ -86,6 +101,9 @@ def _failed(service: Servicer, call: Call, context: grpc.ServicerContext,
             exc: Exception) -> NoReturn:
     """End a failed call: one status code per error class, INTERNAL (with a log
     reference, never the library's text) for anything unexpected."""
+    if isinstance(exc, Abort):
+        service._finish(call, exc.code)
+        context.abort(exc.code, exc.message)
     if isinstance(exc, WaveformError):
         service._finish(call, code_of(exc))
         context.abort(code_of(exc), message_of(exc))
@@ -136,23 +154,40 @@ def rpc(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def stream(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
-    """As `rpc`, for calls whose responses are streamed."""
+def _streamed(method: Callable[..., Iterator[T]], *, holds_slot: bool
+              ) -> Callable[..., Iterator[T]]:
     name = method.__name__
 
     @functools.wraps(method)
     def wrapper(self: Servicer, request: Any, context: grpc.ServicerContext) -> Iterator[T]:
-        call = _begin(self, name, context)
+        call = _begin(self, name, context) if holds_slot else Call(name)
         try:
             _identify(self, call, context)
             yield from method(self, request, context, call)
+        except GeneratorExit:  # grpc stopped asking: the client cancelled or went away
+            self._finish(call, grpc.StatusCode.CANCELLED)
+            raise
         except Exception as exc:
             _failed(self, call, context, exc)
         finally:
-            self._slots.release()
+            if holds_slot:
+                self._slots.release()
         self._finish(call, grpc.StatusCode.OK)
 
     return wrapper
+
+
+def stream(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
+    """As `rpc`, for calls whose responses are streamed."""
+    return _streamed(method, holds_slot=True)
+
+
+def job(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
+    """As `stream`, for the progress of a long-running job (hours), of which the
+    service runs one at a time: it holds none of the call slots, so that ingest
+    and reads keep all ``max_concurrent`` of them while it runs (its own thread is
+    the server's `JOB_THREADS`); the method refuses a second job itself."""
+    return _streamed(method, holds_slot=False)
 
 
 class Servicer:

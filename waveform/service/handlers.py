@@ -23,7 +23,8 @@ from waveform.model import Identity
 from waveform.service import convert
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
-from waveform.service.calls import Call, Servicer, remaining, rpc, stream
+from waveform.service.calls import Abort, Call, Servicer, job, remaining, rpc, stream
+from waveform.service.reanalysis import Reanalysis, job_options
 from waveform.service.status import code_of, message_of
 from waveform.store import IngestResult
 
@@ -39,6 +40,11 @@ _MEDIA_TYPES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/
 
 class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
     """The ECG service, over an injected store, archive, identity provider and metrics."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The one re-analysis job the server may run (`Reanalyze`).
+        self.reanalysis = Reanalysis(self.store)
 
     def _access(self, call: Call, action: str, uid: str = "", patient_id: str = "") -> Access:
         return self.archive.access(call.identity, call.purpose, action, uid=uid,
@@ -110,11 +116,10 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
             except TimeoutError:
                 acc.event.outcome, acc.event.rule = "failed", "deadline"
                 acc.write()
-                self._finish(call, grpc.StatusCode.DEADLINE_EXCEEDED)
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                              "the commit did not finish before the call's deadline; sending "
-                              "the object again is safe (it is answered 'already stored' if "
-                              "it was)")
+                raise Abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            "the commit did not finish before the call's deadline; sending "
+                            "the object again is safe (it is answered 'already stored' if "
+                            "it was)") from None
             except WaveformError:
                 pass  # raised again, and audited, by _settle
             result, controls = self._settle(acc, future)
@@ -251,3 +256,23 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
                                   written_files=report.written_files,
                                   removed_files=report.removed_files,
                                   orphans_removed=report.orphans_removed)
+
+    @job
+    def Reanalyze(self, request: pb.ReanalyzeRequest, context: grpc.ServicerContext,
+                  call: Call) -> Iterator[pb.ReanalyzeProgress]:
+        # Every ECG without a summary of the version is read: audited like any call,
+        # the event durable before the job starts.
+        with self._access(call, "reanalyze") as acc:
+            options = job_options(request)
+            try:
+                started = self.reanalysis.begin(options, call.identity)
+            except Abort:
+                acc.event.rule = "one-job-at-a-time"
+                raise
+            try:
+                acc.write()
+            except BaseException:
+                self.reanalysis.cancel(started)
+                raise
+        started.start()
+        yield from self.reanalysis.follow(started, context)

@@ -2,8 +2,9 @@
 
 `start(...)` returns a running `Server` on a store; `serve(...)` is the command
 line's loop around it: on SIGTERM/SIGINT health turns NOT_SERVING, new calls are
-refused, in-flight calls and commits finish, the store closes, and the process
-exits. Nothing acknowledged is lost.
+refused, a running re-analysis job stops after its current unit (its workers
+shut down), in-flight calls and commits finish, the store closes, and the
+process exits. Nothing acknowledged is lost.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from waveform.service.records import PatientRecords
 from waveform.store import Store
 
 __all__ = [
-    "RECORDS_SERVICE_NAME", "SERVICE_NAME", "Server", "TlsFiles", "configure_logging", "start",
+    "JOB_THREADS", "RECORDS_SERVICE_NAME", "RESERVE_THREADS", "SERVICE_NAME", "Server",
+    "TlsFiles", "configure_logging", "start",
 ]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgArchive"].full_name
@@ -43,6 +45,9 @@ RECORDS_SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["PatientRecords"].full_na
 DEFAULT_MAX_MESSAGE = 64 << 20
 #: Threads beyond the service's call limit: health checks and reflection run on them.
 RESERVE_THREADS = 8
+#: Threads for the streamed progress of a job (`Reanalyze`: one at a time), which
+#: holds none of the call slots, so that ingest keeps all of them while it runs.
+JOB_THREADS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +78,21 @@ class Server:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace_s: float = 30.0) -> None:
-        """NOT_SERVING, refuse new calls, let in-flight ones finish, close the store."""
+        """NOT_SERVING, refuse new calls, stop a re-analysis job at its next unit
+        boundary, let in-flight calls finish, close the store."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
+        jobs = self.service.reanalysis
+        jobs.stop("the server is shutting down")
         self.grpc.stop(grace_s).wait()
+        # The job commits through the store: it must be over before the store closes.
+        if not jobs.join(grace_s):
+            logging.getLogger("waveform.service").warning(
+                "the re-analysis job did not stop within the grace period; closing the "
+                "store under it (its commit in progress fails as a whole)",
+                extra={"grace_s": grace_s})
         if self._owns_archive:
             self.archive.close()
         if self._owns_store:
@@ -107,8 +121,8 @@ def start(
     Calls beyond ``max_concurrent`` are answered RESOURCE_EXHAUSTED at once by
     the service itself; the thread pool has `RESERVE_THREADS` more than that (and
     at least ``workers``) so that health checks and reflection answer while the
-    service is at capacity. The port is never shared: if it is taken,
-    `StorageError` says so.
+    service is at capacity, and `JOB_THREADS` more for a re-analysis job's
+    stream. The port is never shared: if it is taken, `StorageError` says so.
     """
     metrics = metrics or Metrics()
     options = [
@@ -116,7 +130,7 @@ def start(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),  # no silent port sharing with another server
     ]
-    threads = max(workers, max_concurrent + RESERVE_THREADS)
+    threads = max(workers, max_concurrent + RESERVE_THREADS + JOB_THREADS)
     # grpc's own cap only bounds a flood (each refused call holds a thread briefly).
     server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
                          options=options, maximum_concurrent_rpcs=threads)

@@ -287,6 +287,70 @@ class CompactResponse(_message.Message):
     orphans_removed: int
     def __init__(self, merged_files: _Optional[int] = ..., written_files: _Optional[int] = ..., removed_files: _Optional[int] = ..., orphans_removed: _Optional[int] = ...) -> None: ...
 
+class ReanalyzeRequest(_message.Message):
+    __slots__ = ("where", "engine", "scheduler", "workers", "unit_ecgs", "commit_rows")
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    UNIT_ECGS_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_ROWS_FIELD_NUMBER: _ClassVar[int]
+    where: _containers.RepeatedScalarFieldContainer[str]
+    engine: str
+    scheduler: str
+    workers: int
+    unit_ecgs: int
+    commit_rows: int
+    def __init__(self, where: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ..., scheduler: _Optional[str] = ..., workers: _Optional[int] = ..., unit_ecgs: _Optional[int] = ..., commit_rows: _Optional[int] = ...) -> None: ...
+
+class ReanalyzeFailure(_message.Message):
+    __slots__ = ("sop_instance_uid", "reason")
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    sop_instance_uid: str
+    reason: str
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReanalyzeProgress(_message.Message):
+    __slots__ = ("analysis_version", "planned", "pass_number", "pass_ecgs", "done", "committed", "already_present", "failed", "unread", "commits", "rate", "note", "failed_ecgs", "unread_ecgs", "final", "files", "units", "seconds")
+    ANALYSIS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_FIELD_NUMBER: _ClassVar[int]
+    PASS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PASS_ECGS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_PRESENT_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_FIELD_NUMBER: _ClassVar[int]
+    COMMITS_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_ECGS_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_ECGS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    analysis_version: str
+    planned: int
+    pass_number: int
+    pass_ecgs: int
+    done: int
+    committed: int
+    already_present: int
+    failed: int
+    unread: int
+    commits: int
+    rate: float
+    note: str
+    failed_ecgs: _containers.RepeatedCompositeFieldContainer[ReanalyzeFailure]
+    unread_ecgs: _containers.RepeatedCompositeFieldContainer[ReanalyzeFailure]
+    final: bool
+    files: int
+    units: int
+    seconds: float
+    def __init__(self, analysis_version: _Optional[str] = ..., planned: _Optional[int] = ..., pass_number: _Optional[int] = ..., pass_ecgs: _Optional[int] = ..., done: _Optional[int] = ..., committed: _Optional[int] = ..., already_present: _Optional[int] = ..., failed: _Optional[int] = ..., unread: _Optional[int] = ..., commits: _Optional[int] = ..., rate: _Optional[float] = ..., note: _Optional[str] = ..., failed_ecgs: _Optional[_Iterable[_Union[ReanalyzeFailure, _Mapping]]] = ..., unread_ecgs: _Optional[_Iterable[_Union[ReanalyzeFailure, _Mapping]]] = ..., final: _Optional[bool] = ..., files: _Optional[int] = ..., units: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
 class RenderRequest(_message.Message):
     __slots__ = ("sop_instance_uid", "layout", "paper", "format", "dpi", "speed_mm_s", "gain_mm_mv", "qtc_formula")
     SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class EcgArchiveStub:
                 request_serializer=waveform_dot_v1_dot_archive__pb2.CompactRequest.SerializeToString,
                 response_deserializer=waveform_dot_v1_dot_archive__pb2.CompactResponse.FromString,
                 _registered_method=True)
+        self.Reanalyze = channel.unary_stream(
+                '/waveform.v1.EcgArchive/Reanalyze',
+                request_serializer=waveform_dot_v1_dot_archive__pb2.ReanalyzeRequest.SerializeToString,
+                response_deserializer=waveform_dot_v1_dot_archive__pb2.ReanalyzeProgress.FromString,
+                _registered_method=True)
 
 
 class EcgArchiveServicer:
@@ -138,6 +143,20 @@ class EcgArchiveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reanalyze(self, request, context):
+        """Re-measure the stored ECGs that lack a summary of the server's analysis version
+        (role admin; audited), on worker processes of the server's machine or on a Dask
+        cluster, while the service goes on ingesting: the job commits through the
+        server's own store. Progress is streamed; the last message has `final` set.
+        One job at a time per server: a call while one runs is FAILED_PRECONDITION.
+        Cancelling the call (or the server shutting down: UNAVAILABLE) stops the job
+        after the unit in progress; what it committed stays, and calling again
+        measures the rest, never an ECG twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EcgArchiveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +199,11 @@ def add_EcgArchiveServicer_to_server(servicer, server):
                     servicer.Compact,
                     request_deserializer=waveform_dot_v1_dot_archive__pb2.CompactRequest.FromString,
                     response_serializer=waveform_dot_v1_dot_archive__pb2.CompactResponse.SerializeToString,
+            ),
+            'Reanalyze': grpc.unary_stream_rpc_method_handler(
+                    servicer.Reanalyze,
+                    request_deserializer=waveform_dot_v1_dot_archive__pb2.ReanalyzeRequest.FromString,
+                    response_serializer=waveform_dot_v1_dot_archive__pb2.ReanalyzeProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +422,33 @@ class EcgArchive:
             '/waveform.v1.EcgArchive/Compact',
             waveform_dot_v1_dot_archive__pb2.CompactRequest.SerializeToString,
             waveform_dot_v1_dot_archive__pb2.CompactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reanalyze(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/waveform.v1.EcgArchive/Reanalyze',
+            waveform_dot_v1_dot_archive__pb2.ReanalyzeRequest.SerializeToString,
+            waveform_dot_v1_dot_archive__pb2.ReanalyzeProgress.FromString,
             options,
             channel_credentials,
             insecure,

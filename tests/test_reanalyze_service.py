@@ -1,0 +1,451 @@
+"""Re-analysis inside a running server (the Reanalyze RPC and `waveform reanalyze
+--server`), while the service ingests.
+
+A real server on 127.0.0.1 holds an embedded store whose measurement stage is
+off, so the ECGs stored lack a summary of the current analysis version until a
+job measures them (one test turns the stage on to race it). Each test works on
+ECGs of an organisation of its own and runs its jobs filtered to it, so the
+tests do not depend on one another's summaries. Jobs run on real worker
+processes (1 worker, small units and commits, so that a job spans many unit
+boundaries and commits in a second or two).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from waveform.analysis import ANALYSIS_VERSION
+from waveform.cli import main
+from waveform.reanalyze.testing import objects
+from waveform.service._proto.waveform.v1 import archive_pb2 as pb
+from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
+from waveform.service.identity import Identity, TokenIdentities, add_token
+from waveform.service.server import Server, start
+from waveform.store import Store
+from waveform.store.lake import ALIAS
+
+ROOT = Path(__file__).resolve().parent.parent
+VERSION = str(ANALYSIS_VERSION)
+#: Every call and wait of these tests ends within this (seconds).
+DEADLINE = 180.0
+#: A job that spans many unit boundaries and commits; a run that finishes the rest.
+SMALL: dict[str, Any] = {"workers": 1, "unit_ecgs": 2, "commit_rows": 2}
+RERUN: dict[str, Any] = {"workers": 1, "unit_ecgs": 8, "commit_rows": 16}
+
+CALLERS = {
+    "admin": Identity("org-a", "ops", "admin"),
+    "clinician": Identity("org-r", "dr-r", "clinician"),
+    "auditor": Identity("org-a", "audit", "auditor"),
+    "cart_r": Identity("org-r", "cart-r", "device"),
+    "cart_m": Identity("org-m", "cart-m", "device"),
+}
+
+
+@dataclass
+class Service:
+    server: Server
+    tokens: dict[str, str]
+    channel: grpc.Channel = field(init=False)
+    stub: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel = grpc.insecure_channel(self.server.address)
+        self.stub = pb_grpc.EcgArchiveStub(self.channel)
+
+    @property
+    def store(self) -> Store:
+        return self.server.store
+
+    def md(self, who: str) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.tokens[who]}")]
+
+    def reanalyze(self, who: str = "admin", **request: Any) -> Any:
+        return self.stub.Reanalyze(pb.ReanalyzeRequest(**request), metadata=self.md(who),
+                                   timeout=DEADLINE)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(DEADLINE)
+
+
+def _tokens(root: Path) -> tuple[Path, dict[str, str]]:
+    path = root / "tokens.json"
+    return path, {who: add_token(path, ident) for who, ident in CALLERS.items()}
+
+
+def _serve(root: Path, store: Store, **options: Any) -> Service:
+    path, tokens = _tokens(root)
+    server = start(store, TokenIdentities.load(path), port=0, owns_store=True, **options)
+    return Service(server, tokens)
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A server whose store does not measure, with one call slot: a job that held
+    it would refuse every other call."""
+    root = tmp_path_factory.mktemp("reanalyze-service")
+    service = _serve(root, Store.open(root / "data", measure=False), max_concurrent=1)
+    yield service
+    service.close()
+
+
+def _stored(store: Store, n: int, org: str, seed: int) -> list[str]:
+    """``n`` new ECGs of ``org`` stored without a summary; their UIDs."""
+    results = store.ingest(objects(n, seed=seed), org)
+    assert not any(r.already_stored for r in results)
+    return [r.sop_instance_uid for r in results]
+
+
+def _summaries(store: Store, org: str) -> dict[str, int]:
+    """Summaries of the current version of each stored ECG of ``org``."""
+    rows = store.sql(
+        f"SELECT e.sop_instance_uid, count(s.sop_instance_uid) FROM {ALIAS}.ecg e "
+        f"LEFT JOIN {ALIAS}.summary s ON s.sop_instance_uid = e.sop_instance_uid "
+        "AND s.analysis_version = ? WHERE e.organisation = ? GROUP BY ALL", [VERSION, org])
+    return {uid: int(n) for uid, n in rows}
+
+
+def _finish(call: Any) -> list[Any]:
+    messages = list(call)
+    finals = [m for m in messages if m.final]
+    assert finals == [messages[-1]], "exactly one final message, the last"
+    return messages
+
+
+def _wait_until_idle(s: Service) -> None:
+    """The server's job is over (its thread ended, its workers shut down)."""
+    t0 = time.monotonic()
+    while s.server.service.reanalysis.running:
+        assert time.monotonic() - t0 < DEADLINE, "the job did not stop"
+        time.sleep(0.05)
+    assert multiprocessing.active_children() == [], "a worker process outlived its job"
+
+
+def _code(e: grpc.RpcError) -> grpc.StatusCode:
+    return e.code()
+
+
+# ------------------------------------------------------------------ refusals
+
+
+@pytest.mark.parametrize("who", ["clinician", "auditor", "cart_r"])
+def test_only_an_admin_may_reanalyze_and_each_refusal_is_audited(svc: Service, who: str
+                                                                 ) -> None:
+    before = svc.server.archive.audit.last_seq
+    with pytest.raises(grpc.RpcError) as e:
+        list(svc.reanalyze(who, where=["nonsense"]))  # the role is checked first
+    assert _code(e.value) == grpc.StatusCode.PERMISSION_DENIED
+    assert "may not reanalyze (role admin only)" in e.value.details()
+    events = svc.server.archive.audit.query(after_seq=before)
+    assert [(ev["user"], ev["action"], ev["outcome"], ev["rule"]) for ev in events] == [
+        (CALLERS[who].user, "reanalyze", "denied", "role")]
+    assert not svc.server.service.reanalysis.running
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    ({"where": ["organisation=org-r", "colour=red"]}, "filter 'colour=red': no ecg column"),
+    ({"where": ["organisation"]}, "filter 'organisation' is not COLUMN OP VALUE"),
+    ({"where": ["sha256=ab"]}, "filter 'sha256=ab': no ecg column 'sha256'"),
+    ({"engine": "spark"}, "engine 'spark': expected one of local, dask"),
+    ({"scheduler": "tcp://10.0.0.5:8786"}, "scheduler 'tcp://10.0.0.5:8786' .* needs engine "
+                                           "'dask'"),
+    ({"workers": -1}, "workers -1: expected 0"),
+    ({"workers": 100_000}, "workers 100000: expected 0"),
+    ({"unit_ecgs": -5}, "unit_ecgs -5: expected 0"),
+    ({"commit_rows": 1_000_000}, "commit_rows 1000000: expected 0 .* to 16384"),
+], ids=["column", "no-operator", "digest-column", "engine", "scheduler-without-dask",
+        "negative-workers", "too-many-workers", "unit", "commit"])
+def test_a_bad_request_is_invalid_argument_naming_what_is_wrong(
+        svc: Service, request_: dict[str, Any], message: str) -> None:
+    before = svc.server.archive.audit.last_seq
+    with pytest.raises(grpc.RpcError) as e:
+        list(svc.reanalyze(**request_))
+    assert _code(e.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(message, e.value.details()), e.value.details()
+    events = svc.server.archive.audit.query(after_seq=before)
+    assert [(ev["action"], ev["outcome"], ev["rule"]) for ev in events] == [
+        ("reanalyze", "failed", "InvalidArgument")]
+    assert not svc.server.service.reanalysis.running
+
+
+# ------------------------------------------------------------------ the job
+
+
+@dataclass
+class _Ingester:
+    """A device sending ECGs one call at a time until told to stop."""
+
+    svc: Service
+    who: str
+    data: list[bytes]
+    acked: list[tuple[float, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for data in self.data:
+            if self.stop.is_set():
+                return
+            try:
+                r = self.svc.stub.Ingest(pb.IngestRequest(dicom=data),
+                                         metadata=self.svc.md(self.who), timeout=60)
+            except grpc.RpcError as e:
+                self.errors.append(f"{_code(e).name}: {e.details()}")
+            else:
+                self.acked.append((time.monotonic(), r.sop_instance_uid))
+            time.sleep(0.03)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(DEADLINE)
+
+
+def test_reanalysis_while_the_service_ingests(svc: Service) -> None:
+    org = "org-r"
+    before = _stored(svc.store, 24, org, seed=1)
+    seq = svc.server.archive.audit.last_seq
+    ingest = _Ingester(svc, "cart_r", objects(80, seed=2))
+    messages, times = [], []
+    try:
+        for m in svc.reanalyze(where=[f"organisation={org}"], workers=1, unit_ecgs=4,
+                               commit_rows=8):
+            messages.append(m)
+            times.append(time.monotonic())
+    finally:
+        ingest.finish()
+    final = messages[-1]
+
+    # Ingest went on: nothing refused (the job holds no call slot, and the server
+    # has one), calls acknowledged while the job measured and committed, and
+    # every acknowledged ECG is stored.
+    assert ingest.errors == []
+    planned_at = next(t for t, m in zip(times, messages, strict=True) if m.pass_number == 1)
+    assert any(planned_at <= t <= times[-1] for t, _ in ingest.acked), \
+        "no ingest was acknowledged while the job ran"
+    acked = [uid for _, uid in ingest.acked]
+    assert all(svc.store.contains(uid) for uid in acked)
+    counts = _summaries(svc.store, org)
+    assert set(before + acked) <= set(counts)
+
+    # The job: one final message, monotone progress, every planned ECG measured once.
+    assert final.final and sum(m.final for m in messages) == 1
+    assert final.analysis_version == VERSION
+    assert final.planned >= len(before)
+    assert (final.committed, final.already_present, final.failed, final.unread) == (
+        final.planned, 0, 0, 0)
+    done = [m.done for m in messages if m.pass_number == 1]
+    assert done == sorted(done) and done[-1] == final.planned
+    assert [m.committed for m in messages] == sorted(m.committed for m in messages)
+    assert final.commits >= final.planned // 8 and final.units >= final.planned // 4
+    assert any("lack a summary of analysis" in m.note for m in messages)
+    assert all(counts[uid] == 1 for uid in before)
+    assert max(counts.values()) == 1
+    assert sum(counts.values()) == final.planned
+    # The call was audited before the job started.
+    events = svc.server.archive.audit.query(after_seq=seq, user="ops")
+    assert [(ev["action"], ev["outcome"]) for ev in events] == [("reanalyze", "allowed")]
+
+    # The ECGs acknowledged after the plan are the next run's: it measures exactly those.
+    _wait_until_idle(svc)
+    again = _finish(svc.reanalyze(where=[f"organisation={org}"], **RERUN))[-1]
+    assert again.planned == len(counts) - final.planned
+    assert again.committed == again.planned
+    assert set(_summaries(svc.store, org).values()) == {1}
+
+
+def test_one_job_at_a_time_and_a_cancelled_job_resumes_without_duplicates(svc: Service
+                                                                          ) -> None:
+    org = "org-c"
+    uids = _stored(svc.store, 24, org, seed=3)
+    where = [f"organisation={org}"]
+    first = svc.reanalyze(where=where, **SMALL)
+    seen = next(first)  # the job has started (its workers warm up)
+    assert seen.note.startswith(f"analysis {VERSION} on the server")
+
+    # A second job is refused while the first runs, with who started it and where it is.
+    with pytest.raises(grpc.RpcError) as e:
+        list(svc.reanalyze(where=where, **SMALL))
+    assert _code(e.value) == grpc.StatusCode.FAILED_PRECONDITION
+    assert "a re-analysis job is already running on this server" in e.value.details()
+    assert "by admin ops of org-a" in e.value.details()
+    assert "one job at a time" in e.value.details()
+    # ... and the role is still checked first.
+    with pytest.raises(grpc.RpcError) as e:
+        list(svc.reanalyze("clinician", where=where))
+    assert _code(e.value) == grpc.StatusCode.PERMISSION_DENIED
+
+    # Cancelled once a few commits are in: the job stops at its next unit boundary.
+    for m in first:
+        if m.committed >= 4:
+            break
+    first.cancel()
+    _wait_until_idle(svc)
+    counts = _summaries(svc.store, org)
+    measured = sum(counts.values())
+    assert 4 <= measured < len(uids), "the job was not stopped mid-run"
+    assert max(counts.values()) == 1
+
+    # Run again: exactly the rest, never a second summary.
+    final = _finish(svc.reanalyze(where=where, **RERUN))[-1]
+    assert final.planned == len(uids) - measured
+    assert (final.committed, final.already_present, final.unread) == (final.planned, 0, 0)
+    counts = _summaries(svc.store, org)
+    assert sorted(counts) == sorted(uids) and set(counts.values()) == {1}
+
+
+def test_the_command_line_runs_the_job_in_the_server(svc: Service,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    org = "org-cli"
+    uids = _stored(svc.store, 12, org, seed=4)
+    server = ["--server", svc.server.address]
+    args = ["reanalyze", *server, "--where", f"organisation={org}", "--workers", "1",
+            "--unit", "4", "--commit", "4", "-v"]
+
+    # Errors: one line with the status code, exit status 1; misused options, 2.
+    assert main([*args, "--token", svc.tokens["clinician"]]) == 1
+    assert "waveform reanalyze: PERMISSION_DENIED: " in capsys.readouterr().err
+    assert main([*args, "--token", svc.tokens["admin"], "--where", "colour=red"]) == 1
+    assert ("waveform reanalyze: INVALID_ARGUMENT: filter 'colour=red': no ecg column"
+            in capsys.readouterr().err)
+    assert main([*args, "--token", svc.tokens["admin"], "--data", "somewhere"]) == 2
+    assert "--data open the archive here, --server runs the job inside the server" in \
+        capsys.readouterr().err
+    # The folder the server holds, opened by another process: the message points
+    # at --server.
+    data = Path(svc.store.data_path).parent
+    r = subprocess.run([sys.executable, "-m", "waveform.reanalyze.cli", "--data", str(data)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE)
+    assert r.returncode == 1
+    assert "Could not set lock" in r.stderr
+    assert "run the job inside that server with `waveform reanalyze --server HOST:PORT" in \
+        r.stderr
+
+    assert main([*args, "--token", svc.tokens["admin"]]) == 0
+    out, err = capsys.readouterr()
+    # The local job's display and report: lines on a pipe, one per commit with -v.
+    assert f"reanalyze: 12 ECGs lack a summary of analysis {VERSION}" in err
+    assert "reanalyze: committed: 4 summaries in 1 commits" in err
+    assert "reanalyze: committed: 12 summaries in 3 commits" in err
+    assert "reanalyze: 12/12 ECGs (100%)" in err
+    assert out.startswith(f"analysis {VERSION}: 12 ECGs planned in 1 data files (3 units); "
+                          "12 summaries committed in 3 commits, 0 already present, "
+                          "0 failed analysis, 0 unread;")
+    assert _summaries(svc.store, org) == dict.fromkeys(uids, 1)
+
+
+def test_ctrl_c_on_the_command_line_stops_the_job_and_a_rerun_finishes(svc: Service) -> None:
+    org = "org-int"
+    uids = _stored(svc.store, 20, org, seed=5)
+    cmd = [sys.executable, "-m", "waveform.reanalyze.cli", "--server", svc.server.address,
+           "--token", svc.tokens["admin"], "--where", f"organisation={org}", "--workers", "1",
+           "--unit", "1", "--commit", "1", "-v"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "committed: 3 summaries" in line:
+                break
+        else:
+            pytest.fail(f"no third commit reported: {''.join(lines)}")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "waveform reanalyze: interrupted; the summaries committed so far stay" in err
+    assert out == ""
+    _wait_until_idle(svc)
+    counts = _summaries(svc.store, org)
+    measured = sum(counts.values())
+    assert 3 <= measured < len(uids) and max(counts.values()) == 1
+
+    final = _finish(svc.reanalyze(where=[f"organisation={org}"], **RERUN))[-1]
+    assert final.planned == len(uids) - measured == final.committed
+    assert set(_summaries(svc.store, org).values()) == {1}
+
+
+# ------------------------------------------------------- shutdown; measurement on
+
+
+def test_server_shutdown_stops_the_job_and_a_rerun_finishes(tmp_path: Path) -> None:
+    org = "org-s"
+    store = Store.open(tmp_path / "data", measure=False)
+    uids = _stored(store, 20, org, seed=6)
+    s = _serve(tmp_path, store)
+    try:
+        call = s.reanalyze(where=[f"organisation={org}"], **SMALL)
+        for m in call:
+            if m.committed >= 2:
+                break
+        stopping = threading.Thread(target=s.server.stop, args=(DEADLINE,))
+        stopping.start()
+        with pytest.raises(grpc.RpcError) as e:
+            list(call)
+        stopping.join(DEADLINE)
+    finally:
+        s.close()
+    assert _code(e.value) == grpc.StatusCode.UNAVAILABLE
+    assert e.value.details().startswith(
+        "the re-analysis stopped because the server is shutting down; ")
+    assert e.value.details().endswith("call Reanalyze again to measure the rest")
+    assert not s.server.service.reanalysis.running
+    assert multiprocessing.active_children() == []
+
+    again = _serve(tmp_path, Store.open(tmp_path / "data", measure=False))
+    try:
+        counts = _summaries(again.store, org)
+        measured = sum(counts.values())
+        assert 2 <= measured < len(uids) and max(counts.values()) == 1
+        final = _finish(again.reanalyze(where=[f"organisation={org}"], **RERUN))[-1]
+        assert final.planned == len(uids) - measured == final.committed
+        assert _summaries(again.store, org) == dict.fromkeys(uids, 1)
+    finally:
+        again.close()
+
+
+def test_with_the_measurement_stage_on_every_ecg_gets_one_summary(tmp_path: Path) -> None:
+    """The realistic server: it measures at ingest and catches up on start-up, and
+    the job races both; the store keeps one summary of the version per ECG."""
+    org = "org-m"
+    with Store.open(tmp_path / "data", analyze=None, measure=False) as offline:
+        before = _stored(offline, 30, org, seed=7)
+    s = _serve(tmp_path, Store.open(tmp_path / "data"))
+    try:
+        ingest = _Ingester(s, "cart_m", objects(20, seed=8))
+        try:
+            final = _finish(s.reanalyze(where=[f"organisation={org}"], workers=1,
+                                        unit_ecgs=4, commit_rows=4))[-1]
+        finally:
+            ingest.finish()
+        assert ingest.errors == []
+        assert final.unread == 0
+        assert final.committed + final.already_present == final.planned
+        s.store.wait_measured(DEADLINE)
+        counts = _summaries(s.store, org)
+        acked = [uid for _, uid in ingest.acked]
+        assert sorted(counts) == sorted(before + acked)
+        assert set(counts.values()) == {1}
+    finally:
+        s.close()
