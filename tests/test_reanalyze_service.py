@@ -181,6 +181,20 @@ def test_a_bad_request_is_invalid_argument_naming_what_is_wrong(
     assert not svc.server.service.reanalysis.running
 
 
+def test_a_scheduler_that_cannot_be_reached_is_unavailable(svc: Service) -> None:
+    dask = pytest.importorskip("dask")
+    pytest.importorskip("distributed")
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
+            pytest.raises(grpc.RpcError) as e:
+        list(svc.reanalyze(engine="dask", scheduler="tcp://127.0.0.1:9"))
+    assert _code(e.value) == grpc.StatusCode.UNAVAILABLE
+    assert e.value.details().startswith(
+        "the dask engine could not start its workers with the scheduler at "
+        "tcp://127.0.0.1:9: OSError: ")
+    assert e.value.details().endswith("; nothing was measured")
+    _wait_until_idle(svc)
+
+
 # ------------------------------------------------------------------ the job
 
 

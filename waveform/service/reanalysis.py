@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from waveform.errors import InvalidArgument
+from waveform.errors import InvalidArgument, WaveformError
 from waveform.model import Identity
 from waveform.reanalyze.progress import Progress
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
@@ -73,9 +73,9 @@ class JobOptions:
 
     def describe(self) -> str:
         where = " AND ".join(f"{f.column} {f.op} {f.value!r}" for f in self.filters)
-        return (f"{self.engine} engine, {self.workers} worker{'s' if self.workers != 1 else ''}"
-                + (f" at {self.scheduler}" if self.scheduler else "")
-                + (f", ECGs with {where}" if where else ""))
+        workers = (f"the scheduler at {self.scheduler}" if self.scheduler else
+                   f"{self.workers} worker{'s' if self.workers != 1 else ''}")
+        return f"{self.engine} engine, {workers}" + (f", ECGs with {where}" if where else "")
 
 
 def _cores() -> int:
@@ -246,6 +246,20 @@ class _Job:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def _start_engine(self) -> None:
+        """Start the workers and warm them up (seconds); a failure says which engine
+        could not start, and why (an unreachable scheduler, processes that died)."""
+        try:
+            self.engine.start()
+        except WaveformError:
+            raise
+        except Exception as exc:
+            o = self.options
+            at = f" with the scheduler at {o.scheduler}" if o.scheduler else ""
+            raise Abort(grpc.StatusCode.UNAVAILABLE,
+                        f"the {o.engine} engine could not start its workers{at}: "
+                        f"{type(exc).__name__}: {exc}; nothing was measured") from exc
+
     def _run(self) -> None:
         from waveform.reanalyze.job import run
 
@@ -259,7 +273,7 @@ class _Job:
         ended: _End
         try:
             try:
-                self.engine.start()  # warms the workers up: seconds
+                self._start_engine()
                 self.check()
                 result = run(self.owner.store, self.engine, version=self.version,
                              filters=o.filters, unit_ecgs=o.unit_ecgs,
