@@ -12,6 +12,7 @@ boundaries and commits in a second or two).
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import re
 import signal
@@ -193,6 +194,55 @@ def test_a_scheduler_that_cannot_be_reached_is_unavailable(svc: Service) -> None
         "tcp://127.0.0.1:9: OSError: ")
     assert e.value.details().endswith("; nothing was measured")
     _wait_until_idle(svc)
+
+
+def test_failures_and_unread_ecgs_reach_the_command_line_report_in_full(tmp_path: Path
+                                                                        ) -> None:
+    """The stream's protocol end to end, without a server: the job's feed splits
+    long failure lists over messages, and the command line's follower rebuilds
+    the job's own report from them."""
+    import io
+
+    from waveform.reanalyze.cli import _Follower
+    from waveform.reanalyze.engines import LocalEngine
+    from waveform.reanalyze.job import JobResult
+    from waveform.reanalyze.progress import LogLines
+    from waveform.service.reanalysis import ENTRIES_PER_MESSAGE, Reanalysis, job_options
+
+    with Store.open(tmp_path / "data", analyze=None, measure=False) as store:
+        jobs = Reanalysis(store)
+        job = jobs.begin(job_options(pb.ReanalyzeRequest(workers=1)), CALLERS["admin"])
+        assert isinstance(job.engine, LocalEngine)  # made, not started: no process yet
+        jobs.cancel(job)
+    assert not jobs.running
+    n_failed, n_unread = 2 * ENTRIES_PER_MESSAGE + 7, ENTRIES_PER_MESSAGE + 1
+    result = JobResult(job.version, planned=5000, files=3, units=20, committed=4990,
+                       commits=5, skipped=10, seconds=12.5,
+                       failed=[(f"1.2.{i}", f"ValueError: beat {i}") for i in range(n_failed)],
+                       unread=[(f"1.3.{i}", "worker failed") for i in range(n_unread)])
+    feed = job.feed
+    feed.start(5000)
+    feed.advance(5000)
+    feed.committed(dataclasses.replace(result, failed=result.failed[:5], unread=[]))
+    feed.end(result)
+    messages = []
+    while not job.messages.empty():
+        item = job.messages.get_nowait()
+        messages.append(item)
+    assert all(len(m.failed_ecgs) <= ENTRIES_PER_MESSAGE and
+               len(m.unread_ecgs) <= ENTRIES_PER_MESSAGE for m in messages)
+    assert [m.final for m in messages].count(True) == 1 and messages[-1].final
+
+    stream = io.StringIO()
+    follower = _Follower(LogLines(stream, every_s=3600), verbose=True)
+    for m in messages:
+        follower.show(m)
+    assert follower.result is not None
+    assert follower.result.failed == result.failed
+    assert follower.result.unread == result.unread
+    assert follower.result.lines() == result.lines()
+    assert "reanalyze: 5000/5000 ECGs (100%)" in stream.getvalue()
+    assert "reanalyze: committed: 4990 summaries in 5 commits" in stream.getvalue()
 
 
 # ------------------------------------------------------------------ the job
