@@ -225,9 +225,10 @@ def test_failures_and_unread_ecgs_reach_the_command_line_report_in_full(tmp_path
     feed.advance(5000)
     feed.committed(dataclasses.replace(result, failed=result.failed[:5], unread=[]))
     feed.end(result)
-    messages = []
+    messages: list[pb.ReanalyzeProgress] = []
     while not job.messages.empty():
         item = job.messages.get_nowait()
+        assert isinstance(item, pb.ReanalyzeProgress)  # the job's end is the thread's
         messages.append(item)
     assert all(len(m.failed_ecgs) <= ENTRIES_PER_MESSAGE and
                len(m.unread_ecgs) <= ENTRIES_PER_MESSAGE for m in messages)
