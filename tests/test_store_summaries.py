@@ -152,13 +152,20 @@ def test_a_failure_or_a_plain_dict_has_no_median_column() -> None:
     assert summary_document(row["document"], None) == plain
 
 
-def test_summary_table_equals_from_pylist(summary: Summary) -> None:
+def test_a_summary_table_holds_each_rows_median_beat_or_null(summary: Summary) -> None:
     failed = {"error": "x"}
     rows = [summary_row(f"1.2.{i}", "v", None, s, {"patient_id": f"P{i}"})
             for i, s in enumerate([summary, failed, summary])]
     table = summary_table(rows)
     assert table.schema == SUMMARY
-    assert table.equals(pa.Table.from_pylist(rows, schema=SUMMARY))
+    blob = summary.median_beat.astype("<f4").tobytes()
+    assert table.column("median_beat").to_pylist() == [blob, None, blob]
+    assert table.column("patient_id").to_pylist() == ["P0", "P1", "P2"]
+    docs = [summary_document(d, m) for d, m in zip(table.column("document").to_pylist(),
+                                                    table.column("median_beat").to_pylist(),
+                                                    strict=True)]
+    assert docs[1] == failed
+    assert Summary.from_dict(docs[2]) == summary
 
 
 def _old_catalog(path: Path, summary: Summary) -> str:

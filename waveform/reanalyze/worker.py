@@ -19,15 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from waveform.model import Ecg, WaveformGroup
 from waveform.reanalyze.planning import WorkUnit
-from waveform.store.measure import summary_row
 from waveform.store.records import group_from_row
-from waveform.store.schema import SUMMARY, SUMMARY_CONTEXT, WAVEFORM
+from waveform.store.schema import SUMMARY_CONTEXT, WAVEFORM
+from waveform.store.summaries import summary_row, summary_table
 
 __all__ = ["STAGES", "UnitResult", "default_analysis", "measure_unit", "warm_up"]
 
@@ -39,14 +40,16 @@ STAGES: tuple[str, ...] = ("read", "decode", "analyze", "rows")
 
 @dataclass(frozen=True, slots=True)
 class UnitResult:
-    """A unit's summary rows (`SUMMARY`), what could not be measured or read, and
-    the seconds spent in each of `STAGES`."""
+    """A unit's summary rows (`SUMMARY`), what could not be measured or read, the
+    seconds spent in each of `STAGES` (wall clock) and the worker's CPU seconds
+    for the whole unit (on a shared machine the two differ by what others took)."""
 
     index: int
     table: pa.Table
     failed: tuple[tuple[str, str], ...] = ()
     unread: tuple[tuple[str, str], ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
 
 
 def default_analysis() -> tuple[Analyze, str]:
@@ -63,8 +66,16 @@ def _open(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(path)
 
 
+#: The ``waveform`` columns a worker needs to rebuild a group (not its index, which
+#: the plan gives, nor whether its bytes were cut from the header).
+_COLUMNS: tuple[str, ...] = tuple(n for n in WAVEFORM.names if n not in ("group_index",
+                                                                          "retained"))
+
+
 def _read_rows(path: str, rows: list[int]) -> dict[int, dict[str, Any]]:
-    """Rows ``rows`` of a ``waveform`` data file, reading only their row groups."""
+    """Rows ``rows`` of a ``waveform`` data file, reading only their row groups and
+    the columns `group_from_row` needs. The sample blobs are views of the buffer
+    pyarrow read, not copies."""
     pf = _open(path)
     meta = pf.metadata
     starts = []
@@ -78,21 +89,34 @@ def _read_rows(path: str, rows: list[int]) -> dict[int, dict[str, Any]]:
     home = [bisect.bisect_right(starts, r) - 1 for r in want]
     groups = sorted(set(home))
     # One thread: a worker is one of several processes sharing the cores.
-    table = pf.read_row_groups(groups, columns=WAVEFORM.names, use_threads=False)
+    table = pf.read_row_groups(groups, columns=list(_COLUMNS), use_threads=False)
     offset: dict[int, int] = {}
     base = 0
     for g in groups:
         offset[g] = base
         base += meta.row_group(g).num_rows
     take = [offset[g] + r - starts[g] for r, g in zip(want, home, strict=True)]
-    return dict(zip(want, table.take(take).to_pylist(), strict=True))
+    if take != list(range(table.num_rows)):
+        table = table.take(take)
+    columns = {n: table.column(n).to_pylist() for n in _COLUMNS if n != "samples"}
+    columns["samples"] = _blobs(table.column("samples"))
+    return {r: {n: columns[n][i] for n in _COLUMNS} for i, r in enumerate(want)}
+
+
+def _blobs(column: pa.ChunkedArray) -> list[memoryview]:
+    """Each value of a binary column as a view of the column's data buffer."""
+    out: list[memoryview] = []
+    for chunk in column.chunks:
+        _, offsets, data = chunk.buffers()
+        at = np.frombuffer(offsets, dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+        view = memoryview(data)
+        out += [view[a:b] for a, b in zip(at[:-1].tolist(), at[1:].tolist(), strict=True)]
+    return out
 
 
 def warm_up() -> str:
     """Import and load the compiled kernels `measure_unit` needs (the sample codec,
     the analysis), so that a worker's first unit is not charged for them."""
-    import numpy as np
-
     from waveform.dicom.synthetic import synthetic_ecg
     from waveform.store.codec import decode_samples, encode_samples
 
@@ -108,6 +132,7 @@ def measure_unit(unit: WorkUnit, version: str, analyze: Analyze | None = None) -
     if analyze is None:
         analyze = default_analysis()[0]
     seconds = dict.fromkeys(STAGES, 0.0)
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     rows = unit.rows.to_pylist()
     by_file: dict[str, list[int]] = {}
@@ -161,6 +186,7 @@ def measure_unit(unit: WorkUnit, version: str, analyze: Analyze | None = None) -
         out.append(summary_row(uid, version, dt.datetime.now(dt.UTC), summary, context))
         seconds["rows"] += time.perf_counter() - t3
     t4 = time.perf_counter()
-    table = pa.Table.from_pylist(out, schema=SUMMARY)
+    table = summary_table(out)
     seconds["rows"] += time.perf_counter() - t4
-    return UnitResult(unit.index, table, tuple(failed), tuple(sorted(unread.items())), seconds)
+    return UnitResult(unit.index, table, tuple(failed), tuple(sorted(unread.items())), seconds,
+                      time.process_time() - cpu0)

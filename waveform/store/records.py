@@ -78,9 +78,23 @@ def _channel_rows(channels: tuple[Channel, ...]) -> list[dict[str, Any]]:
     return [_channel_row(c) for c in channels]
 
 
+_CHANNEL_FIELDS: tuple[str, ...] = tuple(f.name for f in WAVEFORM.field("channels").type.value_type)
+
+
 def channels_from_row(rows: list[dict[str, Any]]) -> tuple[Channel, ...]:
+    """The channels of a stored ``channels`` cell. A device sends the same channel
+    definitions every time, so they are made once per distinct cell (a re-analysis
+    reads thousands of rows of the same few devices)."""
+    if rows and tuple(rows[0]) == _CHANNEL_FIELDS:  # Arrow's order: the values are the key
+        return _channels(tuple(map(tuple, map(dict.values, rows))))
+    return _channels(tuple(tuple(r[k] for k in _CHANNEL_FIELDS) for r in rows))
+
+
+@functools.lru_cache(maxsize=1024)
+def _channels(cells: tuple[tuple[Any, ...], ...]) -> tuple[Channel, ...]:
     out = []
-    for r in rows:
+    for cell in cells:
+        r = dict(zip(_CHANNEL_FIELDS, cell, strict=True))
         source = (
             Code(r["source_scheme"], r["source_value"], r["source_meaning"] or "")
             if r["source_scheme"] is not None and r["source_value"] is not None

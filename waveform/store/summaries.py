@@ -87,11 +87,10 @@ def summary_row(
 
 
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
-    """``rows`` (`summary_row`'s) as a `SUMMARY` table, built a column at a time
-    (``Table.from_pylist`` goes through every value of every row as a dict)."""
-    return pa.Table.from_arrays(
-        [pa.array([r[f.name] for r in rows], type=f.type) for f in SUMMARY], schema=SUMMARY,
-    )
+    """``rows`` (`summary_row`'s) as a `SUMMARY` table. ``from_pylist`` it is: built
+    a column at a time it was no faster (10-25 µs a row either way, half of it
+    copying the median beats), far below the rest of a summary's cost."""
+    return pa.Table.from_pylist(list(rows), schema=SUMMARY)
 
 
 def median_beat(blob: bytes, leads: int) -> list[list[float]]:
