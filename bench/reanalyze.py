@@ -29,6 +29,8 @@ from waveform.store import Store
 #: Targets of issue 8 on this 2-core machine.
 PER_WORKER_TARGET = 400.0
 SCALING_TARGET = 1.7
+#: Summaries per commit: the command's default.
+COMMIT_ROWS = 1024
 
 
 def _archive(path: Path, n: int) -> None:
@@ -62,7 +64,7 @@ def _timed(store: Store, engine: Engine, version: str, n: int) -> JobResult:
     with open(os.devnull, "w") as sink:
         result = run(store, engine, version=version,
                      unit_ecgs=max(8, min(128, n // (4 * engine.workers))),
-                     commit_rows=512, progress=LogLines(sink, every_s=3600))
+                     commit_rows=COMMIT_ROWS, progress=LogLines(sink, every_s=3600))
     if result.committed != n:
         raise AssertionError(f"{version}: {result.committed} of {n} summaries committed")
     return result
@@ -106,11 +108,14 @@ def _diagnose(results: list[tuple[str, int, JobResult]], peer: float, base: floa
         ms = {k: 1000 * r.stages.get(k, 0.0) / n for k in STAGES}
         per_ecg.append([f"{name}, {workers}", *[f"{ms[k]:.2f}" for k in STAGES],
                         f"{1000 * r.commit_seconds / n:.2f}", f"{1000 * r.plan_seconds / n:.2f}",
-                        f"{1000 * r.seconds * workers / n:.2f}"])
-    print("Where the time goes, ms per ECG (worker stages summed over workers; "
-          "rows = summary row, mostly the JSON document; driver commit and plan; "
-          "wall x workers)\n")
-    print(table(["run", *STAGES, "commit", "plan", "wall x workers"], per_ecg))
+                        f"{1000 * r.seconds * workers / n:.2f}",
+                        f"{1000 * r.worker_cpu_seconds / n:.2f}",
+                        f"{1000 * r.driver_cpu_seconds / n:.2f}"])
+    print("Where the time goes, ms per ECG (worker stages: wall clock summed over workers; "
+          "rows = summary rows; driver commit and plan; wall x workers; CPU time of the "
+          "workers and of the driver process)\n")
+    print(table(["run", *STAGES, "commit", "plan", "wall x workers", "worker CPU",
+                 "driver CPU"], per_ecg))
     print()
     one = next((r for name, w, r in results if name == "local" and w == 1), None)
     two = next((r for name, w, r in results if name == "local" and w == 2), None)
@@ -125,6 +130,14 @@ def _diagnose(results: list[tuple[str, int, JobResult]], peer: float, base: floa
                   f"{1000 / PER_WORKER_TARGET:.1f} ms per ECG; analyze() alone takes "
                   f"{1000 / peer:.1f} ms here, the largest stage is {worst} "
                   f"({ms[worst]:.1f} ms)")
+    if two is not None:
+        # Two workers and the driver on two otherwise free cores: each ECG costs
+        # W + D of CPU, so 2 workers give at most 2 / (W + D) against 1 / W.
+        w, d = two.worker_cpu_seconds / n, two.driver_cpu_seconds / n
+        if w > 0:
+            print(f"CPU per ECG with 2 workers: worker {1000 * w:.2f} ms, driver "
+                  f"{1000 * d:.2f} ms: on 2 free cores 1 -> 2 workers could give at most "
+                  f"{min(2.0, 2 * w / (w + d)):.2f}x")
     if one is not None and two is not None and base:
         ratio = two.rate / base
         verdict = "met" if ratio >= SCALING_TARGET else "missed"

@@ -20,3 +20,5 @@ def test_bench_reanalyze_small(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Where the time goes" in out
     assert re.search(r"per worker: \d+ ECGs/s, target 400 (met|missed by \d+\.\dx)", out)
     assert re.search(r"1 -> 2 workers: \d+\.\d\dx, target 1\.7x (met|missed)", out)
+    assert re.search(r"CPU per ECG with 2 workers: worker \d+\.\d\d ms, driver \d+\.\d\d ms: "
+                     r"on 2 free cores 1 -> 2 workers could give at most \d\.\d\dx", out)

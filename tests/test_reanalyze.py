@@ -148,6 +148,7 @@ def test_worker_rows_equal_the_store_path(store: Store) -> None:
     result = measure_unit(unit, "w")
     assert result.table.num_rows == 12 and not result.failed and not result.unread
     assert set(result.seconds) == {"read", "decode", "analyze", "rows"}
+    assert 0 < result.cpu_seconds
     from waveform.analysis import analyze
 
     for row in result.table.to_pylist()[:4]:

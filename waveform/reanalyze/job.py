@@ -60,6 +60,11 @@ class JobResult:
     commit_seconds: float = 0.0
     #: Seconds the workers spent in each stage (`worker.STAGES`), summed.
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    #: CPU seconds: the workers' (summed), and the driver process's (every thread:
+    #: plan, receiving results, commits; with a local Dask cluster its scheduler
+    #: too; run inside a server, the server's own work as well).
+    worker_cpu_seconds: float = 0.0
+    driver_cpu_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -98,7 +103,8 @@ def commit_new(store: Store, table: pa.Table, version: str) -> tuple[int, int]:
     for i, u in enumerate(uids):
         if u not in present:
             first.setdefault(u, i)
-    keep = table.take(pa.array(sorted(first.values()), pa.int64()))
+    rows = sorted(first.values())
+    keep = table if len(rows) == table.num_rows else table.take(pa.array(rows, pa.int64()))
     if keep.num_rows:
         store.commit_summaries(keep)
     return keep.num_rows, table.num_rows - keep.num_rows
@@ -131,6 +137,7 @@ def run(
     progress = progress or progress_for(sys.stderr)
     result = JobResult(version)
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     p = plan(store, version, filters=filters, unit_ecgs=unit_ecgs)
     result.plan_seconds = time.perf_counter() - t0
     result.planned, result.files, result.units = p.n_ecgs, p.n_files, len(p.units)
@@ -156,6 +163,7 @@ def run(
     finally:
         progress.close()
         result.seconds = time.perf_counter() - t0
+        result.driver_cpu_seconds = time.process_time() - cpu0
     return result
 
 
@@ -207,6 +215,7 @@ def _dispatch(store: Store, engine: Engine, p: Plan, analyze: Analyze | None,
                 result.unread.extend(out.unread)
                 for k, v in out.seconds.items():
                     result.stages[k] = result.stages.get(k, 0.0) + v
+                result.worker_cpu_seconds += out.cpu_seconds
             else:
                 why = f"worker failed: {type(out).__name__}: {out}"
                 log.warning("unit %d (%s) was not measured: %s", unit.index, unit.files, why)
