@@ -84,14 +84,12 @@ def _cores() -> int:
 
 def job_options(request: pb.ReanalyzeRequest) -> JobOptions:
     """The options of ``request``, each checked (`InvalidArgument` names the field
-    and the value); the filters have the command line's ``--where`` syntax."""
-    from waveform.reanalyze.engines import ENGINES
+    and the value; the engine's name is checked by `Reanalysis.begin`, which makes
+    it); the filters have the command line's ``--where`` syntax."""
     from waveform.reanalyze.planning import parse_filter
 
     filters = tuple(parse_filter(text) for text in request.where)
     engine = request.engine or "local"
-    if engine not in ENGINES:
-        raise InvalidArgument(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     scheduler = request.scheduler or None
     if scheduler and engine != "dask":
         raise InvalidArgument(f"scheduler {scheduler!r} is a Dask scheduler: it needs "
