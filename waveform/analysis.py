@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from waveform.dsp import delineate, filters, leads, measure, qrs, quality, resample, scale
+from waveform.dsp import delineate, filters, leads, measure, pacer, qrs, quality, resample, scale
 from waveform.errors import InvalidArgument
 from waveform.model import LeadQuality, Measured, Summary, WaveformGroup
 
@@ -120,6 +120,8 @@ def analyze(ecg: object) -> Summary:
     # Padding (NaN) is rare; the quality features already counted it.
     if any(q.nan_share > 0.0 for q in lq):
         uv = np.nan_to_num(uv)
+    # Pacemaker pulses are found before the diagnostic filter smears them.
+    pulses = pacer.pulses(uv, fs)
     bp = _filtered(uv, fs)
     # Leads with nothing usable (flat, off) would only add noise to the vote.
     usable = [q.quality > 0.0 for q in lq]
@@ -131,7 +133,7 @@ def analyze(ecg: object) -> Summary:
     good = {n: q.quality >= _VOTE_QUALITY for n, q in zip(names, lq, strict=True)}
     both = good.get("I", False) and good.get("II", False)
     vote = np.array([good.get(n, both) for n in all_names], dtype=np.bool_)
-    return _summarise(beats, bp_full, all_names, fs, fs0, lead_quality, vote)
+    return _summarise(beats, bp_full, all_names, fs, fs0, lead_quality, vote, pulses)
 
 
 def _rr_stats(beats: list[int], fs: float) -> tuple[list[float], float, float]:
@@ -144,7 +146,8 @@ def _rr_stats(beats: list[int], fs: float) -> tuple[list[float], float, float]:
 
 
 def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, fs0: float,
-               lead_quality: tuple[LeadQuality, ...], vote: np.ndarray) -> Summary:
+               lead_quality: tuple[LeadQuality, ...], vote: np.ndarray,
+               pulses: np.ndarray) -> Summary:
     nb = beats.shape[0]
     orig = np.round(beats * (fs0 / fs)).astype(np.int64)
     pre, post = int(_PRE_S * fs), int(_POST_S * fs)
@@ -170,7 +173,8 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
     if not vote.any():
         vote = np.ones_like(vote)
     complete = not np.isnan(med[:, 0]).any()  # a median beat is all NaN or none
-    fid = (delineate.fiducials(med, fs, pre, rr_s, vote) if complete
+    pace = pacer.paced_lag(pulses, use, fs)
+    fid = (delineate.fiducials(med, fs, pre, rr_s, vote, pace=pace) if complete
            else np.full(5, -1, dtype=np.int64))
     to_ms = 1000.0 / fs
     no_median = "" if complete else "no complete beat for a median beat"
