@@ -11,7 +11,11 @@ Tables:
    over the 12 leads, the CSE convention), the record's median PR, QRS and QT,
    against `analyze()`; mean difference, SD and the share of records measured,
    beside the IEC 60601-2-25 limits.
-3. The Mortara cart's own measurements in marcodebe_anonymous_ecg.dcm beside ours.
+3. The LUDB records whose diagnosis lists cardiac pacing: how many beats follow
+   a pacemaker pulse found by `waveform.dsp.pacer.pulses` (when most beats of
+   the median beat do, at one lag, `analyze` starts its QRS at the pulse), and
+   the QRS and QT differences.
+4. The Mortara cart's own measurements in marcodebe_anonymous_ecg.dcm beside ours.
 
 Tuning set and report set are kept apart: constants were set while looking at
 LUDB odd-numbered records only; the report set is the even-numbered LUDB
@@ -164,6 +168,19 @@ def ludb_reference(record: Path, fs: float = 500.0) -> LudbReference:
     return LudbReference(beats, span, med(pr) if has_p else None, med(qrs_d), med(qt), has_p)
 
 
+def ludb_pacing() -> dict[int, str]:
+    """LUDB record number -> its "Cardiac pacing" diagnosis, for the paced records."""
+    import csv
+
+    path = WFDB / "ludb" / "ludb.csv"
+    if not path.exists():
+        return {}
+    with path.open(newline="") as f:
+        return {int(r["ID"]): ", ".join(m for m in r["Cardiac pacing"].strip().splitlines()
+                                        if not m.startswith("Pacemaker presence"))
+                for r in csv.DictReader(f) if r.get("Cardiac pacing", "").strip()}
+
+
 def ludb_paced() -> frozenset[int]:
     """LUDB record numbers whose diagnosis lists cardiac pacing (``ludb.csv``)."""
     import csv
@@ -174,6 +191,22 @@ def ludb_paced() -> frozenset[int]:
     with path.open(newline="") as f:
         return frozenset(int(r["ID"]) for r in csv.DictReader(f)
                          if r.get("Cardiac pacing", "").strip())
+
+
+def pulses_before_beats(record: Path) -> tuple[int, int]:
+    """(beats with a pacemaker pulse in the 200 ms before them, beats) on a record."""
+    from waveform.analysis import detect_beats
+    from waveform.dsp import pacer
+
+    x, fs, _ = _physical(record)
+    x = np.ascontiguousarray(x * 1000.0)
+    pulse = pacer.pulses(x, fs)
+    beats = detect_beats(x, fs)
+    if pulse.size == 0:
+        return 0, int(beats.size)
+    k = np.searchsorted(pulse, beats)
+    before = (k > 0) & (beats - pulse[np.maximum(k - 1, 0)] <= 0.2 * fs)
+    return int(before.sum()), int(beats.size)
 
 
 def wfdb_ecg(record: Path) -> Ecg:
@@ -377,6 +410,27 @@ def interval_table(sets: dict[str, list[IntervalRow]]) -> str:
                   "measured / ref has it"], rows)
 
 
+def paced_table(rows: list[IntervalRow]) -> str | None:
+    pacing = ludb_pacing()
+    by_record = {r.record: r for r in rows}
+    out = []
+    for k, what in sorted(pacing.items()):
+        r = by_record.get(k)
+        if r is None:
+            continue
+        with_pulse, beats = pulses_before_beats(WFDB / "ludb" / str(k))
+        diffs = []
+        for name, ref in (("QRS", r.ref.qrs_ms), ("QT", r.ref.qt_ms)):
+            ours = r.ours[name]
+            diffs.append(f"{ours - ref:+.0f}" if ours is not None and ref is not None else "-")
+        out.append([k, TUNING if k % 2 else REPORT, what,
+                    f"{with_pulse} / {beats}", *diffs])
+    if not out:
+        return None
+    return table(["record", "set", "pacing (ludb.csv)", "beats after a pulse", "QRS diff ms",
+                  "QT diff ms"], out)
+
+
 # --- the cart's own measurements ------------------------------------------------
 
 
@@ -432,6 +486,10 @@ def main(small: bool = False) -> None:
         sets[f"{REPORT}, unpaced"] = [r for r in sets[REPORT] if r.record not in paced]
     print("\nIntervals on LUDB vs the cardiologists' global marks (record medians)\n")
     print(interval_table(sets))
+    pt = paced_table(rows)
+    if pt:
+        print("\nPaced LUDB records (ludb.csv): beats that follow a pacemaker pulse\n")
+        print(pt)
     cart = cart_table()
     if cart:
         print("\nMortara ELI 250 (marcodebe_anonymous_ecg.dcm): the cart's measurements\n")

@@ -104,3 +104,12 @@ def test_ludb_pulses_only_on_paced_records() -> None:
     # set; 45 tuning); bipolar (90) and biventricular (93) pulses are too small
     # at 500 Hz.
     assert {34, 45, 72, 74} <= found
+
+
+def test_bench_counts_beats_after_a_pulse() -> None:
+    shared("wfdb", "ludb", "34.hea")
+    from bench.accuracy import ludb_pacing, pulses_before_beats
+
+    assert pulses_before_beats(WFDB / "ludb" / "34") == (10, 10)
+    assert pulses_before_beats(WFDB / "ludb" / "1")[0] == 0
+    assert ludb_pacing()[90] == "Bipolar ventricular pacing"
