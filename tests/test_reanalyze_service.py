@@ -275,7 +275,7 @@ class _Ingester:
                 self.errors.append(f"{_code(e).name}: {e.details()}")
             else:
                 self.acked.append((time.monotonic(), r.sop_instance_uid))
-            time.sleep(0.03)
+            time.sleep(0.05)
 
     def finish(self) -> None:
         self.stop.set()
@@ -286,7 +286,7 @@ def test_reanalysis_while_the_service_ingests(svc: Service) -> None:
     org = "org-r"
     before = _stored(svc.store, 24, org, seed=1)
     seq = svc.server.archive.audit.last_seq
-    ingest = _Ingester(svc, "cart_r", objects(80, seed=2))
+    ingest = _Ingester(svc, "cart_r", objects(300, seed=2))  # until the job ends
     messages, times = [], []
     try:
         for m in svc.reanalyze(where=[f"organisation={org}"], workers=1, unit_ecgs=4,
