@@ -266,6 +266,19 @@ def test_a_dead_worker_leaves_its_ecgs_unread_and_they_are_planned_again(
     assert _counts(store, "t-dead") == (0, 0)
 
 
+def test_the_last_wave_is_committed_as_it_comes_back(store: Store) -> None:
+    """With every unit left on a worker, rows are committed as soon as the committer
+    is idle: the job's last commit holds the last unit, not a whole batch."""
+    seen: list[int] = []
+    r = run(store, _Inline(failures=0), version="t-tail", unit_ecgs=100, commit_rows=10_000,
+            progress=_quiet(), on_commit=lambda res: seen.append(res.committed))
+    assert r.units == 3 and r.committed == N == 240
+    # Units of 100, 100 and 40 ECGs on one worker: the first two committed once the
+    # third was the only one left, the third on its own.
+    assert seen == [200, 240] and r.commits == 2
+    assert _counts(store, "t-tail") == (N, N)
+
+
 def test_commit_skips_summaries_that_appeared_meanwhile(store: Store) -> None:
     unit = plan(store, "t-race", unit_ecgs=10).units[0]
     table = measure_unit(unit, "t-race").table

@@ -178,7 +178,11 @@ def _dispatch(store: Store, engine: Engine, p: Plan, analyze: Analyze | None,
               on_commit: Callable[[JobResult], None] | None) -> None:
     """Hand units to the engine, commit what comes back. Commits run in one thread
     of their own (still the one writer, one commit at a time) so that dispatch
-    goes on while a batch is written."""
+    goes on while a batch is written. Once every unit left is on a worker, what
+    has come back is committed whenever the committer is idle rather than
+    ``commit_rows`` at a time: the commit after the last unit is then that unit's
+    rows, not up to ``commit_rows`` of them, which the job would wait for with
+    every worker idle."""
     buffered: list[pa.Table] = []
     n_buffered = 0
     pending: Future[tuple[int, int, float]] | None = None
@@ -205,8 +209,10 @@ def _dispatch(store: Store, engine: Engine, p: Plan, analyze: Analyze | None,
                                        p.version)
             buffered, n_buffered = [], 0
 
+    left = len(p.units)
     with ThreadPoolExecutor(1, thread_name_prefix="reanalyze-commit") as committer:
         for unit, out in engine.run(p.units, p.version, analyze):
+            left -= 1
             if isinstance(out, UnitResult):
                 if out.table.num_rows:
                     buffered.append(out.table)
@@ -224,7 +230,8 @@ def _dispatch(store: Store, engine: Engine, p: Plan, analyze: Analyze | None,
             progress.advance(unit.n_ecgs)
             if pending is not None and pending.done():
                 settle()
-            if n_buffered >= commit_rows:
+            if n_buffered >= commit_rows or (0 < left <= engine.workers and n_buffered
+                                             and pending is None):
                 commit()
         commit()
         settle()
