@@ -391,7 +391,10 @@ def test_the_command_line_runs_the_job_in_the_server(svc: Service,
     assert ("waveform reanalyze: INVALID_ARGUMENT: filter 'colour=red': no ecg column"
             in capsys.readouterr().err)
     assert main([*args, "--token", svc.tokens["admin"], "--data", "somewhere"]) == 2
-    assert "--data open the archive here, --server runs the job inside the server" in \
+    assert ("waveform reanalyze: --data and --server do not go together (it opens the "
+            "archive here; --server runs the job inside the server)") in capsys.readouterr().err
+    assert main([*args, "--compare", "1.0", "1.1", "--catalog", "c"]) == 2
+    assert "--catalog, --compare and --server do not go together (they open" in \
         capsys.readouterr().err
     # The folder the server holds, opened by another process: the message points
     # at --server.

@@ -115,8 +115,9 @@ def _cmd_reanalyze(args: argparse.Namespace) -> int:
     if args.server:
         misused = [flag for name, flag in _LOCAL_ONLY if getattr(args, name)]
         if misused:
-            print(f"waveform reanalyze: {', '.join(misused)} open the archive here, --server "
-                  "runs the job inside the server: choose one", file=sys.stderr)
+            print(f"waveform reanalyze: {', '.join(misused)} and --server do not go together "
+                  f"({'it opens' if len(misused) == 1 else 'they open'} the archive here; "
+                  "--server runs the job inside the server)", file=sys.stderr)
             return 2
     try:
         if args.server:
