@@ -12,21 +12,22 @@ from waveform.analysis import detect_beats
 from waveform.dsp import delineate, pacer
 
 
-def _paced(rr: np.ndarray, lag_s: float = 0.06, amp_uv: float = 800.0, seed: int = 0
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _paced(rr: np.ndarray, lag_s: float = 0.06, amp_uv: float = 800.0, seed: int = 0,
+           fs: float = FS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A synthetic 12-lead ECG with a pacemaker pulse ``lag_s`` before every R.
 
-    The pulse is a one-sample step decaying over ~4 ms (a 0.5 ms stimulus seen
-    through a recorder's AC coupling at 500 Hz), of one sign per lead as one
-    field projects on every lead. Returns (x µV, R indices, pulse indices).
+    The pulse is a one-sample step decaying with a 4 ms time constant (a 0.5 ms
+    stimulus seen through a recorder's AC coupling), of one sign per lead as
+    one field projects on every lead. Returns (x µV, R indices, pulse indices).
     """
-    x, r = synthetic_ecg(rr, seed=seed, p_wave=False)
-    pulse = r - round(lag_s * FS)
+    x, r = synthetic_ecg(rr, fs=fs, seed=seed, p_wave=False)
+    pulse = r - round(lag_s * fs)
     sign = np.where(np.arange(12) % 2 == 0, 1.0, -1.0)
     gain = np.linspace(0.5, 1.0, 12)
-    tail = amp_uv * np.exp(-np.arange(6) / 2.0)
+    k = round(0.012 * fs)
+    tail = amp_uv * np.exp(-np.arange(k) / (0.004 * fs))
     for p in pulse:
-        x[:, p + 1:p + 7] += (sign * gain)[:, None] * tail[None, :]
+        x[:, p + 1:p + 1 + k] += (sign * gain)[:, None] * tail[None, :]
     return x, r, pulse
 
 
@@ -113,3 +114,16 @@ def test_bench_counts_beats_after_a_pulse() -> None:
     assert pulses_before_beats(WFDB / "ludb" / "34") == (10, 10)
     assert pulses_before_beats(WFDB / "ludb" / "1")[0] == 0
     assert ludb_pacing()[90] == "Bipolar ventricular pacing"
+
+
+def test_pulses_are_found_at_the_recordings_own_rate() -> None:
+    # A cart's 1000 Hz recording with 0.5 ms pulses. Resampled to 500 Hz first,
+    # the pulses are not found: the anti-alias filter rings before each step,
+    # so the 20 ms before it are not calm. At 1000 Hz they are, sample for sample.
+    from waveform.dsp import resample
+
+    fs = 1000.0
+    x, _, pulse = _paced(np.full(12, 0.8), lag_s=0.1, fs=fs)
+    np.testing.assert_array_equal(pacer.pulses(np.ascontiguousarray(x), fs), pulse)
+    at_500 = resample.resample(x.astype(np.float32), fs, FS)
+    assert pacer.pulses(np.ascontiguousarray(at_500), FS).shape == (0,)

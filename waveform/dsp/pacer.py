@@ -7,7 +7,10 @@ steeper than any cardiac deflection, from a flat baseline (the stimulus fires
 into the isoelectric line before the beat it triggers), seen on most leads at
 the same instant (one electric field, projected on every lead). The 40 Hz
 diagnostic filter smears it into a 20-30 ms wave that a slope walk takes for
-the start of the QRS, so pulses are found on the signal before that filter.
+the start of the QRS, so pulses are found on the signal before that filter,
+and at the recording's own rate: a resampler's anti-alias filter rings before
+and after a step (Gibbs), which leaves the milliseconds before it anything
+but calm. NaN samples (padding) never vote.
 
 `pulses` finds them: at each sample, a lead votes for a pulse when its
 one-sample step is many times larger than any step in the 4-20 ms before it
