@@ -127,3 +127,14 @@ def test_pulses_are_found_at_the_recordings_own_rate() -> None:
     np.testing.assert_array_equal(pacer.pulses(np.ascontiguousarray(x), fs), pulse)
     at_500 = resample.resample(x.astype(np.float32), fs, FS)
     assert pacer.pulses(np.ascontiguousarray(at_500), FS).shape == (0,)
+
+
+@pytest.mark.parametrize("n", [12, 27, 28, 100, 5001])
+def test_block_screen_matches_numpy(n: int) -> None:
+    x = np.random.default_rng(n).normal(0, 50, n).astype(np.float32)
+    a = 10
+    tops = np.empty(max((n - 1 - a + pacer._BLOCK - 1) // pacer._BLOCK, 0))
+    pacer._screen(x, a, tops)
+    steps = np.abs(np.diff(x.astype(np.float64)))[a:]
+    want = [steps[k:k + pacer._BLOCK].max() for k in range(0, steps.shape[0], pacer._BLOCK)]
+    np.testing.assert_allclose(tops, want, rtol=1e-6)

@@ -56,6 +56,32 @@ _PACED_SHARE = 0.5
 _LEAST_UV = _STEP_RATIO * _FLOOR_UV
 
 
+_BLOCK = 16
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _screen(xc: np.ndarray, a: int, tops: np.ndarray) -> None:
+    # tops[k]: the largest step in block k of _BLOCK steps from sample a. Full
+    # blocks have a fixed trip count and stay in the input's precision, so the
+    # loop vectorises (4x faster than a scalar max). Fast math assumes no NaN:
+    # a NaN can only make a block be skipped or looked at; the vote itself is
+    # exact (`_votes`).
+    n = xc.shape[0]
+    for k in range(tops.shape[0]):
+        i0 = a + k * _BLOCK
+        d = xc[i0 + 1] - xc[i0]
+        top = max(d, -d)
+        if i0 + _BLOCK < n:
+            for j in range(1, _BLOCK):
+                d = xc[i0 + j + 1] - xc[i0 + j]
+                top = max(top, max(d, -d))
+        else:
+            for i in range(i0 + 1, n - 1):
+                d = xc[i + 1] - xc[i]
+                top = max(top, max(d, -d))
+        tops[k] = top
+
+
 @numba.njit(cache=True, nogil=True)
 def _votes(xc: np.ndarray, i: int, a: int, b: int) -> bool:
     # Whether the step after sample i is a pulse's edge on this lead: large,
@@ -84,6 +110,8 @@ def pulses(x: np.ndarray, fs: float) -> np.ndarray:
         return out
     a = max(int(_CALM_FROM_S * fs + 0.5), 2)
     b = max(int(_CALM_TO_S * fs + 0.5), 1)
+    if n - 1 <= a:
+        return out
     need = (n_ch + 1) // 2
     votes = np.zeros(n, dtype=np.int32)
     # A pulse has the votes of half the leads, so at least one of any
@@ -92,18 +120,17 @@ def pulses(x: np.ndarray, fs: float) -> np.ndarray:
     first = n_ch - need + 1
     cand = np.empty(n, dtype=np.int64)
     nc = 0
+    tops = np.empty((n - 1 - a + _BLOCK - 1) // _BLOCK)
     for c in range(first):
         xc = x[c]
         last = -n
         # Blocks of 16 steps are screened by their largest step first; few
         # blocks pass (those with a QRS upstroke or a pulse).
-        i0 = a
-        while i0 < n - 1:
-            i1 = min(i0 + 16, n - 1)
-            top = 0.0
-            for i in range(i0, i1):
-                top = max(top, abs(xc[i + 1] - xc[i]))
-            if top > _LEAST_UV:
+        _screen(xc, a, tops)
+        for k in range(tops.shape[0]):
+            i0 = a + k * _BLOCK
+            i1 = min(i0 + _BLOCK, n - 1)
+            if tops[k] > _LEAST_UV:
                 for i in range(i0, i1):
                     if _votes(xc, i, a, b) and i - last > 1:
                         # One vote per lead and pulse: a pulse's steep edge
@@ -113,7 +140,6 @@ def pulses(x: np.ndarray, fs: float) -> np.ndarray:
                             nc += 1
                         votes[i] += 1
                         last = i
-            i0 = i1
     for c in range(first, n_ch):
         xc = x[c]
         for k in range(nc):
