@@ -1,8 +1,7 @@
 """Pacemaker pulses: where they are, and whether a median beat is paced.
 
-A pacemaker stimulus is a 0.1-2 ms pulse (IEC 60601-2-25 clause 201.6.2.4 asks
-an electrocardiograph to show pulses of 0.1-2 ms and 2-250 mV at the
-electrode; ANSI/AAMI EC11 alike). On the body surface it is a step far
+A pacemaker stimulus is a 0.1-2 ms pulse (the range IEC 60601-2-25 asks an
+electrocardiograph to handle). On the body surface it is a step far
 steeper than any cardiac deflection, from a flat baseline (the stimulus fires
 into the isoelectric line before the beat it triggers), seen on most leads at
 the same instant (one electric field, projected on every lead). The 40 Hz
@@ -56,6 +55,7 @@ _PACED_SHARE = 0.5
 _LEAST_UV = _STEP_RATIO * _FLOOR_UV
 
 
+#: Steps screened at once by their largest (a vector's worth of float32).
 _BLOCK = 16
 
 
