@@ -7,8 +7,8 @@ import pytest
 
 from bench.accuracy import WFDB, ludb_paced
 from tests.conftest import shared
-from tests.test_analysis import FS, synthetic_ecg
-from waveform.analysis import detect_beats
+from tests.test_analysis import FS, make_ecg, synthetic_ecg
+from waveform.analysis import analyze, detect_beats
 from waveform.dsp import delineate, pacer
 
 
@@ -138,3 +138,21 @@ def test_block_screen_matches_numpy(n: int) -> None:
     steps = np.abs(np.diff(x.astype(np.float64)))[a:]
     want = [steps[k:k + pacer._BLOCK].max() for k in range(0, steps.shape[0], pacer._BLOCK)]
     np.testing.assert_allclose(tops, want, rtol=1e-6)
+
+
+def test_analyze_starts_a_paced_qrs_at_the_pulse_at_1000_hz() -> None:
+    # A cart's 1000 Hz recording: analyze() finds the pulses at 1000 Hz,
+    # before resampling and filtering, and starts the QRS at them.
+    fs = 1000.0
+    x, _, pulse = _paced(np.full(12, 0.8), lag_s=0.1, fs=fs)
+    s = analyze(make_ecg(x, fs))
+    beats = np.asarray(s.beats)
+    lag_ms = float(np.median(beats - pulse[:beats.shape[0]]))  # 1 sample = 1 ms
+    assert 95.0 <= lag_ms <= 105.0
+    assert s.qrs_onset_ms.value is not None
+    assert abs(s.qrs_onset_ms.value - (500.0 - lag_ms)) <= 4.0
+    # Unpaced, the same ECG's QRS starts where its Q wave does, 25 ms before R.
+    y, _ = synthetic_ecg(np.full(12, 0.8), fs=fs, p_wave=False)
+    plain = analyze(make_ecg(y, fs))
+    assert plain.qrs_onset_ms.value is not None
+    assert plain.qrs_onset_ms.value > s.qrs_onset_ms.value + 30.0

@@ -109,8 +109,13 @@ def analyze(ecg: object) -> Summary:
         [c.padding for c in chans],
     )
     fs0 = float(g.sampling_frequency)
+    # Pacemaker pulses are found at the recording's own rate: the resampler's
+    # anti-alias filter rings around a step and the diagnostic filter smears
+    # it (NaN padding never votes for a pulse).
+    pulses = pacer.pulses(uv, fs0)
     if fs0 != ANALYSIS_FS:
         uv = resample.resample(np.nan_to_num(uv), fs0, ANALYSIS_FS)
+        pulses = np.round(pulses * (ANALYSIS_FS / fs0)).astype(np.int64)
     fs = ANALYSIS_FS
     names = [c.name or f"ch{i + 1}" for i, c in enumerate(chans)]
     lq = quality.assess(uv, fs)
@@ -120,8 +125,6 @@ def analyze(ecg: object) -> Summary:
     # Padding (NaN) is rare; the quality features already counted it.
     if any(q.nan_share > 0.0 for q in lq):
         uv = np.nan_to_num(uv)
-    # Pacemaker pulses are found before the diagnostic filter smears them.
-    pulses = pacer.pulses(uv, fs)
     bp = _filtered(uv, fs)
     # Leads with nothing usable (flat, off) would only add noise to the vote.
     usable = [q.quality > 0.0 for q in lq]
