@@ -13,12 +13,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from tests.conftest import Archive
 from waveform.analysis import analyze
-from waveform.dicom import encode
+from waveform.dicom import decode, encode
 from waveform.dicom.synthetic import synthetic_ecg
 from waveform.errors import StorageError
 from waveform.model import Summary
 from waveform.service import convert
+from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.store import LocalFiles, Store
 from waveform.store.durable import commit_tables
 from waveform.store.lake import ALIAS, connect
@@ -204,6 +206,7 @@ def test_an_older_catalog_gains_the_column_and_old_rows_read_as_before(
         row = summary_row(uid, "new", None, summary, store.ecg_context(uid))
         store.commit_summaries(summary_table([row]))
         new = store.get_summary(uid)
+        assert new is not None and old is not None
         assert new == old and list(new) == list(old)
         assert _bits(Summary.from_dict(new).median_beat) == _bits(summary.median_beat)
         # What GetSummary answers (the message, its document JSON included) is
@@ -229,3 +232,22 @@ def test_a_damaged_median_beat_is_a_storage_error(tmp_path: Path, summary: Summa
         with pytest.raises(StorageError, match=f"summary of {uid} cannot be read: .* "
                                                "does not divide into 12 leads"):
             store.get_summary(uid)
+
+
+def test_get_summary_over_grpc_gives_the_median_beat_bit_exact(archive: Archive) -> None:
+    """A client's GetSummary: the document JSON carries the median beat as it always
+    did, and reads back as the analysis's float32 values."""
+    ecg = synthetic_ecg(seed=33, duration_s=10.0)
+    r = archive.stub.Ingest(pb.IngestRequest(dicom=encode(ecg), wait_for_summary=True),
+                            metadata=archive.auth("cart_a"))
+    got = archive.stub.GetSummary(pb.GetSummaryRequest(sop_instance_uid=r.sop_instance_uid),
+                                  metadata=archive.auth("dr_a"))
+    doc = json.loads(got.document_json)
+    want = analyze(decode(encode(ecg)))
+    back = Summary.from_dict(doc)
+    assert back.median_beat.shape == want.median_beat.shape == (12, 600)
+    assert _bits(back.median_beat) == _bits(want.median_beat)
+    assert doc["median_beat"] == json.loads(_old_document(want))["median_beat"]
+    stored = archive.store.sql(f"SELECT median_beat FROM {ALIAS}.summary "
+                               "WHERE sop_instance_uid = ?", [r.sop_instance_uid])
+    assert stored == [(want.median_beat.astype("<f4").tobytes(),)]
