@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import signal
 
-from waveform.dsp import filters, leads, quality, resample, scale
+from waveform.dsp import filters, leads, measure, quality, resample, scale
 from waveform.errors import InvalidArgument
 
 RNG = np.random.default_rng(20240611)
@@ -255,3 +255,25 @@ def test_quality_features_match_numpy() -> None:
     means = x[:, : 10 * 500].reshape(2, 10, 500).mean(axis=2)
     np.testing.assert_allclose(f[:, 5], np.median(means, axis=1))
     np.testing.assert_allclose(f[:, 4], np.ptp(means, axis=1))
+
+
+# --- wave areas ----------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_net_areas_equal_numpy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    med = (rng.standard_normal((12, 600)) * 300).astype(np.float32)
+    q_on = int(rng.integers(0, 300))
+    spans = rng.integers(-5, 601, size=(4, 2))
+    got = measure.net_areas(med, 0, 5, spans, q_on)
+    x = med[[0, 5]].astype(np.float64)
+    iso = max(q_on - 5, 0)
+    base = x[:, iso:q_on].mean(axis=1) if q_on > 0 else np.zeros(2)
+    for (a, b), row in zip(spans, got, strict=True):
+        if a < 0 or b < 0 or b <= a:
+            assert np.isnan(row).all()
+        else:
+            want = x[:, a:b].sum(axis=1) - (b - a) * base
+            np.testing.assert_allclose(row, want, rtol=1e-9, atol=1e-6 * np.abs(x).sum())

@@ -34,6 +34,8 @@ _POST_S = 0.7
 #: A beat is premature when it comes this much earlier than the median RR
 #: (the usual 20% prematurity criterion of Holter analysis).
 _PREMATURE = 0.8
+#: A lead quality reason's name (the enum's ``.name`` is a slow property).
+_REASON_NAMES = {r: r.name for r in quality.Reason}
 #: Least lead quality (0..1) for a lead to vote on the global boundaries.
 _VOTE_QUALITY = 0.5
 
@@ -120,7 +122,8 @@ def analyze(ecg: object) -> Summary:
     names = [c.name or f"ch{i + 1}" for i, c in enumerate(chans)]
     lq = quality.assess(uv, fs)
     lead_quality = tuple(
-        LeadQuality(n, round(q.quality, 3), q.reason.name) for n, q in zip(names, lq, strict=True)
+        LeadQuality(n, round(q.quality, 3), _REASON_NAMES[q.reason])
+        for n, q in zip(names, lq, strict=True)
     )
     # Padding (NaN) is rare; the quality features already counted it.
     if any(q.nan_share > 0.0 for q in lq):
@@ -152,7 +155,7 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
                lead_quality: tuple[LeadQuality, ...], vote: np.ndarray,
                pulses: np.ndarray) -> Summary:
     nb = beats.shape[0]
-    orig = np.round(beats * (fs0 / fs)).astype(np.int64)
+    orig = beats.copy() if fs0 == fs else np.round(beats * (fs0 / fs)).astype(np.int64)
     pre, post = int(_PRE_S * fs), int(_POST_S * fs)
     no_beats = "fewer than 2 beats detected"
     classes = ["U"] * nb
@@ -236,29 +239,24 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
     )
 
 
+#: Why the P, QRS and T axes are absent when their span is not delineated.
+_AXIS_ABSENT = ("no P wave on the median beat", "",
+                "T wave end not found on the median beat")
+
+
 def _axes(med: np.ndarray, names: list[str], fid: list[int]) -> list[Measured]:
     if "I" not in names or "aVF" not in names:
         return [_absent("leads I and aVF (or I and II) are needed for a frontal axis")] * 3
     p_on, p_off, q_on, q_off, t_off = fid
     if q_on < 0 or q_off < 0:
         return [_absent("QRS not delineated on the median beat")] * 3
-    # Running sums of I and aVF: every wave's net area is a difference of two.
-    cum = np.zeros((2, med.shape[1] + 1))
-    np.cumsum(med[[names.index("I"), names.index("aVF")]], axis=1, out=cum[:, 1:])
-    ci, cf = cum.tolist()
-    iso = max(q_on - 5, 0)
-    bi = (ci[q_on] - ci[iso]) / (q_on - iso) if q_on > 0 else 0.0
-    bf = (cf[q_on] - cf[iso]) / (q_on - iso) if q_on > 0 else 0.0
-    spans = [
-        (p_on, p_off, "no P wave on the median beat"),
-        (q_on, q_off + 1, ""),
-        (q_off, t_off, "T wave end not found on the median beat"),
-    ]
+    spans = np.array([[p_on, p_off], [q_on, q_off + 1], [q_off, t_off]], dtype=np.int64)
+    areas = measure.net_areas(med, names.index("I"), names.index("aVF"), spans, q_on).tolist()
     out = []
-    for a, b, why in spans:
-        if a < 0 or b < 0 or b <= a:
+    for (ai, af), why in zip(areas, _AXIS_ABSENT, strict=True):
+        if math.isnan(ai):
             out.append(_absent(why))
             continue
-        ax = measure.axis_from_areas(ci[b] - ci[a] - (b - a) * bi, cf[b] - cf[a] - (b - a) * bf)
+        ax = measure.axis_from_areas(ai, af)
         out.append(Measured(ax, "") if ax is not None else _absent("no net deflection"))
     return out
