@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import signal
 
-from waveform.dsp import filters, leads, measure, quality, resample, scale
+from waveform.dsp import delineate, filters, leads, measure, quality, resample, scale
 from waveform.errors import InvalidArgument
 
 RNG = np.random.default_rng(20240611)
@@ -277,3 +277,28 @@ def test_net_areas_equal_numpy(seed: int) -> None:
         else:
             want = x[:, a:b].sum(axis=1) - (b - a) * base
             np.testing.assert_allclose(row, want, rtol=1e-9, atol=1e-6 * np.abs(x).sum())
+
+
+# --- median beats ----------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 2**32 - 1), st.booleans())
+def test_median_beats_equal_numpy_exactly(n_beats: int, seed: int, ties: bool) -> None:
+    # Every beat count (odd and even), beats near both ends (skipped), and
+    # quantised samples with many ties: the float32 median of each sample is
+    # np.median's, bit for bit.
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 12_000)) * 200
+    if ties:
+        x = np.round(x / 50) * 50
+    x = x.astype(np.float32)
+    beats = np.sort(rng.integers(0, 12_000, n_beats))
+    pre, post = 150, 250
+    got = delineate.median_beats(x, beats, pre, post)
+    ok = [b for b in beats if b - pre >= 0 and b + post <= x.shape[1]]
+    if not ok:
+        assert np.isnan(got).all()
+        return
+    stack = np.stack([x[:, b - pre:b + post] for b in ok]).astype(np.float64)
+    np.testing.assert_array_equal(got, np.median(stack, axis=0).astype(np.float32))

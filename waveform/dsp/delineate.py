@@ -82,6 +82,33 @@ _PULSE_SMEAR_S = 0.020
 
 
 @numba.njit(cache=True, nogil=True)
+def _exchange(src: np.ndarray, dst: np.ndarray, first: int, m: int) -> None:
+    # One round of an odd-even transposition sort of the rows of ``src`` into
+    # ``dst``: rows (k, k + 1) for k = first, first + 2, ... are compared
+    # sample by sample; a row left out is copied. Writing to another buffer
+    # lets the compiler vectorise the compare-exchange (in place, it does not).
+    width = src.shape[1]
+    if first == 1:
+        for i in range(width):
+            dst[0, i] = src[0, i]
+    k = first
+    while k + 1 < m:
+        a = src[k]
+        b = src[k + 1]
+        lo = dst[k]
+        hi = dst[k + 1]
+        for i in range(width):
+            u = a[i]
+            v = b[i]
+            lo[i] = u if u < v else v
+            hi[i] = v if u < v else u
+        k += 2
+    if k < m:
+        for i in range(width):
+            dst[k, i] = src[k, i]
+
+
+@numba.njit(cache=True, nogil=True)
 def median_beats(x: np.ndarray, beats: np.ndarray, pre: int, post: int) -> np.ndarray:
     """(leads, pre + post) float32 median of the beats' windows [b - pre, b + post).
 
@@ -100,33 +127,29 @@ def median_beats(x: np.ndarray, beats: np.ndarray, pre: int, post: int) -> np.nd
     if m == 0:
         return out
     h = m // 2
-    win = np.empty((m, width), dtype=x.dtype)
+    one = np.empty((m, width), dtype=x.dtype)
+    two = np.empty((m, width), dtype=x.dtype)
     for c in range(n_ch):
         xc = x[c]
         for k in range(m):
             s0 = use[k] - pre
-            wk = win[k]
             for i in range(width):
-                wk[i] = xc[s0 + i]
+                one[k, i] = xc[s0 + i]
         # Odd-even transposition sort of the m windows, every sample at once:
         # m rounds of compare-exchange between neighbouring windows. No
         # branch depends on the data, so noise (which reorders the beats from
         # one sample to the next) costs nothing, unlike an insertion sort.
+        src = one
+        dst = two
         for r in range(m):
-            for k in range(r % 2, m - 1, 2):
-                a = win[k]
-                b = win[k + 1]
-                for i in range(width):
-                    u = a[i]
-                    v = b[i]
-                    a[i] = min(u, v)
-                    b[i] = max(u, v)
+            _exchange(src, dst, r % 2, m)
+            src, dst = dst, src
         if m % 2 == 1:
             for i in range(width):
-                out[c, i] = win[h, i]
+                out[c, i] = src[h, i]
         else:
             for i in range(width):
-                out[c, i] = 0.5 * (np.float64(win[h - 1, i]) + np.float64(win[h, i]))
+                out[c, i] = 0.5 * (np.float64(src[h - 1, i]) + np.float64(src[h, i]))
     return out
 
 
