@@ -61,13 +61,16 @@ def _scale(
         g = gain[c]
         o = offset[c]
         pad = padding[c]
-        check = has_padding[c]
-        for i in range(n):
-            v = raw[c, i]
-            if check and v == pad:
-                out[c, i] = np.nan
-            else:
-                out[c, i] = np.float32(v * g + o)
+        row = raw[c]
+        dst = out[c]
+        if has_padding[c]:
+            for i in range(n):
+                v = row[i]
+                dst[i] = np.nan if v == pad else np.float32(v * g + o)
+        else:
+            # Without a padding value the loop has no branch and vectorises.
+            for i in range(n):
+                dst[i] = np.float32(row[i] * g + o)
     return out
 
 
