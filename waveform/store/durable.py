@@ -80,7 +80,10 @@ WRITE_OPTIONS: dict[str, ParquetOptions] = {
         row_group_size=8, uncompressed=("samples",), no_statistics=("samples", "channels")
     ),
     "summary": ParquetOptions(
-        row_group_size=1 << 14, no_statistics=("document",),
+        # The float32 median beats compress by 7% for a tenth of a millisecond
+        # of the writer's time per row: stored as they are.
+        row_group_size=1 << 14, uncompressed=("median_beat",),
+        no_statistics=("document", "median_beat"),
         sorting=("organisation", "acquisition_datetime"),
     ),
 }
