@@ -351,6 +351,45 @@ def test_killed_job_resumes_without_duplicates(archive: Path, local2: LocalEngin
         assert _counts(s, ANALYSIS_VERSION) == (N, N)
 
 
+def test_ctrl_c_stops_the_job_quietly_and_it_resumes(tmp_path: Path,
+                                                     local2: LocalEngine) -> None:
+    """SIGINT to the whole process group (what Ctrl-C on a terminal sends): the
+    driver stops with its message and exit status 1, the pool's workers ignore
+    it (no traceback from them), and a re-run finishes without duplicates."""
+    path = tmp_path / "data"
+    n = 96
+    with Store.open(path, analyze=None, measure=False) as s:
+        s.ingest(objects(n, seed=5), "org-c")
+    child = _cli(path, "--workers", "2", "--unit", "4", "--commit", "8", "-v",
+                 start_new_session=True)
+    assert child.stderr is not None
+    seen = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = child.stderr.readline()
+            seen.append(line)
+            if not line or "committed:" in line:
+                break
+        os.killpg(child.pid, signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    err = "".join(seen) + err
+    assert any("committed:" in line for line in seen), err
+    assert child.returncode == 1, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "interrupted" in err.lower(), err
+    with Store.open(path, analyze=None, measure=False) as s:
+        total, distinct = _counts(s, ANALYSIS_VERSION)
+        assert total == distinct and 8 <= total <= n
+        again = run(s, local2, progress=_quiet())
+        assert again.committed == n - total and again.skipped == 0
+        assert _counts(s, ANALYSIS_VERSION) == (n, n)
+
+
 # --------------------------------------------------------------- compare
 
 

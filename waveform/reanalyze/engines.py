@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import multiprocessing
+import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -100,7 +101,7 @@ class LocalEngine(Engine):
         if self._pool is not None:
             return
         self._pool = cf.ProcessPoolExecutor(
-            self._n, mp_context=multiprocessing.get_context("spawn"), initializer=warm_up)
+            self._n, mp_context=multiprocessing.get_context("spawn"), initializer=_pool_worker)
         # The pool starts processes on demand: ask each for something now, so the
         # start-up and compile time is not charged to the first units.
         for f in [self._pool.submit(_nothing) for _ in range(self._n)]:
@@ -120,6 +121,14 @@ class LocalEngine(Engine):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _pool_worker() -> None:
+    """A local pool process: Ctrl-C on the terminal reaches the whole process
+    group, but only the driver acts on it (it stops submitting and shuts the
+    pool down); the workers ignore it rather than each printing a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warm_up()
 
 
 def _nothing() -> None:
