@@ -105,9 +105,10 @@ def commit_new(store: Store, table: pa.Table, version: str) -> tuple[int, int]:
             first.setdefault(u, i)
     rows = sorted(first.values())
     keep = table if len(rows) == table.num_rows else table.take(pa.array(rows, pa.int64()))
-    if keep.num_rows:
-        store.commit_summaries(keep)
-    return keep.num_rows, table.num_rows - keep.num_rows
+    # The store drops, under its commit lock, rows of ECGs that got a summary of
+    # its own version since the query (its measurement stage racing the job).
+    committed = store.commit_summaries(keep) if keep.num_rows else 0
+    return committed, table.num_rows - committed
 
 
 def run(

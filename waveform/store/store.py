@@ -533,9 +533,10 @@ class Store:
         with self._ids:
             self._summary_loc = {u: (f, r) for u, f, r in rows}
 
-    def commit_summaries(self, table: pa.Table) -> None:
+    def commit_summaries(self, table: pa.Table) -> int:
         """Durably commit ``summary`` rows and index those of the current version
-        (rows of ECGs that already have a summary of it are dropped).
+        (rows of ECGs that already have a summary of it are dropped); the number
+        of rows committed.
 
         Staged and committed like an ingest group: the file is written while an
         ingest commit may run, and only the catalog transaction takes the lock."""
@@ -555,7 +556,7 @@ class Store:
                 uids = [uids[i] for i in keep]
                 versions = [versions[i] for i in keep]
             if table.num_rows == 0:
-                return
+                return 0
             with self._commit_lock.staging():
                 paths = stage_tables(self._files, self.data_path, {"summary": table})
             try:
@@ -567,6 +568,7 @@ class Store:
                                 self._summary_loc[u] = (paths["summary"], i)
             finally:
                 self._commit_lock.committed()
+            return table.num_rows
         finally:
             with self._ids:
                 self._summary_claims -= claimed
