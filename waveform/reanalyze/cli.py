@@ -17,8 +17,7 @@ With --server the job runs inside that server (the Reanalyze call, role
 admin), on the server's store while it ingests, its workers on the server's
 machine or on --scheduler; the progress and the report are shown here, and
 Ctrl-C stops the job after its current unit (run it again to measure the
-rest). See docs/scale.md. `register` adds the command to the `waveform`
-command line.
+rest). See docs/scale.md.
 """
 
 from __future__ import annotations
