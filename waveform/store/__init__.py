@@ -4,7 +4,8 @@
 `files` (the file-operations seam), `lake` (DuckDB + ducklake), `schema`
 (the tables), `codec` (sample encodings), `records` (objects as rows),
 `durable` (the durability order), `writer` (group commit), `queries` (read
-path and search), `measure` (background summaries), `compact` (merging files).
+path and search), `summaries` (summary rows: the document and the float32
+median beat), `measure` (background summaries), `compact` (merging files).
 """
 
 from __future__ import annotations
