@@ -49,7 +49,7 @@ log = logging.getLogger("waveform.service.reanalyze")
 DEFAULT_UNIT_ECGS = 256
 DEFAULT_COMMIT_ROWS = 1024
 #: Bounds of a request's sizes. A commit's rows are held in the server's memory
-#: until they are written (a summary row is about 76 KB before compression).
+#: until they are written (a summary row is about 31 KB, most of it the median beat).
 MAX_UNIT_ECGS = 10_000
 MAX_COMMIT_ROWS = 16_384
 #: Worker processes a request may ask for, per core of the server's machine.
