@@ -164,11 +164,39 @@ def test_analyze_without_p_waves_reports_reason() -> None:
     assert s.qrs_ms.value is not None
 
 
+NOISE_ONLY = "no lead shows a signal above its noise (see the lead quality)"
+
+
 def test_analyze_flat_record_is_absent_not_guessed() -> None:
     s = analyze(make_ecg(np.zeros((12, 5000))))
-    assert s.heart_rate_bpm == Measured(None, "fewer than 2 beats detected")
+    assert s.heart_rate_bpm == Measured(None, NOISE_ONLY)
     assert s.qt_ms.value is None and s.qt_ms.reason
     assert {q.reason for q in s.lead_quality} == {"FLAT"}
+
+
+@pytest.mark.parametrize("sigma_uv", [30.0, 200.0, 2000.0])
+def test_analyze_noise_only_gives_no_rate(sigma_uv: float) -> None:
+    # White noise on every lead: a detector finds "beats" in it (about 150 bpm
+    # here); the analysis reports no rhythm, with the reason, and no intervals.
+    x = np.random.default_rng(3).standard_normal((12, 5000)) * sigma_uv
+    s = analyze(make_ecg(x))
+    assert s.beats.shape == (0,)
+    assert s.heart_rate_bpm == Measured(None, NOISE_ONLY)
+    assert s.rr_sd_ms.value is None and s.qrs_ms.value is None and s.qt_ms.value is None
+    assert {q.reason for q in s.lead_quality} == {"NOISE"}
+
+
+def test_analyze_measures_a_noisy_ecg_and_one_with_a_noise_only_lead() -> None:
+    rr = np.full(11, 0.8)
+    x, r = synthetic_ecg(rr, noise_uv=120.0, seed=4)
+    noisy = analyze(make_ecg(x))
+    assert noisy.heart_rate_bpm.value == pytest.approx(75.0, abs=1.0)
+    assert noisy.beats.shape[0] == r.shape[0]
+    y, _ = synthetic_ecg(rr, seed=5)
+    y[7] = np.random.default_rng(6).standard_normal(y.shape[1]) * 300.0
+    one_bad = analyze(make_ecg(y))
+    assert one_bad.heart_rate_bpm.value == pytest.approx(75.0, abs=1.0)
+    assert one_bad.lead_quality[7].reason == "NOISE"
 
 
 def test_analyze_resamples_and_reports_beats_at_original_rate() -> None:

@@ -187,6 +187,19 @@ def test_quality_reasons() -> None:
     assert [g.nan_share for g in got] == [0.0] * 5 + [1.0]
 
 
+@pytest.mark.parametrize("fs", [250.0, 500.0, 1000.0])
+def test_white_noise_stays_under_the_noise_floor(fs: float) -> None:
+    # The floor's reasoning: 1 s of white noise spans ~6-7 sigma peak to peak,
+    # whatever its level; an ECG's QRS rises far above its noise.
+    for seed in range(3):
+        noise = np.random.default_rng(seed).standard_normal((12, int(10 * fs)))
+        for scale_uv in (5.0, 100.0, 3000.0):
+            snr = [q.snr for q in quality.assess(noise * scale_uv, fs)]
+            assert 5.0 < min(snr) and max(snr) < quality.NOISE_FLOOR_SNR
+    ecg = np.vstack([_ecg_like()] * 3)
+    assert min(q.snr for q in quality.assess(ecg, 500.0)) > 10 * quality.NOISE_FLOOR_SNR
+
+
 def _scores_numpy(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The quality scores of `quality.assess`, written with numpy on all leads."""
     nan, amp, clip, noise, wander, offset = f.T

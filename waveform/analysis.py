@@ -129,17 +129,24 @@ def analyze(ecg: object) -> Summary:
     if any(q.nan_share > 0.0 for q in lq):
         uv = np.nan_to_num(uv)
     bp = _filtered(uv, fs)
-    # Leads with nothing usable (flat, off) would only add noise to the vote.
-    usable = [q.quality > 0.0 for q in lq]
-    det_in = bp if all(usable) or not any(usable) else np.ascontiguousarray(bp[usable])
-    beats = qrs.detect(det_in, fs, band_passed=True, finite=True)
+    if any(q.snr >= quality.NOISE_FLOOR_SNR for q in lq):
+        # Leads with nothing usable (flat, off) would only add noise to the vote.
+        usable = [q.quality > 0.0 for q in lq]
+        det_in = bp if all(usable) or not any(usable) else np.ascontiguousarray(bp[usable])
+        beats = qrs.detect(det_in, fs, band_passed=True, finite=True)
+        no_beats = "fewer than 2 beats detected"
+    else:
+        # Every lead is at its noise floor: a detector would find "beats" in
+        # noise; the rhythm is not measured rather than guessed.
+        beats = np.empty(0, dtype=np.int64)
+        no_beats = "no lead shows a signal above its noise (see the lead quality)"
     bp_full, all_names = _complete_limb_leads(bp, names)
     # Leads of poor quality do not vote on the boundaries; derived limb leads
     # are as good as I and II together.
     good = {n: q.quality >= _VOTE_QUALITY for n, q in zip(names, lq, strict=True)}
     both = good.get("I", False) and good.get("II", False)
     vote = np.array([good.get(n, both) for n in all_names], dtype=np.bool_)
-    return _summarise(beats, bp_full, all_names, fs, fs0, lead_quality, vote, pulses)
+    return _summarise(beats, bp_full, all_names, fs, fs0, lead_quality, vote, pulses, no_beats)
 
 
 def _rr_stats(beats: list[int], fs: float) -> tuple[list[float], float, float]:
@@ -153,11 +160,10 @@ def _rr_stats(beats: list[int], fs: float) -> tuple[list[float], float, float]:
 
 def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, fs0: float,
                lead_quality: tuple[LeadQuality, ...], vote: np.ndarray,
-               pulses: np.ndarray) -> Summary:
+               pulses: np.ndarray, no_beats: str) -> Summary:
     nb = beats.shape[0]
     orig = beats.copy() if fs0 == fs else np.round(beats * (fs0 / fs)).astype(np.int64)
     pre, post = int(_PRE_S * fs), int(_POST_S * fs)
-    no_beats = "fewer than 2 beats detected"
     classes = ["U"] * nb
     if nb >= 2:
         rr, rr_med, rr_s = _rr_stats(beats.tolist(), fs)

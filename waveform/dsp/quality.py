@@ -19,7 +19,7 @@ from enum import IntEnum
 import numba
 import numpy as np
 
-__all__ = ["LeadQuality", "Reason", "assess", "features"]
+__all__ = ["NOISE_FLOOR_SNR", "LeadQuality", "Reason", "assess", "features"]
 
 
 class Reason(IntEnum):
@@ -33,6 +33,13 @@ class Reason(IntEnum):
     BASELINE_WANDER = 5
 
 
+#: Signal-to-noise ratio (window amplitude over noise sigma) below which a lead
+#: shows nothing but its noise: one second of white Gaussian noise spans about
+#: 6.1 sigma peak to peak at 500 Hz (the expected range of 500 normal samples;
+#: 6.5 sigma at 1000 Hz), so a window amplitude under 8 sigma is what noise alone
+#: gives. A lead above it has some deflection that noise does not explain.
+NOISE_FLOOR_SNR = 8.0
+
 #: Feature columns `features` returns, in order.
 _F_NAN, _F_AMP, _F_CLIP, _F_NOISE, _F_WANDER, _F_OFFSET = range(6)
 
@@ -45,6 +52,8 @@ class LeadQuality:
     reason: Reason
     #: Share of the lead's samples that are padding (NaN).
     nan_share: float = 0.0
+    #: Typical peak-to-peak amplitude of a 1 s window over the noise sigma.
+    snr: float = 0.0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -282,8 +291,10 @@ def assess(x: np.ndarray, fs: float) -> list[LeadQuality]:
         arr = arr.reshape(1, -1)
     f = features(arr, float(fs))
     q, worst = _scores(f)
-    return [LeadQuality(qq, _ORDER[w] if qq < 1.0 else Reason.OK, ns)
-            for qq, w, ns in zip(q.tolist(), worst.tolist(), f[:, _F_NAN].tolist(), strict=True)]
+    snr = f[:, _F_AMP] / np.maximum(f[:, _F_NOISE], 1e-9)
+    return [LeadQuality(qq, _ORDER[w] if qq < 1.0 else Reason.OK, ns, sn)
+            for qq, w, ns, sn in zip(q.tolist(), worst.tolist(), f[:, _F_NAN].tolist(),
+                                     snr.tolist(), strict=True)]
 
 
 #: The reasons in the order `assess` scores them (ties go to the first).
