@@ -164,6 +164,16 @@ def test_analyze_without_p_waves_reports_reason() -> None:
     assert s.qrs_ms.value is not None
 
 
+def test_analyze_at_200_bpm_takes_no_t_wave_for_a_p_wave() -> None:
+    # At 200 bpm the P search window reaches into the previous beat's T wave
+    # (its peak 300 ms before this QRS): no P wave, rather than a PR of 280 ms.
+    x, _ = synthetic_ecg(np.full(30, 0.3))
+    s = analyze(make_ecg(x))
+    assert s.heart_rate_bpm.value == pytest.approx(200.0, abs=1.0)
+    assert s.pr_ms.value is None and "no P wave" in s.pr_ms.reason
+    assert s.qrs_ms.value is not None and s.qt_ms.value is not None
+
+
 NOISE_ONLY = "no lead shows a signal above its noise (see the lead quality)"
 
 

@@ -414,6 +414,10 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
     mag = _magnitude(med, iso, iso_half)
     # --- P wave ---
     p_lo = max(1, on0 - int(0.35 * fs))
+    # This beat's P wave comes after the previous beat's T wave, which ends one
+    # RR before this beat's: at fast rates the window reaches into that T wave,
+    # and a peak there is no P wave.
+    prev_t = t_end - int(rr_s * fs) if t_end >= 0 else -1
     p_hi = on0 - int(0.02 * fs)
     if p_hi - p_lo > int(0.05 * fs):
         pp = p_lo
@@ -429,7 +433,8 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
         amp = mag[pp]
         # A real P peak stands inside the window, not at its edge (a T wave
         # of the previous beat or the QRS upstroke reaching in).
-        if amp > p_min_uv and amp > p_snr * p_noise and pp > p_lo + 2 and pp < p_hi - 2:
+        if (amp > p_min_uv and amp > p_snr * p_noise and pp > p_lo + 2 and pp < p_hi - 2
+                and pp > prev_t):
             cut = p_fraction * amp
             # Walk out from the peak to the cut, or to the trough where the
             # P wave meets a neighbouring wave (the T wave at fast rates, a
