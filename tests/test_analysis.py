@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -172,6 +174,35 @@ def test_analyze_at_200_bpm_takes_no_t_wave_for_a_p_wave() -> None:
     assert s.heart_rate_bpm.value == pytest.approx(200.0, abs=1.0)
     assert s.pr_ms.value is None and "no P wave" in s.pr_ms.reason
     assert s.qrs_ms.value is not None and s.qt_ms.value is not None
+
+
+def _padded(x_uv: np.ndarray, start: int, stop: int) -> Ecg:
+    """``make_ecg`` with samples [start, stop) of every lead set to the padding value."""
+    g = make_ecg(x_uv).rhythm
+    assert g is not None
+    raw = g.raw.copy()
+    raw[:, start:stop] = -32768
+    chans = tuple(dataclasses.replace(c, padding=-32768) for c in g.channels)
+    return Ecg("1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.3",
+               groups=(WaveformGroup("RHYTHM", FS, chans, raw),))
+
+
+def test_analyze_leaves_intervals_across_a_recording_gap_out_of_the_rhythm() -> None:
+    # 0.8 s that no lead recorded (padding on every lead) swallows a
+    # beat: the interval across it is not an RR interval (it would give 68 bpm).
+    x, _ = synthetic_ecg(np.full(11, 0.8))
+    s = analyze(_padded(x, 2150, 2550))  # beats at ... 1900, [2300], 2700 ...
+    assert s.heart_rate_bpm.value == pytest.approx(75.0, abs=0.5)
+    assert s.heart_rate_min_bpm.value == pytest.approx(75.0, abs=1.0)
+    assert s.rr_sd_ms.value is not None and s.rr_sd_ms.value < 5.0
+    after = int(np.searchsorted(s.beats, 2550))
+    assert s.beat_classes[after] == "U"
+    assert s.beat_classes[after + 1] == "N"
+    # Only two beats, with the gap between them: no rate at all.
+    two = analyze(_padded(x[:, :1700], 550, 1320))  # beats 300, [700, 1100], 1500
+    assert two.beats.shape[0] == 2
+    assert two.heart_rate_bpm.value is None and "gap" in two.heart_rate_bpm.reason
+    assert two.qtc_bazett_ms.value is None
 
 
 NOISE_ONLY = "no lead shows a signal above its noise (see the lead quality)"

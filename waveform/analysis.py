@@ -111,6 +111,14 @@ def analyze(ecg: object) -> Summary:
         [c.padding for c in chans],
     )
     fs0 = float(g.sampling_frequency)
+    # Stretches where no lead recorded anything (every lead's padding value): an
+    # interval between two beats across one is not an RR interval. Running
+    # count of such samples, at the group's own rate.
+    gaps = None
+    if any(c.padding is not None for c in chans):
+        silent = np.isnan(uv).all(axis=0)
+        if silent.any():
+            gaps = np.concatenate(([0], np.cumsum(silent)))
     # Pacemaker pulses are found at the recording's own rate: the resampler's
     # anti-alias filter rings around a step and the diagnostic filter smears
     # it (NaN padding never votes for a pulse).
@@ -146,38 +154,46 @@ def analyze(ecg: object) -> Summary:
     good = {n: q.quality >= _VOTE_QUALITY for n, q in zip(names, lq, strict=True)}
     both = good.get("I", False) and good.get("II", False)
     vote = np.array([good.get(n, both) for n in all_names], dtype=np.bool_)
-    return _summarise(beats, bp_full, all_names, fs, fs0, lead_quality, vote, pulses, no_beats)
+    return _summarise(beats, bp_full, all_names, fs, fs0, lead_quality, vote, pulses, no_beats,
+                      gaps)
 
 
-def _rr_stats(beats: list[int], fs: float) -> tuple[list[float], float, float]:
-    """RR intervals (s), their median and mean: plain floats (a few dozen beats)."""
-    rr = [(b - a) / fs for a, b in itertools.pairwise(beats)]
+def _rr_stats(rr: list[float]) -> tuple[float, float]:
+    """Median and mean of RR intervals: plain floats (a few dozen beats)."""
     srt = sorted(rr)
     h = len(srt) // 2
     median = srt[h] if len(srt) % 2 else 0.5 * (srt[h - 1] + srt[h])
-    return rr, median, sum(rr) / len(rr)
+    return median, sum(rr) / len(rr)
 
 
 def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, fs0: float,
                lead_quality: tuple[LeadQuality, ...], vote: np.ndarray,
-               pulses: np.ndarray, no_beats: str) -> Summary:
+               pulses: np.ndarray, no_beats: str, gaps: np.ndarray | None) -> Summary:
     nb = beats.shape[0]
     orig = beats.copy() if fs0 == fs else np.round(beats * (fs0 / fs)).astype(np.int64)
     pre, post = int(_PRE_S * fs), int(_POST_S * fs)
     classes = ["U"] * nb
-    if nb >= 2:
-        rr, rr_med, rr_s = _rr_stats(beats.tolist(), fs)
+    pairs = list(itertools.pairwise(beats.tolist()))
+    # An interval across a stretch no lead recorded is not an RR interval; the
+    # beat after it has no class.
+    bridged = ([False] * len(pairs) if gaps is None else
+               [bool(gaps[b + 1] - gaps[a] > 0) for a, b in itertools.pairwise(orig.tolist())])
+    rr = [(b - a) / fs for (a, b), gap in zip(pairs, bridged, strict=True) if not gap]
+    if rr:
+        rr_med, rr_s = _rr_stats(rr)
         for k in range(1, nb):
-            classes[k] = "P" if rr[k - 1] < _PREMATURE * rr_med else "N"
+            if not bridged[k - 1]:
+                classes[k] = "P" if (beats[k] - beats[k - 1]) / fs < _PREMATURE * rr_med else "N"
         rate = _ms(60.0 / rr_s, "", 1)
         rate_min = _ms(60.0 / max(rr), "", 1)
         rate_max = _ms(60.0 / min(rr), "", 1)
         rr_mean = _ms(rr_s * 1000.0, "", 1)
         sd = (math.sqrt(sum((v - rr_s) ** 2 for v in rr) / (len(rr) - 1)) * 1000.0
-              if nb >= 3 else None)
+              if len(rr) >= 2 else None)
         rr_sd = _ms(sd, "fewer than 3 beats")
     else:
-        rate = rate_min = rate_max = rr_mean = rr_sd = _absent(no_beats)
+        why = no_beats if nb < 2 else "no two successive beats without a gap in the recording"
+        rate = rate_min = rate_max = rr_mean = rr_sd = _absent(why)
         rr_s = 1.0
     normal = beats[np.array([c == "N" for c in classes], dtype=np.bool_)] if nb >= 2 else beats
     use = normal if normal.shape[0] >= 3 else beats
@@ -206,11 +222,11 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
                 reasons[2] if q_on < 0 else reasons[3])
     qt_v = (t_off - q_on) * to_ms if q_on >= 0 and t_off >= 0 else None
     qt = _ms(qt_v, reasons[4] if q_on >= 0 else reasons[2])
-    if qt_v is not None and nb >= 2:
+    if qt_v is not None and rr:
         c = measure.qtc(qt_v, rr_s)
         qtcs = {k: _ms(v, "") for k, v in c.items()}
     else:
-        why = qt.reason or no_beats
+        why = qt.reason or rate.reason
         qtcs = {k: _absent(why) for k in measure.QTC_FORMULAS}
     axes = _axes(med, names, fl)
     return Summary(
