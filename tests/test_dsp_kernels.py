@@ -232,10 +232,11 @@ def test_quality_scores_equal_numpy(seed: int) -> None:
         rng.uniform(0.0, 6000.0, n),
         rng.uniform(-400_000.0, 400_000.0, n),
     ])
-    q, worst = quality._scores(f)
+    q, worst, snr = quality._scores(f)
     want_q, want_worst = _scores_numpy(f)
     np.testing.assert_array_equal(q, want_q)
     np.testing.assert_array_equal(worst, want_worst)
+    np.testing.assert_array_equal(snr, f[:, 1] / np.maximum(f[:, 3], 1e-9))
 
 
 @settings(max_examples=200, deadline=None)

@@ -181,9 +181,9 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
     rr = [(b - a) / fs for (a, b), gap in zip(pairs, bridged, strict=True) if not gap]
     if rr:
         rr_med, rr_s = _rr_stats(rr)
-        for k in range(1, nb):
-            if not bridged[k - 1]:
-                classes[k] = "P" if (beats[k] - beats[k - 1]) / fs < _PREMATURE * rr_med else "N"
+        for k, ((a, b), gap) in enumerate(zip(pairs, bridged, strict=True), start=1):
+            if not gap:
+                classes[k] = "P" if (b - a) / fs < _PREMATURE * rr_med else "N"
         rate = _ms(60.0 / rr_s, "", 1)
         rate_min = _ms(60.0 / max(rr), "", 1)
         rate_max = _ms(60.0 / min(rr), "", 1)

@@ -257,23 +257,25 @@ def _ramp(v: float, bad: float, good: float) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
-def _scores(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _scores(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # Per lead: the lowest of the scores in _ORDER and its index (the first of
-    # equal scores). In the kernel: per-lead Python arithmetic, or numpy on
-    # twelve values, cost more than `features` itself.
+    # equal scores), and the signal-to-noise ratio (window amplitude over the
+    # noise sigma) that the noise score ramps. In the kernel: per-lead Python
+    # arithmetic, or numpy on twelve values, cost more than `features` itself.
     n_ch = f.shape[0]
     q = np.empty(n_ch)
     worst = np.empty(n_ch, dtype=np.int64)
+    snr = np.empty(n_ch)
     s = np.empty(5)
     for c in range(n_ch):
         nan = f[c, _F_NAN]
         amp = f[c, _F_AMP]
+        snr[c] = amp / max(f[c, _F_NOISE], 1e-9)
         # Lead off: mostly padding, or a DC offset no electrode/skin contact gives.
         s[0] = min(_ramp(nan, 0.5, 0.05), _ramp(abs(f[c, _F_OFFSET]), 300_000.0, 50_000.0))
         s[1] = _ramp(amp, 15.0, 50.0)
         s[2] = _ramp(f[c, _F_CLIP], 0.02, 0.001)
-        # Signal-to-noise of the window amplitude over the noise sigma.
-        s[3] = _ramp(amp / max(f[c, _F_NOISE], 1e-9), 4.0, 20.0)
+        s[3] = _ramp(snr[c], 4.0, 20.0)
         s[4] = _ramp(f[c, _F_WANDER], 4000.0, 1000.0)
         w = 0
         for k in range(1, 5):
@@ -281,7 +283,7 @@ def _scores(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 w = k
         q[c] = s[w]
         worst[c] = w
-    return q, worst
+    return q, worst, snr
 
 
 def assess(x: np.ndarray, fs: float) -> list[LeadQuality]:
@@ -290,8 +292,7 @@ def assess(x: np.ndarray, fs: float) -> list[LeadQuality]:
     if arr.ndim == 1:
         arr = arr.reshape(1, -1)
     f = features(arr, float(fs))
-    q, worst = _scores(f)
-    snr = f[:, _F_AMP] / np.maximum(f[:, _F_NOISE], 1e-9)
+    q, worst, snr = _scores(f)
     return [LeadQuality(qq, _ORDER[w] if qq < 1.0 else Reason.OK, ns, sn)
             for qq, w, ns, sn in zip(q.tolist(), worst.tolist(), f[:, _F_NAN].tolist(),
                                      snr.tolist(), strict=True)]
