@@ -13,6 +13,7 @@ boundaries and commits in a second or two).
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import re
 import signal
@@ -26,17 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pyarrow as pa
 import pytest
 
 from waveform.analysis import ANALYSIS_VERSION
 from waveform.cli import main
+from waveform.reanalyze.compare import MEASUREMENTS, compare
 from waveform.reanalyze.testing import objects
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
 from waveform.service.identity import Identity, TokenIdentities, add_token
+from waveform.service.reanalysis import comparison_from_message
 from waveform.service.server import Server, start
 from waveform.store import Store
 from waveform.store.lake import ALIAS
+from waveform.store.schema import SUMMARY
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = str(ANALYSIS_VERSION)
@@ -393,8 +398,8 @@ def test_the_command_line_runs_the_job_in_the_server(svc: Service,
     assert main([*args, "--token", svc.tokens["admin"], "--data", "somewhere"]) == 2
     assert ("waveform reanalyze: --data and --server do not go together (it opens the "
             "archive here; --server runs the job inside the server)") in capsys.readouterr().err
-    assert main([*args, "--compare", "1.0", "1.1", "--catalog", "c"]) == 2
-    assert "--catalog, --compare and --server do not go together (they open" in \
+    assert main([*args, "--compare", "1.0", "1.1", "--catalog", "c", "--data-path", "d"]) == 2
+    assert "--catalog, --data-path and --server do not go together (they open" in \
         capsys.readouterr().err
     # The folder the server holds, opened by another process: the message points
     # at --server.
@@ -517,3 +522,109 @@ def test_with_the_measurement_stage_on_every_ecg_gets_one_summary(tmp_path: Path
         assert set(counts.values()) == {1}
     finally:
         s.close()
+
+
+# ------------------------------------------------------------ CompareVersions
+
+
+def _shift(store: Store, uids: list[str], version: str) -> int:
+    """Copy the current version's summaries of ``uids`` as ``version`` with QT 10 ms
+    longer (60 ms on the first) and PR gone on the second; how many have a QT."""
+    names = SUMMARY.names
+    rows = store.sql(f"SELECT {', '.join(names)} FROM {ALIAS}.summary WHERE "
+                     "analysis_version = ? AND list_contains(?, sop_instance_uid) "
+                     "ORDER BY sop_instance_uid", [VERSION, uids])
+    new, with_qt = [], 0
+    for i, r in enumerate(rows):
+        row = dict(zip(names, r, strict=True))
+        doc = json.loads(row["document"])
+        if doc.get("qt_ms") is not None:
+            doc["qt_ms"] += 60.0 if i == 0 else 10.0
+            with_qt += 1
+        if i == 1:
+            doc["pr_ms"] = None
+        row.update(analysis_version=version, document=json.dumps(doc))
+        new.append(row)
+    assert len(new) == len(uids)
+    store.commit_summaries(pa.Table.from_pylist(new, schema=SUMMARY))
+    return with_qt
+
+
+def test_versions_are_compared_in_the_server(svc: Service, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    org = "org-cmp"
+    uids = _stored(svc.store, 6, org, seed=9)
+    _finish(svc.reanalyze(where=[f"organisation={org}"], **RERUN))
+    with_qt = _shift(svc.store, uids, "t-shift")
+    assert with_qt >= 2
+    seq = svc.server.archive.audit.last_seq
+
+    answer = svc.stub.CompareVersions(
+        pb.CompareVersionsRequest(old_version=VERSION, new_version="t-shift", plot=True),
+        metadata=svc.md("admin"), timeout=DEADLINE)
+    # The same comparison and report as one made on the store itself.
+    here = compare(svc.store, VERSION, "t-shift")
+    assert comparison_from_message(answer).lines() == here.lines()
+    assert (answer.common_ecgs, answer.new_ecgs) == (6, 6)
+    assert answer.old_ecgs == here.n_old >= 6
+    by = {d.label: d for d in answer.differences}
+    assert [d.label for d in answer.differences] == [m.label for m in MEASUREMENTS]
+    assert by["QT"].compared == with_qt
+    assert by["QT"].mean == pytest.approx(10.0 + 50.0 / with_qt)
+    assert by["QT"].largest[0].new_value - by["QT"].largest[0].old_value == pytest.approx(60.0)
+    assert by["QT"].largest[0].sop_instance_uid == sorted(uids)[0]
+    assert (by["PR"].stopped, by["PR"].became) == (1, 0)
+    assert by["QRS"].mean == 0.0 and len(by["QRS"].largest) == 0
+    assert answer.plot_png[:8] == b"\x89PNG\r\n\x1a\n" and len(answer.plot_png) > 20_000
+    events = svc.server.archive.audit.query(after_seq=seq, user="ops")
+    assert [(ev["action"], ev["outcome"]) for ev in events] == [
+        ("compare-versions", "allowed")]
+
+    # Without a plot asked, none is drawn; top bounds the changes listed.
+    short = svc.stub.CompareVersions(
+        pb.CompareVersionsRequest(old_version=VERSION, new_version="t-shift", top=1),
+        metadata=svc.md("admin"), timeout=DEADLINE)
+    assert short.plot_png == b""
+    assert max(len(d.largest) for d in short.differences) == 1
+
+    # The command line: the same report as --data would print, the figure written.
+    png = tmp_path / "changes.png"
+    server = ["--server", svc.server.address, "--token", svc.tokens["admin"]]
+    assert main(["reanalyze", *server, "--compare", VERSION, "t-shift", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert out == "\n".join([*here.lines(), f"plot: {png}"]) + "\n"
+    assert png.read_bytes() == answer.plot_png
+    assert main(["reanalyze", *server, "--compare", "t-none", "t-shift"]) == 1
+    assert "no ECG has a summary of both t-none and t-shift" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    ({"new_version": "t-shift"}, "old_version is empty"),
+    ({"old_version": "1.0.0", "new_version": " "}, "new_version is empty"),
+    ({"old_version": "1.0.0", "new_version": "1.0.0"}, "both '1.0.0': name two versions"),
+    ({"old_version": "a", "new_version": "b", "top": -1}, "top -1: expected 0"),
+    ({"old_version": "a", "new_version": "b", "top": 1001}, "top 1001: expected 0"),
+])
+def test_compare_versions_refuses_bad_requests(svc: Service, request_: dict[str, Any],
+                                               message: str) -> None:
+    seq = svc.server.archive.audit.last_seq
+    with pytest.raises(grpc.RpcError) as e:
+        svc.stub.CompareVersions(pb.CompareVersionsRequest(**request_),
+                                 metadata=svc.md("admin"), timeout=DEADLINE)
+    assert _code(e.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in e.value.details()
+    events = svc.server.archive.audit.query(after_seq=seq, user="ops")
+    assert [(ev["action"], ev["outcome"]) for ev in events] == [("compare-versions", "failed")]
+
+
+@pytest.mark.parametrize("who", ["clinician", "auditor", "cart_r"])
+def test_only_an_admin_may_compare_versions(svc: Service, who: str) -> None:
+    seq = svc.server.archive.audit.last_seq
+    with pytest.raises(grpc.RpcError) as e:
+        svc.stub.CompareVersions(pb.CompareVersionsRequest(old_version="a", new_version="b"),
+                                 metadata=svc.md(who), timeout=DEADLINE)
+    assert _code(e.value) == grpc.StatusCode.PERMISSION_DENIED
+    assert "may not compare versions (role admin only)" in e.value.details()
+    events = svc.server.archive.audit.query(after_seq=seq, user=CALLERS[who].user)
+    assert [(ev["action"], ev["outcome"], ev["rule"]) for ev in events] == [
+        ("compare-versions", "denied", "role")]

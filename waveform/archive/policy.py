@@ -51,6 +51,7 @@ ROLES: Mapping[str, tuple[str, ...]] = {
     "query-audit": ("auditor",),
     "compact": ("admin",),
     "reanalyze": ("admin",),
+    "compare-versions": ("admin",),
 }
 
 

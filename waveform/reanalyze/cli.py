@@ -5,6 +5,7 @@
     waveform reanalyze --server HOST:PORT --token TOKEN [--where COLUMN=VALUE]...
                        [--engine local|dask] [--scheduler ADDR] [--workers N]
     waveform reanalyze --data DIR --compare OLD NEW [--plot FILE]
+    waveform reanalyze --server HOST:PORT --token TOKEN --compare OLD NEW [--plot FILE]
 
 Exit status 0 when every planned ECG has a summary (an ECG the analysis
 rejects has one that records why), 1 when some could not be read (run it
@@ -17,7 +18,8 @@ With --server the job runs inside that server (the Reanalyze call, role
 admin), on the server's store while it ingests, its workers on the server's
 machine or on --scheduler; the progress and the report are shown here, and
 Ctrl-C stops the job after its current unit (run it again to measure the
-rest). See docs/scale.md.
+rest); --compare with --server compares the versions' summaries in that server
+(the CompareVersions call, role admin). See docs/scale.md.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from waveform.errors import WaveformError
 
 if TYPE_CHECKING:
+    from waveform.reanalyze.compare import Comparison
     from waveform.reanalyze.job import JobResult
     from waveform.reanalyze.progress import Progress
 
@@ -103,8 +106,7 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 #: Options that name a store opened here, which --server does not take.
-_LOCAL_ONLY = (("data", "--data"), ("catalog", "--catalog"), ("data_path", "--data-path"),
-               ("compare", "--compare"), ("plot", "--plot"))
+_LOCAL_ONLY = (("data", "--data"), ("catalog", "--catalog"), ("data_path", "--data-path"))
 
 
 def _cmd_reanalyze(args: argparse.Namespace) -> int:
@@ -120,7 +122,7 @@ def _cmd_reanalyze(args: argparse.Namespace) -> int:
             return 2
     try:
         if args.server:
-            return _remote(args)
+            return _remote_compare(args) if args.compare else _remote(args)
         if args.compare:
             return _compare(args)
         return _reanalyze(args)
@@ -244,17 +246,50 @@ def _compare(args: argparse.Namespace) -> int:
         comparison = compare(store, old, new)
     finally:
         store.close()
+    return _compared(comparison, args.plot)
+
+
+def _remote_compare(args: argparse.Namespace) -> int:
+    """The comparison made by the server at ``--server`` (the CompareVersions call)."""
+    import grpc
+
+    from waveform.client import connect, rpc_failure
+    from waveform.service._proto.waveform.v1 import archive_pb2 as pb
+    from waveform.service.reanalysis import comparison_from_message
+
+    old, new = args.compare
+    request = pb.CompareVersionsRequest(old_version=old, new_version=new, plot=bool(args.plot))
+    conn = connect(args)
+    try:
+        answer = conn.archive().CompareVersions(request, metadata=conn.metadata,
+                                                timeout=conn.timeout)
+    except grpc.RpcError as e:
+        code, details = rpc_failure(e)
+        print(f"waveform reanalyze: {code}: {details}", file=sys.stderr)
+        return 1
+    finally:
+        conn.channel.close()
+    return _compared(comparison_from_message(answer), args.plot, answer.plot_png)
+
+
+def _compared(comparison: Comparison, plot: str | None, png: bytes | None = None) -> int:
+    """Print the report of ``comparison`` and write its figure to ``plot`` (``png``
+    when the server drew it, else drawn here)."""
     for line in comparison.lines():
         print(line)
     if comparison.n_common == 0:
-        print(f"waveform reanalyze: no ECG has a summary of both {old} and {new}",
-              file=sys.stderr)
+        print(f"waveform reanalyze: no ECG has a summary of both {comparison.old_version} "
+              f"and {comparison.new_version}", file=sys.stderr)
         return 1
-    if args.plot:
-        from waveform.reanalyze.plot import bland_altman
+    if plot:
+        if png is None:
+            from waveform.reanalyze.plot import bland_altman
 
-        bland_altman(comparison, args.plot)
-        print(f"plot: {args.plot}")
+            bland_altman(comparison, plot)
+        else:
+            with open(plot, "wb") as f:
+                f.write(png)
+        print(f"plot: {plot}")
     return 0
 
 

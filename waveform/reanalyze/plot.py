@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import BinaryIO
 
 import numpy as np
 
@@ -17,9 +18,9 @@ from waveform.reanalyze.compare import Comparison
 __all__ = ["bland_altman"]
 
 
-def bland_altman(comparison: Comparison, path: str | os.PathLike[str], *,
+def bland_altman(comparison: Comparison, path: str | os.PathLike[str] | BinaryIO, *,
                  dpi: int = 100) -> None:
-    """Write the figure as PNG to ``path``."""
+    """Write the figure as PNG to ``path`` (a file name or a binary file)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,4 +52,5 @@ def bland_altman(comparison: Comparison, path: str | os.PathLike[str], *,
             for sign in (-1.0, 1.0):
                 ax.axhline(d.mean + sign * 1.96 * d.sd, color="k", lw=0.8, ls="--")
         ax.axhline(0.0, color="0.6", lw=0.6)
-    fig.savefig(os.fspath(path), format="png")
+    target = os.fspath(path) if isinstance(path, str | os.PathLike) else path
+    fig.savefig(target, format="png")

@@ -8,6 +8,7 @@ line (method, caller, code, duration; never samples or names) and counted.
 from __future__ import annotations
 
 import hashlib
+import io
 import queue
 import threading
 from collections.abc import Iterator
@@ -24,7 +25,12 @@ from waveform.service import convert
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
 from waveform.service.calls import Abort, Call, Servicer, job, remaining, rpc, stream
-from waveform.service.reanalysis import Reanalysis, job_options
+from waveform.service.reanalysis import (
+    Reanalysis,
+    compare_options,
+    comparison_message,
+    job_options,
+)
 from waveform.service.status import code_of, message_of
 from waveform.store import IngestResult
 
@@ -276,3 +282,23 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
                 raise
         started.start()
         yield from self.reanalysis.follow(started, context)
+
+    @rpc
+    def CompareVersions(self, request: pb.CompareVersionsRequest,
+                        context: grpc.ServicerContext, call: Call
+                        ) -> pb.CompareVersionsResponse:
+        from waveform.reanalyze.compare import compare
+
+        # Summaries of every ECG are read (UIDs and numbers come back): audited.
+        with self._access(call, "compare-versions"):
+            old, new, top = compare_options(request)
+            comparison = compare(self.store, old, new, top=top)
+        png = b""
+        if request.plot and comparison.n_common:
+            from waveform.reanalyze.plot import bland_altman
+
+            out = io.BytesIO()
+            with _RENDER_LOCK:  # matplotlib keeps global state
+                bland_altman(comparison, out)
+            png = out.getvalue()
+        return comparison_message(comparison, png)

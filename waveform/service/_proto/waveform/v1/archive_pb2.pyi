@@ -351,6 +351,68 @@ class ReanalyzeProgress(_message.Message):
     seconds: float
     def __init__(self, analysis_version: _Optional[str] = ..., planned: _Optional[int] = ..., pass_number: _Optional[int] = ..., pass_ecgs: _Optional[int] = ..., done: _Optional[int] = ..., committed: _Optional[int] = ..., already_present: _Optional[int] = ..., failed: _Optional[int] = ..., unread: _Optional[int] = ..., commits: _Optional[int] = ..., rate: _Optional[float] = ..., note: _Optional[str] = ..., failed_ecgs: _Optional[_Iterable[_Union[ReanalyzeFailure, _Mapping]]] = ..., unread_ecgs: _Optional[_Iterable[_Union[ReanalyzeFailure, _Mapping]]] = ..., final: _Optional[bool] = ..., files: _Optional[int] = ..., units: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
+class CompareVersionsRequest(_message.Message):
+    __slots__ = ("old_version", "new_version", "top", "plot")
+    OLD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    PLOT_FIELD_NUMBER: _ClassVar[int]
+    old_version: str
+    new_version: str
+    top: int
+    plot: bool
+    def __init__(self, old_version: _Optional[str] = ..., new_version: _Optional[str] = ..., top: _Optional[int] = ..., plot: _Optional[bool] = ...) -> None: ...
+
+class VersionChange(_message.Message):
+    __slots__ = ("sop_instance_uid", "old_value", "new_value")
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    OLD_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NEW_VALUE_FIELD_NUMBER: _ClassVar[int]
+    sop_instance_uid: str
+    old_value: float
+    new_value: float
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., old_value: _Optional[float] = ..., new_value: _Optional[float] = ...) -> None: ...
+
+class VersionDifference(_message.Message):
+    __slots__ = ("label", "key", "unit", "compared", "mean", "sd", "became", "stopped", "largest")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    SD_FIELD_NUMBER: _ClassVar[int]
+    BECAME_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    key: str
+    unit: str
+    compared: int
+    mean: float
+    sd: float
+    became: int
+    stopped: int
+    largest: _containers.RepeatedCompositeFieldContainer[VersionChange]
+    def __init__(self, label: _Optional[str] = ..., key: _Optional[str] = ..., unit: _Optional[str] = ..., compared: _Optional[int] = ..., mean: _Optional[float] = ..., sd: _Optional[float] = ..., became: _Optional[int] = ..., stopped: _Optional[int] = ..., largest: _Optional[_Iterable[_Union[VersionChange, _Mapping]]] = ...) -> None: ...
+
+class CompareVersionsResponse(_message.Message):
+    __slots__ = ("old_version", "new_version", "old_ecgs", "new_ecgs", "common_ecgs", "differences", "plot_png")
+    OLD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OLD_ECGS_FIELD_NUMBER: _ClassVar[int]
+    NEW_ECGS_FIELD_NUMBER: _ClassVar[int]
+    COMMON_ECGS_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
+    PLOT_PNG_FIELD_NUMBER: _ClassVar[int]
+    old_version: str
+    new_version: str
+    old_ecgs: int
+    new_ecgs: int
+    common_ecgs: int
+    differences: _containers.RepeatedCompositeFieldContainer[VersionDifference]
+    plot_png: bytes
+    def __init__(self, old_version: _Optional[str] = ..., new_version: _Optional[str] = ..., old_ecgs: _Optional[int] = ..., new_ecgs: _Optional[int] = ..., common_ecgs: _Optional[int] = ..., differences: _Optional[_Iterable[_Union[VersionDifference, _Mapping]]] = ..., plot_png: _Optional[bytes] = ...) -> None: ...
+
 class RenderRequest(_message.Message):
     __slots__ = ("sop_instance_uid", "layout", "paper", "format", "dpi", "speed_mm_s", "gain_mm_mv", "qtc_formula")
     SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]

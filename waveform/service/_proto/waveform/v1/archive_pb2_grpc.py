@@ -79,6 +79,11 @@ class EcgArchiveStub:
                 request_serializer=waveform_dot_v1_dot_archive__pb2.ReanalyzeRequest.SerializeToString,
                 response_deserializer=waveform_dot_v1_dot_archive__pb2.ReanalyzeProgress.FromString,
                 _registered_method=True)
+        self.CompareVersions = channel.unary_unary(
+                '/waveform.v1.EcgArchive/CompareVersions',
+                request_serializer=waveform_dot_v1_dot_archive__pb2.CompareVersionsRequest.SerializeToString,
+                response_deserializer=waveform_dot_v1_dot_archive__pb2.CompareVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class EcgArchiveServicer:
@@ -157,6 +162,15 @@ class EcgArchiveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareVersions(self, request, context):
+        """How the summaries of one analysis version differ from another's, on the ECGs
+        that have both (role admin; audited): what a re-analysis changed, before
+        anyone relies on it. The same comparison as `waveform reanalyze --compare`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EcgArchiveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +218,11 @@ def add_EcgArchiveServicer_to_server(servicer, server):
                     servicer.Reanalyze,
                     request_deserializer=waveform_dot_v1_dot_archive__pb2.ReanalyzeRequest.FromString,
                     response_serializer=waveform_dot_v1_dot_archive__pb2.ReanalyzeProgress.SerializeToString,
+            ),
+            'CompareVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareVersions,
+                    request_deserializer=waveform_dot_v1_dot_archive__pb2.CompareVersionsRequest.FromString,
+                    response_serializer=waveform_dot_v1_dot_archive__pb2.CompareVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +468,33 @@ class EcgArchive:
             '/waveform.v1.EcgArchive/Reanalyze',
             waveform_dot_v1_dot_archive__pb2.ReanalyzeRequest.SerializeToString,
             waveform_dot_v1_dot_archive__pb2.ReanalyzeProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/waveform.v1.EcgArchive/CompareVersions',
+            waveform_dot_v1_dot_archive__pb2.CompareVersionsRequest.SerializeToString,
+            waveform_dot_v1_dot_archive__pb2.CompareVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
