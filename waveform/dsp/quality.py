@@ -96,77 +96,99 @@ def _kth(a: np.ndarray, k: int, even: bool) -> float:
     return 0.5 * (lower + upper)
 
 
-#: Size of the sample `_median_inplace` draws to bracket the median.
-_SAMPLE = 128
+#: Size of the sample `_select` draws to bracket the wanted rank.
+_SAMPLE = 32
 
 
 @numba.njit(cache=True, nogil=True)
-def _count(a: np.ndarray, v: float) -> tuple[int, int]:
-    # (values < v, values <= v): branch-free, so it vectorises.
-    lt = 0
+def _count_le(a: np.ndarray, v: float) -> int:
+    # Values <= v: branch-free, so it vectorises.
     le = 0
     for i in range(a.shape[0]):
-        lt += a[i] < v
         le += a[i] <= v
-    return lt, le
+    return le
 
 
 @numba.njit(cache=True, nogil=True)
-def _median_inplace(a: np.ndarray) -> float:
-    """np.median of ``a`` (no NaN), reordering ``a`` in place (nothing is copied).
+def _count_lt(a: np.ndarray, lo: float, hi: float) -> tuple[int, int]:
+    # (values < lo, values < hi) in one branch-free pass.
+    below_lo = 0
+    below_hi = 0
+    for i in range(a.shape[0]):
+        below_lo += a[i] < lo
+        below_hi += a[i] < hi
+    return below_lo, below_hi
+
+
+@numba.njit(cache=True, nogil=True)
+def _select(a: np.ndarray, k: int, even: bool) -> float:
+    """The k-th smallest of ``a`` (no NaN), or when ``even`` the mean of the
+    (k-1)-th and k-th; ``a`` is reordered in place (nothing is copied).
 
     Floyd & Rivest's sampling idea (Comm. ACM 18(3):165, 1975): the order
     statistics of a small sorted sample split the values into slices of about
     n / sample each. Branch-free counting passes binary-search the slice that
-    holds the middle rank(s); a branch-free pass packs that slice's few values
-    to the front of ``a`` and the selection runs on them. Quickselect on
-    thousands of values is bound by its partition's branch mispredictions,
-    worse still on ECG second differences, which are quantised into long runs
-    of ties; a tied median is found by the search itself.
+    holds the wanted rank(s); a branch-free pass packs that slice's values to
+    the front of ``a``, and the same narrowing runs on them until few are left
+    for quickselect. Quickselect on thousands of values is bound by its
+    partition's branch mispredictions, worse still on ECG second differences,
+    which are quantised into long runs of ties; a tied rank is found by the
+    search itself. A small sample keeps its sort cheap; the second narrowing
+    makes up for the wider slice.
     """
+    sample = np.empty(_SAMPLE)
+    while a.shape[0] >= 4 * _SAMPLE:
+        n = a.shape[0]
+        # Insertion sort as the sample is drawn (32 values).
+        for t in range(_SAMPLE):
+            v = a[(2 * t + 1) * n // (2 * _SAMPLE)]
+            j = t
+            while j > 0 and sample[j - 1] > v:
+                sample[j] = sample[j - 1]
+                j -= 1
+            sample[j] = v
+        # The ranks that must lie in the slice: k - 1 (even counts) to k.
+        r_lo = k - 1 if even else k
+        # The first sample value with more than k values at or below it: the
+        # k-th smallest value is at most that.
+        j_lo = 0
+        j_hi = _SAMPLE - 1
+        while j_lo < j_hi:
+            mid = (j_lo + j_hi) // 2
+            if _count_le(a, sample[mid]) > k:
+                j_hi = mid
+            else:
+                j_lo = mid + 1
+        if j_hi == 0 or (j_hi == _SAMPLE - 1 and _count_le(a, sample[j_hi]) <= k):
+            break
+        hi = sample[j_hi]
+        lo = sample[j_hi - 1]
+        below, below_hi = _count_lt(a, lo, hi)
+        if below_hi <= r_lo:
+            return hi  # every wanted rank holds this (tied) value
+        if below > r_lo:
+            break
+        # Pack [lo, hi] to the front: always write, advance only when inside
+        # (the write never reaches a value not yet read).
+        m = 0
+        for i in range(n):
+            v = a[i]
+            a[m] = v
+            m += (v >= lo) & (v <= hi)
+        a = a[:m]
+        k -= below
+        if 2 * m > n:
+            break  # ties fill the slice: narrowing again would gain little
+    return _kth(a, k, even)
+
+
+@numba.njit(cache=True, nogil=True)
+def _median_inplace(a: np.ndarray) -> float:
+    """np.median of ``a`` (no NaN), reordering ``a`` in place (nothing is copied)."""
     n = a.shape[0]
     if n == 0:
         return np.nan
-    k = n // 2
-    even = n % 2 == 0
-    if n < 4 * _SAMPLE:
-        return _kth(a, k, even)
-    sample = np.empty(_SAMPLE)
-    for t in range(_SAMPLE):
-        sample[t] = a[(2 * t + 1) * n // (2 * _SAMPLE)]
-    sample.sort()
-    # The ranks that must lie in the slice: k - 1 (even counts) to k.
-    r_lo = k - 1 if even else k
-    # The first sample value with more than k values at or below it: the
-    # k-th smallest value is at most that.
-    if _count(a, sample[_SAMPLE - 1])[1] <= k:
-        return _kth(a, k, even)
-    j_lo = 0
-    j_hi = _SAMPLE - 1
-    while j_lo < j_hi:
-        mid = (j_lo + j_hi) // 2
-        if _count(a, sample[mid])[1] > k:
-            j_hi = mid
-        else:
-            j_lo = mid + 1
-    hi = sample[j_hi]
-    below_hi = _count(a, hi)[0]
-    if below_hi <= r_lo:
-        return hi  # every middle rank holds this (tied) value
-    if j_hi == 0:
-        return _kth(a, k, even)
-    lo = sample[j_hi - 1]
-    below = _count(a, lo)[0]
-    if below > r_lo:
-        return _kth(a, k, even)
-    # Pack [lo, hi] to the front: always write, advance only when inside
-    # (the write never reaches a value not yet read).
-    m = 0
-    for i in range(n):
-        v = a[i]
-        a[m] = v
-        m += (v >= lo) & (v <= hi)
-    return _kth(a[:m], k - below, even)
+    return _select(a, n // 2, n % 2 == 0)
 
 
 @numba.njit(cache=True, nogil=True)
