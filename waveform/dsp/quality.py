@@ -192,6 +192,44 @@ def _median_inplace(a: np.ndarray) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
+def _windows(xc: np.ndarray, w: int, lo_w: np.ndarray, hi_w: np.ndarray, means: np.ndarray,
+             skip_nan: bool) -> bool:
+    # Per 1 s window (the last one takes the remainder): least and largest
+    # value and the mean, NaN left out when ``skip_nan``. Without it the loop
+    # has no NaN test; False when a window's sum came out NaN (a NaN sample).
+    n = xc.shape[0]
+    n_win = lo_w.shape[0]
+    finite = True
+    for k in range(n_win):
+        a = k * w
+        seg = xc[a:n] if k == n_win - 1 else xc[a:a + w]
+        wlo = np.inf
+        whi = -np.inf
+        s = 0.0
+        m = 0
+        if not skip_nan:
+            for i in range(seg.shape[0]):
+                v = seg[i]
+                wlo = min(wlo, v)
+                whi = max(whi, v)
+                s += v
+            m = seg.shape[0]
+            finite &= not np.isnan(s)
+        else:
+            for i in range(seg.shape[0]):
+                v = seg[i]
+                if not np.isnan(v):
+                    wlo = min(wlo, v)
+                    whi = max(whi, v)
+                    s += v
+                    m += 1
+        lo_w[k] = wlo
+        hi_w[k] = whi
+        means[k] = s / m if m > 0 else np.nan
+    return finite
+
+
+@numba.njit(cache=True, nogil=True)
 def features(x: np.ndarray, fs: float) -> np.ndarray:
     """(channels, 6) features of ``x`` (channels, samples) in µV.
 
@@ -205,56 +243,53 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
     w = max(int(fs), 4)
     n_win = max(n // w, 1)
     out = np.zeros((n_ch, 6))
+    lo_w = np.empty(n_win)
+    hi_w = np.empty(n_win)
+    means = np.empty(n_win)
+    buf = np.empty(n_win)
+    d2 = np.empty(max(n - 2, 0))
     for c in range(n_ch):
         xc = x[c]
-        n_nan = 0
-        for i in range(n):
-            n_nan += np.isnan(xc[i])
-        out[c, _F_NAN] = n_nan / max(n, 1)
-        if n_nan == n or n < 3:
+        if n < 3:
             out[c, _F_NAN] = 1.0
             continue
-        ptp = np.empty(n_win)
-        means = np.empty(n_win)
+        # NaN (padding) is rare: the windows are first measured as if there
+        # were none, and a NaN sum sends the lead through the NaN-aware loops.
+        n_nan = 0
+        if not _windows(xc, w, lo_w, hi_w, means, False):
+            for i in range(n):
+                n_nan += np.isnan(xc[i])
+            if n_nan == n:
+                out[c, _F_NAN] = 1.0
+                continue
+            if n_nan > 0:
+                _windows(xc, w, lo_w, hi_w, means, True)
+        out[c, _F_NAN] = n_nan / n
         lo = np.inf
         hi = -np.inf
+        n_good = 0
         for k in range(n_win):
-            a = k * w
-            b = n if k == n_win - 1 else a + w
-            wlo = np.inf
-            whi = -np.inf
-            s = 0.0
-            m = 0
-            if n_nan == 0:
-                # The usual case, without the NaN test in the loop.
-                for i in range(a, b):
-                    v = xc[i]
-                    wlo = min(wlo, v)
-                    whi = max(whi, v)
-                    s += v
-                m = b - a
-            else:
-                for i in range(a, b):
-                    v = xc[i]
-                    if not np.isnan(v):
-                        wlo = min(wlo, v)
-                        whi = max(whi, v)
-                        s += v
-                        m += 1
-            lo = min(lo, wlo)
-            hi = max(hi, whi)
-            ptp[k] = whi - wlo if m > 0 else 0.0
-            means[k] = s / m if m > 0 else np.nan
-        out[c, _F_AMP] = np.median(ptp)
-        good = means[~np.isnan(means)]
-        out[c, _F_WANDER] = good.max() - good.min() if good.size > 1 else 0.0
+            lo = min(lo, lo_w[k])
+            hi = max(hi, hi_w[k])
+            buf[k] = hi_w[k] - lo_w[k] if hi_w[k] >= lo_w[k] else 0.0  # else no sample
+        out[c, _F_AMP] = _median_inplace(buf)
+        for k in range(n_win):
+            if not np.isnan(means[k]):
+                buf[n_good] = means[k]
+                n_good += 1
+        good = buf[:n_good]
+        out[c, _F_WANDER] = good.max() - good.min() if n_good > 1 else 0.0
+        out[c, _F_OFFSET] = _median_inplace(good) if n_good > 0 else 0.0
+        # A sample held at an extreme lies in a window that reaches it.
         held = 0
         if hi > lo:
-            for i in range(1, n):
-                v = xc[i]
-                held += (v == xc[i - 1]) & ((v == hi) | (v == lo))
+            for k in range(n_win):
+                if lo_w[k] == lo or hi_w[k] == hi:
+                    b = n if k == n_win - 1 else (k + 1) * w
+                    for i in range(max(k * w, 1), b):
+                        v = xc[i]
+                        held += (v == xc[i - 1]) & ((v == hi) | (v == lo))
         out[c, _F_CLIP] = held / n
-        d2 = np.empty(n - 2)
         m = 0
         if n_nan == 0:
             for i in range(1, n - 1):
@@ -269,7 +304,6 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
         # For white noise of sigma s the second difference has sigma s*sqrt(6);
         # 1.4826 * MAD estimates a Gaussian sigma.
         out[c, _F_NOISE] = 1.4826 * _median_inplace(d2[:m]) / np.sqrt(6.0) if m > 0 else 0.0
-        out[c, _F_OFFSET] = np.median(good) if good.size > 0 else 0.0
     return out
 
 
