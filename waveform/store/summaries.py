@@ -81,7 +81,11 @@ def summary_row(
         "median_beat": blob,
     }
     for column, keys in MEASURES.items():
-        value = next((doc[k] for k in keys if doc.get(k) is not None), None)
+        value = None
+        for k in keys:  # the first key present with a value (a loop: no generator a column)
+            value = doc.get(k)
+            if value is not None:
+                break
         row[column] = None if value is None else float(value)
     return row
 
