@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from waveform.model import Ecg, WaveformGroup
-from waveform.reanalyze.planning import WorkUnit
+from waveform.reanalyze.planning import UNIT_ROWS, WorkUnit
 from waveform.store.records import GROUP_COLUMNS, GroupRows
 from waveform.store.schema import SUMMARY_CONTEXT
 from waveform.store.summaries import summary_row, summary_table
@@ -96,15 +96,19 @@ def _read_rows(path: str, rows: list[int]) -> tuple[list[int], GroupRows]:
 
 
 def warm_up() -> str:
-    """Import and load the compiled kernels `measure_unit` needs (the sample codec,
-    the analysis), so that a worker's first unit is not charged for them; then
-    take what is alive out of the garbage collector's sight."""
+    """Import and load what `measure_unit` needs (the sample codec's compiled
+    kernels, the analysis, the time zone data), so that a worker's first unit is
+    not charged for them; then take what is alive out of the garbage collector's
+    sight."""
     from waveform.dicom.synthetic import synthetic_ecg
     from waveform.store import codec
 
     codec.warm_up()
     analyze, version = default_analysis()
     analyze(synthetic_ecg(duration_s=2.0))
+    # A unit's context holds zoned timestamps; the first one made into a Python
+    # datetime loads the time zone database (about 250 ms).
+    pa.array([0], UNIT_ROWS.field("ingested_at").type).to_pylist()
     # The modules and compiled kernels (some 170,000 objects) live as long as the
     # worker: frozen, a full collection no longer walks them (it came every 1,000
     # to 2,000 ECGs and took 70-150 ms, 0.07-0.15 ms an ECG).
@@ -138,14 +142,14 @@ def measure_unit(unit: WorkUnit, version: str, analyze: Analyze | None = None) -
             for f, u in zip(files, uids, strict=True):
                 if f == path:
                     unread[u] = f"{path}: {type(e).__name__}: {e}"
-    t1 = time.perf_counter()
-    seconds["read"] = t1 - t0
     # Each ECG's rows of the unit (indices into its columns), groups in their order.
     ecgs: dict[str, list[tuple[int, int]]] = {}
     for k, (u, g) in enumerate(zip(uids, unit.rows.column("group_index").to_pylist(),
                                    strict=True)):
         ecgs.setdefault(u, []).append((g, k))
     context_columns = {c: unit.rows.column(c).to_pylist() for c in SUMMARY_CONTEXT}
+    t1 = time.perf_counter()
+    seconds["read"] = t1 - t0
     out: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     for uid, parts in ecgs.items():
