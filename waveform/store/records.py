@@ -3,7 +3,8 @@
 `prepare` is the CPU part of ingest (decode, split, hash, encode the samples): it
 runs in the caller's thread so that many callers prepare in parallel and the
 single writer thread only writes files and commits. `group_from_row` turns a
-stored ``waveform`` row back into a `WaveformGroup` for traces.
+stored ``waveform`` row back into a `WaveformGroup` for traces; `GroupRows` does
+the same for a table of them (re-analysis workers), converting the table once.
 """
 
 from __future__ import annotations
@@ -329,12 +330,15 @@ def _channels_of(column: pa.ChunkedArray) -> list[tuple[Channel, ...] | None]:
     or one of its channels, is NULL (the writer never stores one)."""
     out: list[tuple[Channel, ...] | None] = []
     for chunk in column.chunks:
+        if not len(chunk):
+            continue
         at = chunk.offsets.to_numpy()  # into chunk.values, which slicing leaves whole
         flat = chunk.values.slice(at[0], at[-1] - at[0])
         at = (at - at[0]).tolist()
         fields = dict(zip((f.name for f in flat.type), flat.flatten(), strict=True))
         cells = list(zip(*(fields[k].to_pylist() for k in _CHANNEL_FIELDS), strict=True))
-        bad = chunk.is_null().to_numpy(zero_copy_only=False)
+        bad = (chunk.is_null().to_numpy(zero_copy_only=False) if chunk.null_count
+               else np.zeros(len(chunk), dtype=bool))
         if flat.null_count:
             null = np.concatenate(([0], np.cumsum(flat.is_null().to_numpy(zero_copy_only=False))))
             bad = bad | (null[at[1:]] > null[at[:-1]])
