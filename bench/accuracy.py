@@ -217,6 +217,7 @@ def wfdb_ecg(record: Path) -> Ecg:
     import wfdb
 
     from waveform.model import LEADS, Channel, Ecg, WaveformGroup
+    from waveform.wfdb_io import UNITS_TO_UCUM
 
     r = wfdb.rdrecord(str(record), physical=False)
     by_lower = {lead.lower(): lead for lead in LEADS}
@@ -224,7 +225,8 @@ def wfdb_ecg(record: Path) -> Ecg:
     for k, name in enumerate(r.sig_name):
         gain = float(r.adc_gain[k]) or 200.0
         chans.append(Channel(
-            label=name, lead=by_lower.get(name.lower()), units=r.units[k] or "mV",
+            label=name, lead=by_lower.get(name.lower()),
+            units=UNITS_TO_UCUM.get(r.units[k] or "mV", r.units[k]),
             sensitivity=1.0 / gain, baseline=-float(r.baseline[k]) / gain,
         ))
     raw = np.ascontiguousarray(r.d_signal.T.astype(np.int16))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -435,3 +436,18 @@ def test_qrs_boundaries_vote_over_leads() -> None:
     assert 0.46 * FS < on1 < 0.5 * FS < off1 < 0.54 * FS
     use[5] = False  # a lead left out does not vote
     assert delineate._qrs_bounds(med, 250, FS, use, noise, 0.1, 0.05, 0.004, 10.0, 0, 1)[0] == on1
+
+
+def test_wfdb_ecg_takes_lowercase_millivolts(tmp_path: Path) -> None:
+    # PTB-XL's headers spell the unit "mv"; the bench reads them as the importer does.
+    import wfdb
+
+    t = np.arange(5000) / FS
+    sig = np.stack([1.2 * _gauss(t % 0.8, 0.4, 0.01), 0.8 * _gauss(t % 0.8, 0.4, 0.012)], 1)
+    wfdb.wrsamp("rec", fs=FS, units=["mv", "mv"], sig_name=["I", "II"], p_signal=sig,
+                fmt=["16", "16"], write_dir=str(tmp_path))
+    e = wfdb_ecg(tmp_path / "rec")
+    g = e.rhythm
+    assert g is not None and [c.units for c in g.channels] == ["mV", "mV"]
+    s = analyze(e)
+    assert s.heart_rate_bpm.value == pytest.approx(75.0, abs=0.5)
