@@ -247,16 +247,19 @@ def test_median_selection_equals_numpy(values: list[float]) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(512, 6000), st.integers(0, 2**32 - 1), st.sampled_from(["normal", "ties",
-                                                                        "sorted", "heavy"]))
+@given(st.integers(128, 6000), st.integers(0, 2**32 - 1), st.sampled_from(["normal", "ties",
+                                                                        "sorted", "heavy",
+                                                                        "few"]))
 def test_sampled_median_equals_numpy(n: int, seed: int, kind: str) -> None:
-    # Past 512 values the median brackets a sample and selects inside it;
-    # quantised values (long runs of ties) and sorted runs are the hard cases.
+    # Past 128 values the median brackets a sample and selects inside it;
+    # quantised values (long runs of ties, down to a few distinct values) and
+    # sorted runs are the hard cases.
     rng = np.random.default_rng(seed)
     a = {"normal": lambda: rng.standard_normal(n),
          "ties": lambda: np.round(np.abs(rng.standard_normal(n)) * 3) / 7,
          "sorted": lambda: np.sort(rng.standard_normal(n)),
-         "heavy": lambda: np.abs(rng.standard_cauchy(n))}[kind]()
+         "heavy": lambda: np.abs(rng.standard_cauchy(n)),
+         "few": lambda: rng.integers(0, 3, n).astype(np.float64)}[kind]()
     assert quality._median_inplace(a.copy()) == np.median(a)
 
 

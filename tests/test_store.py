@@ -126,6 +126,44 @@ def test_concurrent_submits_share_commits_and_duplicates_store_once(tmp_path: Pa
             assert r.ingested_at == first[r.sop_instance_uid].ingested_at
 
 
+def test_stored_rows_rebuild_the_decoded_groups(store: Store) -> None:
+    """`GroupRows` (the re-analysis workers' bulk path) gives the groups that
+    `group_from_row` and the decoder give, for tables in any chunking and order,
+    and a damaged row fails alone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from waveform.store.records import GROUP_COLUMNS, GroupRows, group_from_row
+
+    objs = [encode(synthetic_ecg(seed=s, duration_s=2.0, groups=2)) for s in range(3)]
+    store.ingest(objs, organisation="org")
+    decoded = {(e.sop_instance_uid, i): g
+               for e in map(decode, objs) for i, g in enumerate(e.groups)}
+    files = [r[0] for r in
+             store.sql("SELECT data_file FROM ducklake_list_files('lake', 'waveform')")]
+    table = pa.concat_tables(pq.read_table(f) for f in files)
+    assert table.num_rows == len(decoded)
+    reordered = pa.concat_tables([table.slice(3), table.slice(0, 3)]).take([5, 0, 3, 1, 4, 2])
+    for t in (table, reordered):
+        rows = GroupRows(t.select(list(GROUP_COLUMNS)))
+        assert len(rows) == t.num_rows
+        for i, row in enumerate(t.to_pylist()):
+            want = decoded[(row["sop_instance_uid"], row["group_index"])]
+            got = rows.group(i)
+            assert rows.uid(i) == row["sop_instance_uid"]
+            assert got == want == group_from_row(row)
+            assert got.channels is group_from_row(row).channels  # one per definition
+            assert np.array_equal(got.raw, want.raw) and got.raw.dtype == want.raw.dtype
+            assert not got.raw.flags.writeable
+    cells = table.column("channels").to_pylist()
+    cells[1] = None
+    damaged = GroupRows(table.set_column(table.schema.get_field_index("channels"), "channels",
+                                         pa.array(cells, table.schema.field("channels").type)))
+    with pytest.raises(ValueError, match=r"waveform row 1 .*NULL channel definition"):
+        damaged.group(1)
+    assert damaged.group(0) == group_from_row(table.slice(0, 1).to_pylist()[0])
+
+
 def test_trace_matches_decoded_samples(store: Store) -> None:
     data = encode(synthetic_ecg(seed=6, duration_s=4.0, groups=2))
     ecg = decode(data)

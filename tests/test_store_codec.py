@@ -49,6 +49,9 @@ def test_16_bit_kernels_match_the_reference_and_invert(dtype: str, zigzag: bool)
     out = np.empty_like(u)
     C._decode16(planes, out, zigzag)
     assert np.array_equal(out, u)
+    by_channel = np.empty_like(u.T)  # decode_channels writes a channel-major array
+    C._decode16(planes, by_channel.T, zigzag)
+    assert np.array_equal(by_channel, u.T)
 
 
 @settings(max_examples=150, deadline=None)
@@ -68,6 +71,10 @@ def test_roundtrip_is_byte_identical(
     enc = C.encode_samples(raw, dt, n_channels, codec)
     assert enc.nbytes == len(raw)
     assert C.decode_samples(enc, dt, n_channels) == raw
+    channels = C.decode_channels(enc, dt, n_channels)
+    assert channels.dtype == dt and channels.shape == (n_channels, n_samples)
+    assert channels.tobytes() == np.ascontiguousarray(x.T).tobytes()  # bits, NaN included
+    assert not channels.flags.writeable
 
 
 @settings(max_examples=50, deadline=None)

@@ -96,77 +96,137 @@ def _kth(a: np.ndarray, k: int, even: bool) -> float:
     return 0.5 * (lower + upper)
 
 
-#: Size of the sample `_median_inplace` draws to bracket the median.
-_SAMPLE = 128
+#: Size of the sample `_select` draws to bracket the wanted rank.
+_SAMPLE = 32
 
 
 @numba.njit(cache=True, nogil=True)
-def _count(a: np.ndarray, v: float) -> tuple[int, int]:
-    # (values < v, values <= v): branch-free, so it vectorises.
-    lt = 0
+def _count_le(a: np.ndarray, v: float) -> int:
+    # Values <= v: branch-free, so it vectorises.
     le = 0
     for i in range(a.shape[0]):
-        lt += a[i] < v
         le += a[i] <= v
-    return lt, le
+    return le
 
 
 @numba.njit(cache=True, nogil=True)
-def _median_inplace(a: np.ndarray) -> float:
-    """np.median of ``a`` (no NaN), reordering ``a`` in place (nothing is copied).
+def _count_lt(a: np.ndarray, lo: float, hi: float) -> tuple[int, int]:
+    # (values < lo, values < hi) in one branch-free pass.
+    below_lo = 0
+    below_hi = 0
+    for i in range(a.shape[0]):
+        below_lo += a[i] < lo
+        below_hi += a[i] < hi
+    return below_lo, below_hi
+
+
+@numba.njit(cache=True, nogil=True)
+def _select(a: np.ndarray, k: int, even: bool) -> float:
+    """The k-th smallest of ``a`` (no NaN), or when ``even`` the mean of the
+    (k-1)-th and k-th; ``a`` is reordered in place (nothing is copied).
 
     Floyd & Rivest's sampling idea (Comm. ACM 18(3):165, 1975): the order
     statistics of a small sorted sample split the values into slices of about
     n / sample each. Branch-free counting passes binary-search the slice that
-    holds the middle rank(s); a branch-free pass packs that slice's few values
-    to the front of ``a`` and the selection runs on them. Quickselect on
-    thousands of values is bound by its partition's branch mispredictions,
-    worse still on ECG second differences, which are quantised into long runs
-    of ties; a tied median is found by the search itself.
+    holds the wanted rank(s); a branch-free pass packs that slice's values to
+    the front of ``a``, and the same narrowing runs on them until few are left
+    for quickselect. Quickselect on thousands of values is bound by its
+    partition's branch mispredictions, worse still on ECG second differences,
+    which are quantised into long runs of ties; a tied rank is found by the
+    search itself. A small sample keeps its sort cheap; the second narrowing
+    makes up for the wider slice.
     """
+    sample = np.empty(_SAMPLE)
+    while a.shape[0] >= 4 * _SAMPLE:
+        n = a.shape[0]
+        # Insertion sort as the sample is drawn (32 values).
+        for t in range(_SAMPLE):
+            v = a[(2 * t + 1) * n // (2 * _SAMPLE)]
+            j = t
+            while j > 0 and sample[j - 1] > v:
+                sample[j] = sample[j - 1]
+                j -= 1
+            sample[j] = v
+        # The ranks that must lie in the slice: k - 1 (even counts) to k.
+        r_lo = k - 1 if even else k
+        # The first sample value with more than k values at or below it: the
+        # k-th smallest value is at most that.
+        j_lo = 0
+        j_hi = _SAMPLE - 1
+        while j_lo < j_hi:
+            mid = (j_lo + j_hi) // 2
+            if _count_le(a, sample[mid]) > k:
+                j_hi = mid
+            else:
+                j_lo = mid + 1
+        if j_hi == 0 or (j_hi == _SAMPLE - 1 and _count_le(a, sample[j_hi]) <= k):
+            break
+        hi = sample[j_hi]
+        lo = sample[j_hi - 1]
+        below, below_hi = _count_lt(a, lo, hi)
+        if below_hi <= r_lo:
+            return hi  # every wanted rank holds this (tied) value
+        if below > r_lo:
+            break
+        # Pack [lo, hi] to the front: always write, advance only when inside
+        # (the write never reaches a value not yet read).
+        m = 0
+        for i in range(n):
+            v = a[i]
+            a[m] = v
+            m += (v >= lo) & (v <= hi)
+        a = a[:m]
+        k -= below
+        if 2 * m > n:
+            break  # ties fill the slice: narrowing again would gain little
+    return _kth(a, k, even)
+
+
+@numba.njit(cache=True, nogil=True)
+def _median_inplace(a: np.ndarray) -> float:
+    """np.median of ``a`` (no NaN), reordering ``a`` in place (nothing is copied)."""
     n = a.shape[0]
     if n == 0:
         return np.nan
-    k = n // 2
-    even = n % 2 == 0
-    if n < 4 * _SAMPLE:
-        return _kth(a, k, even)
-    sample = np.empty(_SAMPLE)
-    for t in range(_SAMPLE):
-        sample[t] = a[(2 * t + 1) * n // (2 * _SAMPLE)]
-    sample.sort()
-    # The ranks that must lie in the slice: k - 1 (even counts) to k.
-    r_lo = k - 1 if even else k
-    # The first sample value with more than k values at or below it: the
-    # k-th smallest value is at most that.
-    if _count(a, sample[_SAMPLE - 1])[1] <= k:
-        return _kth(a, k, even)
-    j_lo = 0
-    j_hi = _SAMPLE - 1
-    while j_lo < j_hi:
-        mid = (j_lo + j_hi) // 2
-        if _count(a, sample[mid])[1] > k:
-            j_hi = mid
+    return _select(a, n // 2, n % 2 == 0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _windows(xc: np.ndarray, w: int, lo_w: np.ndarray, hi_w: np.ndarray, means: np.ndarray,
+             skip_nan: bool) -> bool:
+    # Per 1 s window (the last one takes the remainder): least and largest
+    # value and the mean, NaN left out when ``skip_nan``. Without it the loop
+    # has no NaN test; False when a window's sum came out NaN (a NaN sample).
+    n = xc.shape[0]
+    n_win = lo_w.shape[0]
+    finite = True
+    for k in range(n_win):
+        a = k * w
+        seg = xc[a:n] if k == n_win - 1 else xc[a:a + w]
+        wlo = np.inf
+        whi = -np.inf
+        s = 0.0
+        m = 0
+        if not skip_nan:
+            for i in range(seg.shape[0]):
+                v = seg[i]
+                wlo = min(wlo, v)
+                whi = max(whi, v)
+                s += v
+            m = seg.shape[0]
+            finite &= not np.isnan(s)
         else:
-            j_lo = mid + 1
-    hi = sample[j_hi]
-    below_hi = _count(a, hi)[0]
-    if below_hi <= r_lo:
-        return hi  # every middle rank holds this (tied) value
-    if j_hi == 0:
-        return _kth(a, k, even)
-    lo = sample[j_hi - 1]
-    below = _count(a, lo)[0]
-    if below > r_lo:
-        return _kth(a, k, even)
-    # Pack [lo, hi] to the front: always write, advance only when inside
-    # (the write never reaches a value not yet read).
-    m = 0
-    for i in range(n):
-        v = a[i]
-        a[m] = v
-        m += (v >= lo) & (v <= hi)
-    return _kth(a[:m], k - below, even)
+            for i in range(seg.shape[0]):
+                v = seg[i]
+                if not np.isnan(v):
+                    wlo = min(wlo, v)
+                    whi = max(whi, v)
+                    s += v
+                    m += 1
+        lo_w[k] = wlo
+        hi_w[k] = whi
+        means[k] = s / m if m > 0 else np.nan
+    return finite
 
 
 @numba.njit(cache=True, nogil=True)
@@ -183,56 +243,53 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
     w = max(int(fs), 4)
     n_win = max(n // w, 1)
     out = np.zeros((n_ch, 6))
+    lo_w = np.empty(n_win)
+    hi_w = np.empty(n_win)
+    means = np.empty(n_win)
+    buf = np.empty(n_win)
+    d2 = np.empty(max(n - 2, 0))
     for c in range(n_ch):
         xc = x[c]
-        n_nan = 0
-        for i in range(n):
-            n_nan += np.isnan(xc[i])
-        out[c, _F_NAN] = n_nan / max(n, 1)
-        if n_nan == n or n < 3:
+        if n < 3:
             out[c, _F_NAN] = 1.0
             continue
-        ptp = np.empty(n_win)
-        means = np.empty(n_win)
+        # NaN (padding) is rare: the windows are first measured as if there
+        # were none, and a NaN sum sends the lead through the NaN-aware loops.
+        n_nan = 0
+        if not _windows(xc, w, lo_w, hi_w, means, False):
+            for i in range(n):
+                n_nan += np.isnan(xc[i])
+            if n_nan == n:
+                out[c, _F_NAN] = 1.0
+                continue
+            if n_nan > 0:
+                _windows(xc, w, lo_w, hi_w, means, True)
+        out[c, _F_NAN] = n_nan / n
         lo = np.inf
         hi = -np.inf
+        n_good = 0
         for k in range(n_win):
-            a = k * w
-            b = n if k == n_win - 1 else a + w
-            wlo = np.inf
-            whi = -np.inf
-            s = 0.0
-            m = 0
-            if n_nan == 0:
-                # The usual case, without the NaN test in the loop.
-                for i in range(a, b):
-                    v = xc[i]
-                    wlo = min(wlo, v)
-                    whi = max(whi, v)
-                    s += v
-                m = b - a
-            else:
-                for i in range(a, b):
-                    v = xc[i]
-                    if not np.isnan(v):
-                        wlo = min(wlo, v)
-                        whi = max(whi, v)
-                        s += v
-                        m += 1
-            lo = min(lo, wlo)
-            hi = max(hi, whi)
-            ptp[k] = whi - wlo if m > 0 else 0.0
-            means[k] = s / m if m > 0 else np.nan
-        out[c, _F_AMP] = np.median(ptp)
-        good = means[~np.isnan(means)]
-        out[c, _F_WANDER] = good.max() - good.min() if good.size > 1 else 0.0
+            lo = min(lo, lo_w[k])
+            hi = max(hi, hi_w[k])
+            buf[k] = hi_w[k] - lo_w[k] if hi_w[k] >= lo_w[k] else 0.0  # else no sample
+        out[c, _F_AMP] = _median_inplace(buf)
+        for k in range(n_win):
+            if not np.isnan(means[k]):
+                buf[n_good] = means[k]
+                n_good += 1
+        good = buf[:n_good]
+        out[c, _F_WANDER] = good.max() - good.min() if n_good > 1 else 0.0
+        out[c, _F_OFFSET] = _median_inplace(good) if n_good > 0 else 0.0
+        # A sample held at an extreme lies in a window that reaches it.
         held = 0
         if hi > lo:
-            for i in range(1, n):
-                v = xc[i]
-                held += (v == xc[i - 1]) & ((v == hi) | (v == lo))
+            for k in range(n_win):
+                if lo_w[k] == lo or hi_w[k] == hi:
+                    b = n if k == n_win - 1 else (k + 1) * w
+                    for i in range(max(k * w, 1), b):
+                        v = xc[i]
+                        held += (v == xc[i - 1]) & ((v == hi) | (v == lo))
         out[c, _F_CLIP] = held / n
-        d2 = np.empty(n - 2)
         m = 0
         if n_nan == 0:
             for i in range(1, n - 1):
@@ -247,7 +304,6 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
         # For white noise of sigma s the second difference has sigma s*sqrt(6);
         # 1.4826 * MAD estimates a Gaussian sigma.
         out[c, _F_NOISE] = 1.4826 * _median_inplace(d2[:m]) / np.sqrt(6.0) if m > 0 else 0.0
-        out[c, _F_OFFSET] = np.median(good) if good.size > 0 else 0.0
     return out
 
 

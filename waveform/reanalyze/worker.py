@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from waveform.model import Ecg, WaveformGroup
 from waveform.reanalyze.planning import WorkUnit
-from waveform.store.records import group_from_row
-from waveform.store.schema import SUMMARY_CONTEXT, WAVEFORM
+from waveform.store.records import GROUP_COLUMNS, GroupRows
+from waveform.store.schema import SUMMARY_CONTEXT
 from waveform.store.summaries import summary_row, summary_table
 
 __all__ = ["STAGES", "UnitResult", "default_analysis", "measure_unit", "warm_up"]
@@ -66,16 +66,10 @@ def _open(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(path)
 
 
-#: The ``waveform`` columns a worker needs to rebuild a group (not its index, which
-#: the plan gives, nor whether its bytes were cut from the header).
-_COLUMNS: tuple[str, ...] = tuple(n for n in WAVEFORM.names if n not in ("group_index",
-                                                                          "retained"))
-
-
-def _read_rows(path: str, rows: list[int]) -> dict[int, dict[str, Any]]:
+def _read_rows(path: str, rows: list[int]) -> tuple[list[int], GroupRows]:
     """Rows ``rows`` of a ``waveform`` data file, reading only their row groups and
-    the columns `group_from_row` needs. The sample blobs are views of the buffer
-    pyarrow read, not copies."""
+    the columns a group is rebuilt from: the row numbers in order, and the rows in
+    that order. The sample blobs are views of the buffer pyarrow read, not copies."""
     pf = _open(path)
     meta = pf.metadata
     starts = []
@@ -89,7 +83,7 @@ def _read_rows(path: str, rows: list[int]) -> dict[int, dict[str, Any]]:
     home = [bisect.bisect_right(starts, r) - 1 for r in want]
     groups = sorted(set(home))
     # One thread: a worker is one of several processes sharing the cores.
-    table = pf.read_row_groups(groups, columns=list(_COLUMNS), use_threads=False)
+    table = pf.read_row_groups(groups, columns=list(GROUP_COLUMNS), use_threads=False)
     offset: dict[int, int] = {}
     base = 0
     for g in groups:
@@ -98,32 +92,24 @@ def _read_rows(path: str, rows: list[int]) -> dict[int, dict[str, Any]]:
     take = [offset[g] + r - starts[g] for r, g in zip(want, home, strict=True)]
     if take != list(range(table.num_rows)):
         table = table.take(take)
-    columns = {n: table.column(n).to_pylist() for n in _COLUMNS if n != "samples"}
-    columns["samples"] = _blobs(table.column("samples"))
-    return {r: {n: columns[n][i] for n in _COLUMNS} for i, r in enumerate(want)}
-
-
-def _blobs(column: pa.ChunkedArray) -> list[memoryview]:
-    """Each value of a binary column as a view of the column's data buffer."""
-    out: list[memoryview] = []
-    for chunk in column.chunks:
-        _, offsets, data = chunk.buffers()
-        at = np.frombuffer(offsets, dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
-        view = memoryview(data)
-        out += [view[a:b] for a, b in zip(at[:-1].tolist(), at[1:].tolist(), strict=True)]
-    return out
+    return want, GroupRows(table)
 
 
 def warm_up() -> str:
     """Import and load the compiled kernels `measure_unit` needs (the sample codec,
-    the analysis), so that a worker's first unit is not charged for them."""
+    the analysis), so that a worker's first unit is not charged for them; then
+    take what is alive out of the garbage collector's sight."""
     from waveform.dicom.synthetic import synthetic_ecg
-    from waveform.store.codec import decode_samples, encode_samples
+    from waveform.store import codec
 
-    raw = np.zeros((64, 12), dtype="<i2").tobytes()
-    decode_samples(encode_samples(raw, np.dtype("<i2"), 12), np.dtype("<i2"), 12)
+    codec.warm_up()
     analyze, version = default_analysis()
     analyze(synthetic_ecg(duration_s=2.0))
+    # The modules and compiled kernels (some 170,000 objects) live as long as the
+    # worker: frozen, a full collection no longer walks them (it came every 1,000
+    # to 2,000 ECGs and took 70-150 ms, 0.07-0.15 ms an ECG).
+    gc.collect()
+    gc.freeze()
     return version
 
 
@@ -134,25 +120,32 @@ def measure_unit(unit: WorkUnit, version: str, analyze: Analyze | None = None) -
     seconds = dict.fromkeys(STAGES, 0.0)
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    rows = unit.rows.to_pylist()
+    # The unit's columns once, not a dict per row.
+    files = unit.rows.column("filename").to_pylist()
+    numbers = unit.rows.column("file_row_number").to_pylist()
+    uids = unit.rows.column("sop_instance_uid").to_pylist()
     by_file: dict[str, list[int]] = {}
-    for r in rows:
-        by_file.setdefault(r["filename"], []).append(r["file_row_number"])
-    stored: dict[tuple[str, int], dict[str, Any]] = {}
+    for f, n in zip(files, numbers, strict=True):
+        by_file.setdefault(f, []).append(n)
+    stored: dict[tuple[str, int], tuple[GroupRows, int]] = {}
     unread: dict[str, str] = {}
-    for path, numbers in by_file.items():
+    for path, wanted in by_file.items():
         try:
-            for n, row in _read_rows(path, numbers).items():
-                stored[(path, n)] = row
+            read, table = _read_rows(path, wanted)
+            for i, n in enumerate(read):
+                stored[(path, n)] = (table, i)
         except (OSError, IndexError, pa.ArrowException) as e:  # gone (compacted) or damaged
-            for r in rows:
-                if r["filename"] == path:
-                    unread[r["sop_instance_uid"]] = f"{path}: {type(e).__name__}: {e}"
+            for f, u in zip(files, uids, strict=True):
+                if f == path:
+                    unread[u] = f"{path}: {type(e).__name__}: {e}"
     t1 = time.perf_counter()
     seconds["read"] = t1 - t0
-    ecgs: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    for r in rows:
-        ecgs.setdefault(r["sop_instance_uid"], []).append((r["group_index"], r))
+    # Each ECG's rows of the unit (indices into its columns), groups in their order.
+    ecgs: dict[str, list[tuple[int, int]]] = {}
+    for k, (u, g) in enumerate(zip(uids, unit.rows.column("group_index").to_pylist(),
+                                   strict=True)):
+        ecgs.setdefault(u, []).append((g, k))
+    context_columns = {c: unit.rows.column(c).to_pylist() for c in SUMMARY_CONTEXT}
     out: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
     for uid, parts in ecgs.items():
@@ -161,16 +154,17 @@ def measure_unit(unit: WorkUnit, version: str, analyze: Analyze | None = None) -
         t = time.perf_counter()
         try:
             groups: list[WaveformGroup] = []
-            for _, r in sorted(parts, key=lambda p: p[0]):
-                row = stored[(r["filename"], r["file_row_number"])]
-                if row["sop_instance_uid"] != uid:
-                    raise IndexError(f"row {r['file_row_number']} of {r['filename']} holds "
-                                     f"{row['sop_instance_uid']}, not {uid}")
-                groups.append(group_from_row(row))
+            for _, k in sorted(parts):
+                table, i = stored[(files[k], numbers[k])]
+                if table.uid(i) != uid:
+                    raise IndexError(f"row {numbers[k]} of {files[k]} holds "
+                                     f"{table.uid(i)}, not {uid}")
+                groups.append(table.group(i))
         except (IndexError, ValueError, KeyError) as e:
             unread[uid] = f"{type(e).__name__}: {e}"
             continue
-        context = {k: parts[0][1][k] for k in SUMMARY_CONTEXT}
+        first = parts[0][1]
+        context = {c: context_columns[c][first] for c in SUMMARY_CONTEXT}
         ecg = Ecg(sop_class_uid=context["sop_class_uid"] or "", sop_instance_uid=uid,
                   groups=tuple(groups))
         t2 = time.perf_counter()

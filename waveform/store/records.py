@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ from waveform.store import codec as _codec
 from waveform.store.schema import ECG, HEADER, WAVEFORM
 
 __all__ = [
+    "GROUP_COLUMNS",
+    "GroupRows",
     "Prepared",
     "channels_from_row",
     "decode_samples",
@@ -235,22 +238,119 @@ def tables(items: Sequence[Prepared]) -> dict[str, pa.Table]:
     }
 
 
-def decode_samples(row: dict[str, Any]) -> np.ndarray:
-    """The stored samples of a ``waveform`` row as (channels, samples), stored dtype."""
-    dtype = np.dtype(row["dtype"])
+def decode_samples(row: Mapping[str, Any]) -> np.ndarray:
+    """The stored samples of a ``waveform`` row as a read-only (channels, samples)
+    array of the stored dtype."""
     enc = _codec.EncodedSamples(row["codec"], row["samples"], row["nbytes"])
-    raw = _codec.decode_samples(enc, dtype, row["n_channels"])
-    return np.frombuffer(raw, dtype=dtype).reshape(row["n_samples"], row["n_channels"]).T
+    raw = _codec.decode_channels(enc, np.dtype(row["dtype"]), row["n_channels"])
+    return raw.reshape(row["n_channels"], row["n_samples"])
 
 
-def group_from_row(row: dict[str, Any]) -> WaveformGroup:
+def _group(row: Mapping[str, Any], channels: tuple[Channel, ...]) -> WaveformGroup:
     return WaveformGroup(
         label=row["label"] or "",
         sampling_frequency=row["sampling_frequency"],
-        channels=channels_from_row(row["channels"]),
+        channels=channels,
         raw=decode_samples(row),
         interpretation=row["interpretation"],
         time_offset=row["time_offset"],
         originality=row["originality"],
         trigger_time_offset=row["trigger_time_offset"],
     )
+
+
+def group_from_row(row: Mapping[str, Any]) -> WaveformGroup:
+    return _group(row, channels_from_row(row["channels"]))
+
+
+#: The ``waveform`` columns `GroupRows` needs: all but the index and ``retained``.
+GROUP_COLUMNS: tuple[str, ...] = tuple(n for n in WAVEFORM.names
+                                       if n not in ("group_index", "retained"))
+
+
+class GroupRows:
+    """Stored ``waveform`` rows (a table with `GROUP_COLUMNS`) rebuilt as groups,
+    row by row, as `group_from_row` rebuilds each, but with the table converted
+    once: each column to Python values in one call, the channel definitions from
+    the struct's fields (one `Channel` tuple per distinct definition) instead of a
+    dict per channel, and the sample blobs as views of the table's buffers.
+
+    A row that cannot be rebuilt (an unknown codec, damaged samples, a channel
+    definition missing a field) raises from `group` for that row only."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._table = table
+        self._columns = {n: table.column(n).to_pylist() for n in GROUP_COLUMNS
+                         if n not in ("channels", "samples")}
+        self._columns["samples"] = _blobs(table.column("samples"))
+        self._channels: list[tuple[Channel, ...] | None] | None = None
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def uid(self, i: int) -> str:
+        uid: str = self._columns["sop_instance_uid"][i]
+        return uid
+
+    def group(self, i: int) -> WaveformGroup:
+        if self._channels is None:
+            self._channels = _channels_of(self._table.column("channels"))
+        channels = self._channels[i]
+        if channels is None:
+            raise ValueError(f"waveform row {i} of the rows read ({self.uid(i)}) has a NULL "
+                             "channel definition; the store never writes one: the file is "
+                             "damaged")
+        return _group(_Row(self._columns, i), channels)
+
+
+class _Row(Mapping[str, Any]):
+    """Row ``i`` of a table's columns, as `_group` reads a row, without copying it."""
+
+    __slots__ = ("_columns", "_i")
+
+    def __init__(self, columns: dict[str, list[Any]], i: int) -> None:
+        self._columns = columns
+        self._i = i
+
+    def __getitem__(self, name: str) -> Any:
+        return self._columns[name][self._i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+
+def _channels_of(column: pa.ChunkedArray) -> list[tuple[Channel, ...] | None]:
+    """Each row's channels of a ``channels`` column, as `channels_from_row` makes
+    them (same cache key: the values in `_CHANNEL_FIELDS` order), read from the
+    struct's fields rather than as a dict per channel. None for a row whose cell,
+    or one of its channels, is NULL (the writer never stores one)."""
+    out: list[tuple[Channel, ...] | None] = []
+    for chunk in column.chunks:
+        at = chunk.offsets.to_numpy()  # into chunk.values, which slicing leaves whole
+        flat = chunk.values.slice(at[0], at[-1] - at[0])
+        at = (at - at[0]).tolist()
+        fields = dict(zip((f.name for f in flat.type), flat.flatten(), strict=True))
+        cells = list(zip(*(fields[k].to_pylist() for k in _CHANNEL_FIELDS), strict=True))
+        bad = chunk.is_null().to_numpy(zero_copy_only=False)
+        if flat.null_count:
+            null = np.concatenate(([0], np.cumsum(flat.is_null().to_numpy(zero_copy_only=False))))
+            bad = bad | (null[at[1:]] > null[at[:-1]])
+        out += [None if bad[i] else _channels(tuple(cells[a:b]))
+                for i, (a, b) in enumerate(itertools.pairwise(at))]
+    return out
+
+
+def _blobs(column: pa.ChunkedArray) -> list[memoryview]:
+    """Each value of a binary column as a view of the column's data buffer."""
+    out: list[memoryview] = []
+    for chunk in column.chunks:
+        _, offsets, data = chunk.buffers()
+        wide = pa.types.is_large_binary(chunk.type)
+        at = np.frombuffer(offsets, dtype=np.int64 if wide else np.int32)
+        at = at[chunk.offset:chunk.offset + len(chunk) + 1]
+        view = memoryview(data) if data is not None else memoryview(b"")
+        out += [view[a:b] for a, b in zip(at[:-1].tolist(), at[1:].tolist(), strict=True)]
+    return out
