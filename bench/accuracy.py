@@ -15,7 +15,10 @@ Tables:
    a pacemaker pulse found by `waveform.dsp.pacer.pulses` (when most beats of
    the median beat do, at one lag, `analyze` starts its QRS at the pulse), and
    the QRS and QT differences.
-4. The Mortara cart's own measurements in marcodebe_anonymous_ecg.dcm beside ours.
+4. The carts' own measurements beside ours: the Mortara ELI 250 of
+   marcodebe_anonymous_ecg.dcm (its annotations) and the four GE MUSE resting
+   ECG exports in ../shared/data/other (their RestingECGMeasurements, from GE's
+   12SL program; the rhythm waveforms they carry are what we measure).
 
 Tuning set and report set are kept apart: constants were set while looking at
 LUDB odd-numbered records only; the report set is the even-numbered LUDB
@@ -214,6 +217,7 @@ def wfdb_ecg(record: Path) -> Ecg:
     import wfdb
 
     from waveform.model import LEADS, Channel, Ecg, WaveformGroup
+    from waveform.wfdb_io import UNITS_TO_UCUM
 
     r = wfdb.rdrecord(str(record), physical=False)
     by_lower = {lead.lower(): lead for lead in LEADS}
@@ -221,7 +225,8 @@ def wfdb_ecg(record: Path) -> Ecg:
     for k, name in enumerate(r.sig_name):
         gain = float(r.adc_gain[k]) or 200.0
         chans.append(Channel(
-            label=name, lead=by_lower.get(name.lower()), units=r.units[k] or "mV",
+            label=name, lead=by_lower.get(name.lower()),
+            units=UNITS_TO_UCUM.get(r.units[k] or "mV", r.units[k]),
             sensitivity=1.0 / gain, baseline=-float(r.baseline[k]) / gain,
         ))
     raw = np.ascontiguousarray(r.d_signal.T.astype(np.int16))
@@ -434,36 +439,118 @@ def paced_table(rows: list[IntervalRow]) -> str | None:
 # --- the cart's own measurements ------------------------------------------------
 
 
-def cart_table() -> str | None:
+#: GE MUSE resting ECG exports in ../shared/data/other (XML with 12SL measurements).
+MUSE_FILES = ("braveheart_gemuse_example1.xml", "braveheart_gemuse_example2.xml",
+              "braveheart_gemuse_example3.xml", "introecg_MUSE_20200923_093504_79000_example.xml")
+#: Measurements compared with the carts: ours (Summary attribute) and GE's tag.
+CART_MEASUREMENTS = (("rate", "heart_rate_bpm", "VentricularRate"),
+                     ("PR", "pr_ms", "PRInterval"), ("QRS", "qrs_ms", "QRSDuration"),
+                     ("QT", "qt_ms", "QTInterval"), ("QTc Bazett", "qtc_bazett_ms", "QTCorrected"),
+                     ("P axis", "p_axis_deg", "PAxis"), ("QRS axis", "qrs_axis_deg", "RAxis"),
+                     ("T axis", "t_axis_deg", "TAxis"))
+
+
+def muse_ecg(path: Path) -> tuple[Ecg, dict[str, float]]:
+    """The rhythm waveform of a GE MUSE resting ECG export (8 leads: I, II, V1-V6,
+    little-endian int16 in base64, LeadAmplitudeUnitsPerBit µV) and the cart's
+    RestingECGMeasurements."""
+    import base64
+    import xml.etree.ElementTree as ET
+
+    from waveform.model import Channel, Ecg, WaveformGroup
+
+    root = ET.parse(path).getroot()
+    meas: dict[str, float] = {}
+    for el in root.findall("RestingECGMeasurements/*"):
+        try:
+            meas[el.tag] = float(el.text or "")
+        except ValueError:
+            continue
+    for wf in root.findall("Waveform"):
+        if (wf.findtext("WaveformType") or "").strip() != "Rhythm":
+            continue
+        fs = float(wf.findtext("SampleBase") or "nan")
+        chans, rows = [], []
+        for lead in wf.findall("LeadData"):
+            name = (lead.findtext("LeadID") or "").strip()
+            units = (lead.findtext("LeadAmplitudeUnits") or "").strip().upper()
+            if units != "MICROVOLTS":
+                raise ValueError(f"{path.name}: lead {name} in {units!r}, not MICROVOLTS")
+            data = base64.b64decode("".join((lead.findtext("WaveFormData") or "").split()))
+            rows.append(np.frombuffer(data, dtype="<i2"))
+            chans.append(Channel(label=name, lead=name, units="uV",
+                                 sensitivity=float(lead.findtext("LeadAmplitudeUnitsPerBit")
+                                                   or "nan")))
+        n = min(r.shape[0] for r in rows)
+        raw = np.ascontiguousarray(np.stack([r[:n] for r in rows]))
+        group = WaveformGroup("RHYTHM", fs, tuple(chans), raw)
+        return Ecg("1.2.840.10008.5.1.4.1.1.9.1.1", f"muse.{path.stem}", groups=(group,)), meas
+    raise ValueError(f"{path.name} holds no rhythm waveform")
+
+
+def _mortara() -> tuple[Ecg, dict[str, float]] | None:
     path = DATA / "dicom" / "marcodebe_anonymous_ecg.dcm"
     if not path.exists():
         return None
-    from waveform.analysis import analyze
     from waveform.dicom import decode
 
     ecg = decode(path.read_bytes())
-    s = analyze(ecg)
-    cart: dict[str, str] = {}
-    for a in ecg.annotations:
-        if a.value is not None and a.concept is not None:
-            cart[a.concept.meaning] = f"{a.value:g} {a.units or ''}".strip()
-    ours = {
-        "heart rate": s.heart_rate_bpm, "RR": s.rr_mean_ms, "PR": s.pr_ms, "QRS": s.qrs_ms,
-        "QT": s.qt_ms,
-        "QTc Bazett": s.qtc_bazett_ms, "QTc Fridericia": s.qtc_fridericia_ms,
-        "P axis": s.p_axis_deg, "QRS axis": s.qrs_axis_deg, "T axis": s.t_axis_deg,
-    }
-    keys = {"heart rate": ("Heart Rate", "Ventricular"), "RR": ("RR Interval",), "PR": ("PR",),
+    keys = {"rate": ("Heart Rate", "Ventricular"), "PR": ("PR",),
             "QRS": ("QRS Duration", "QRS dur"), "QT": ("QT Interval",), "QTc Bazett": ("QTc",),
-            "QTc Fridericia": ("QTc F", "Fridericia"), "P axis": ("P Axis",),
-            "QRS axis": ("QRS Axis",), "T axis": ("T Axis",)}
-    rows = []
-    for name, m in ours.items():
-        found = [v for k, v in cart.items() if any(w.lower() in k.lower() for w in keys[name])]
-        mine = f"{m.value:g}" if m.value is not None else f"absent ({m.reason})"
-        rows.append([name, found[0] if found else "-", mine])
-    return table(["measurement", "cart (annotation)", "ours"], rows) + "\n\ncart annotations: " \
-        + "; ".join(f"{k}={v}" for k, v in cart.items())
+            "P axis": ("P Axis",), "QRS axis": ("QRS Axis",), "T axis": ("T Axis",)}
+    cart: dict[str, float] = {}
+    for a in ecg.annotations:
+        if a.value is None or a.concept is None:
+            continue
+        for label, words in keys.items():
+            if label not in cart and any(w.lower() in a.concept.meaning.lower() for w in words):
+                cart[label] = float(a.value)
+    return ecg, cart
+
+
+def cart_rows() -> list[tuple[str, dict[str, float | None], dict[str, float | None]]]:
+    """(ECG, the cart's values, ours) per cart ECG present, keyed by measurement label."""
+    from waveform.analysis import analyze
+
+    out = []
+    mortara = _mortara()
+    if mortara is not None:
+        ecg, cart = mortara
+        s = analyze(ecg)
+        out.append(("Mortara ELI 250 (marcodebe_anonymous_ecg.dcm)",
+                    {label: cart.get(label) for label, _, _ in CART_MEASUREMENTS},
+                    {label: getattr(s, attr).value for label, attr, _ in CART_MEASUREMENTS}))
+    for name in MUSE_FILES:
+        path = DATA / "other" / name
+        if not path.exists():
+            continue
+        ecg, meas = muse_ecg(path)
+        s = analyze(ecg)
+        out.append((f"GE MUSE 12SL ({name})",
+                    {label: meas.get(tag) for label, _, tag in CART_MEASUREMENTS},
+                    {label: getattr(s, attr).value for label, attr, _ in CART_MEASUREMENTS}))
+    return out
+
+
+def cart_table() -> str | None:
+    rows = cart_rows()
+    if not rows:
+        return None
+
+    def cell(c: float | None, o: float | None) -> str:
+        return f"{'-' if c is None else f'{c:g}'} / {'-' if o is None else f'{o:g}'}"
+
+    body: list[list[object]] = [[name, *(cell(cart[m], ours[m]) for m, _, _ in CART_MEASUREMENTS)]
+                                for name, cart, ours in rows]
+    diffs: list[object] = ["mean ours - cart"]
+    for m, _, _ in CART_MEASUREMENTS:
+        d = [ours[m] - cart[m] for _, cart, ours in rows
+             if cart[m] is not None and ours[m] is not None]
+        if m.endswith("axis"):
+            d = [(v + 180.0) % 360.0 - 180.0 for v in d]
+        diffs.append(f"{np.mean(d):+.1f} (n={len(d)})" if d else "-")
+    body.append(diffs)
+    return table(["ECG: cart / ours", *(m for m, _, _ in CART_MEASUREMENTS)], body)
 
 
 def main(small: bool = False) -> None:
@@ -492,6 +579,6 @@ def main(small: bool = False) -> None:
         print(pt)
     cart = cart_table()
     if cart:
-        print("\nMortara ELI 250 (marcodebe_anonymous_ecg.dcm): the cart's measurements\n")
+        print("\nThe carts' own measurements beside ours (Mortara ELI 250; GE MUSE 12SL)\n")
         print(cart)
     print(f"\n({time.perf_counter() - t0:.1f} s)")

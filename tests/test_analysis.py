@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.accuracy import (
     EC57_WINDOW_S,
+    MUSE_FILES,
     WFDB,
     Counts,
     evaluate_intervals,
     interval_stats,
     ludb_reference,
     match_beats,
+    muse_ecg,
     wfdb_ecg,
 )
 from tests.conftest import shared
@@ -367,6 +370,59 @@ def test_t_end_area_indicator_matches_numpy() -> None:
     assert 0.80 * FS < got < 0.95 * FS  # past the peak, where the wave has settled
 
 
+def test_line_deviation_matches_numpy() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        x = rng.normal(0, 50, 400).cumsum()
+        lo, hi, h = int(rng.integers(0, 100)), int(rng.integers(200, 399)), int(rng.integers(1, 8))
+        a0, a1 = x[lo:lo + h].mean(), x[hi - h + 1:hi + 1].mean()
+        line = a0 + (a1 - a0) * (np.arange(lo, hi) - lo) / (hi - lo)
+        assert delineate._line_deviation(x, lo, hi, h) == pytest.approx(
+            np.abs(x[lo:hi] - line).max(), rel=1e-12)
+
+
+def test_a_lead_votes_on_the_t_end_only_if_its_t_wave_stands_out_of_the_st_tp_line() -> None:
+    # A PR segment 80 µV below the ST and TP segments (atrial repolarisation):
+    # from the PR level a 30 µV T wave looks 110 µV tall, but it stands only
+    # 30 µV out of the line from the ST level to the TP level, under the 50 µV
+    # a lead needs to vote. Such leads gave T ends anywhere (a GE MUSE ECG:
+    # three of them made the QT 580 ms where GE's 12SL and the T waves of the
+    # other leads give 420-450).
+    t = np.arange(600) / FS
+    qrs = 1000 * _gauss(t, 0.5, 0.014)
+    flat = qrs + 30 * _gauss(t, 0.78, 0.06) - 80 * ((t > 0.40) & (t < 0.475))
+    tall = qrs + 300 * _gauss(t, 0.78, 0.06)
+    med = np.vstack([flat, tall])
+    q_on, q_off = 232, 268
+
+    def end(use: list[bool]) -> int:
+        return int(delineate._t_end(med, q_on, q_off, FS, 1.0, np.array(use), np.zeros(2),
+                                    delineate._T_WINDOW_S, 50.0, 5.0, 0))
+
+    assert end([False, True]) > 0.85 * FS
+    assert end([True, False]) == -1
+    assert end([True, True]) == end([False, True])
+
+
+def test_cart_measurements_of_ge_muse_ecgs() -> None:
+    shared("other", MUSE_FILES[0])
+    for name in MUSE_FILES:
+        ecg, cart = muse_ecg(WFDB.parent / "other" / name)
+        g = ecg.rhythm
+        assert g is not None and g.sampling_frequency == 500.0
+        assert [c.name for c in g.channels] == ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
+        assert g.raw.shape == (8, 5000)
+        s = analyze(ecg)
+        assert min(q.quality for q in s.lead_quality) > 0.9
+        assert s.median_leads[8:] == ("III", "aVR", "aVL", "aVF")  # derived from I and II
+        assert s.heart_rate_bpm.value == pytest.approx(cart["VentricularRate"], abs=1.0)
+        assert s.pr_ms.value == pytest.approx(cart["PRInterval"], abs=15.0)
+        # Our QRS and QT follow LUDB's readers, who mark wider than GE's 12SL
+        # (docs/accuracy.md): 16-36 ms and 20-30 ms longer here.
+        assert 0.0 <= s.qrs_ms.value - cart["QRSDuration"] <= 40.0, name
+        assert 0.0 <= s.qt_ms.value - cart["QTInterval"] <= 40.0, name
+
+
 def test_qrs_boundaries_vote_over_leads() -> None:
     t = np.arange(600) / FS
     wave = 1000 * _gauss(t, 0.5, 0.01)
@@ -380,3 +436,18 @@ def test_qrs_boundaries_vote_over_leads() -> None:
     assert 0.46 * FS < on1 < 0.5 * FS < off1 < 0.54 * FS
     use[5] = False  # a lead left out does not vote
     assert delineate._qrs_bounds(med, 250, FS, use, noise, 0.1, 0.05, 0.004, 10.0, 0, 1)[0] == on1
+
+
+def test_wfdb_ecg_takes_lowercase_millivolts(tmp_path: Path) -> None:
+    # PTB-XL's headers spell the unit "mv"; the bench reads them as the importer does.
+    import wfdb
+
+    t = np.arange(5000) / FS
+    sig = np.stack([1.2 * _gauss(t % 0.8, 0.4, 0.01), 0.8 * _gauss(t % 0.8, 0.4, 0.012)], 1)
+    wfdb.wrsamp("rec", fs=FS, units=["mv", "mv"], sig_name=["I", "II"], p_signal=sig,
+                fmt=["16", "16"], write_dir=str(tmp_path))
+    e = wfdb_ecg(tmp_path / "rec")
+    g = e.rhythm
+    assert g is not None and [c.units for c in g.channels] == ["mV", "mV"]
+    s = analyze(e)
+    assert s.heart_rate_bpm.value == pytest.approx(75.0, abs=0.5)

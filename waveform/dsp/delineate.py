@@ -20,7 +20,9 @@ and latest offset over leads):
   IEEE Trans. Biomed. Eng. 53(12):2544-2552, 2006 (the end maximises the area
   between the wave and the level at the candidate point over a sliding
   window; insensitive to baseline and noise, and to the T wave's polarity),
-  the global offset the third latest over leads whose T wave stands out;
+  the global offset the third latest over leads whose T wave stands out (at
+  least 50 µV from the PR level and from the line joining the ST level to the
+  TP level: a flat T wave on a TP segment off the PR level does not vote);
 - each boundary then moves by a constant margin: human readers mark onsets
   before the first deflection that a slope threshold sees and offsets after
   the last (LUDB's QRS marks lie ~18 ms before and ~10 ms after, its P onset
@@ -57,6 +59,9 @@ _QRS_SNR = 10.0
 _T_WINDOW_S = 0.10
 _T_MIN_UV = 50.0
 _T_SNR = 5.0
+# Span (s) averaged for the ST level and the TP level that a T wave must stand
+# out of (see `_t_end`).
+_T_LEVEL_S = 0.010
 # Which order statistic over leads makes the global point (0 = the earliest
 # onset / latest offset, 1 = the second, ...).
 _RANK_QRS_ON = 1
@@ -278,6 +283,25 @@ def _qrs_bounds(med: np.ndarray, peak: int, fs: float, use: np.ndarray, noise: n
 
 
 @numba.njit(cache=True, nogil=True)
+def _line_deviation(x: np.ndarray, lo: int, hi: int, h: int) -> float:
+    # Largest |x - line| over [lo, hi), the line joining the mean levels of the
+    # h samples from lo and of the h samples up to hi.
+    a0 = 0.0
+    for i in range(lo, lo + h):
+        a0 += x[i]
+    a0 /= h
+    a1 = 0.0
+    for i in range(hi - h + 1, hi + 1):
+        a1 += x[i]
+    a1 /= h
+    step = (a1 - a0) / (hi - lo)
+    top = 0.0
+    for i in range(lo, hi):
+        top = max(top, abs(x[i] - (a0 + step * (i - lo))))
+    return top
+
+
+@numba.njit(cache=True, nogil=True)
 def _t_end(med: np.ndarray, q_on: int, q_off: int, fs: float, rr_s: float, use: np.ndarray,
            noise: np.ndarray, window_s: float, min_uv: float, snr: float, rank: int) -> int:
     # Zhang et al. 2006: per lead, after the T peak, the end is the k that
@@ -308,6 +332,13 @@ def _t_end(med: np.ndarray, q_on: int, q_off: int, fs: float, rr_s: float, use: 
                 amp = v
                 tp = i
         if amp < min_uv or amp < snr * noise[c]:
+            continue
+        # The T wave must also stand out of the line from the ST level to the
+        # level at the end of the search window (the TP segment): measured from
+        # the PR level alone, a TP segment off that level (atrial
+        # repolarisation, drift) or an ST deviation passes for the T wave of a
+        # lead whose T wave is flat, and its end lands anywhere.
+        if _line_deviation(x, t_lo, t_hi, max(int(_T_LEVEL_S * fs), 1)) < min_uv:
             continue
         sign = 1.0 if x[tp] > base else -1.0
         # Running window sum: A(k) = S(k) - W' x(k), S the sum over the window.
