@@ -42,6 +42,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from waveform.dsp.quality import median_inplace
+
 __all__ = ["FIDUCIALS", "fiducials", "median_beats"]
 
 #: Order of the points `fiducials` returns.
@@ -203,7 +205,7 @@ def _lead_noise(med: np.ndarray) -> np.ndarray:
     for c in range(n_ch):
         for i in range(1, n - 1):
             d[i - 1] = abs(med[c, i + 1] - 2.0 * med[c, i] + med[c, i - 1])
-        out[c] = 1.4826 * np.median(d) / np.sqrt(6.0)
+        out[c] = 1.4826 * median_inplace(d) / np.sqrt(6.0)
     return out
 
 
@@ -460,7 +462,7 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
         d = np.empty(n - 2)
         for i in range(1, n - 1):
             d[i - 1] = abs(med[0, i + 1] - 2.0 * med[0, i] + med[0, i - 1])
-        p_noise = 1.4826 * np.median(d) / np.sqrt(6.0) * np.sqrt(n_ch)
+        p_noise = 1.4826 * median_inplace(d) / np.sqrt(6.0) * np.sqrt(n_ch)
         amp = mag[pp]
         # A real P peak stands inside the window, not at its edge (a T wave
         # of the previous beat or the QRS upstroke reaching in).

@@ -19,7 +19,7 @@ from enum import IntEnum
 import numba
 import numpy as np
 
-__all__ = ["NOISE_FLOOR_SNR", "LeadQuality", "Reason", "assess", "features"]
+__all__ = ["NOISE_FLOOR_SNR", "LeadQuality", "Reason", "assess", "features", "median_inplace"]
 
 
 class Reason(IntEnum):
@@ -183,7 +183,7 @@ def _select(a: np.ndarray, k: int, even: bool) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
-def _median_inplace(a: np.ndarray) -> float:
+def median_inplace(a: np.ndarray) -> float:
     """np.median of ``a`` (no NaN), reordering ``a`` in place (nothing is copied)."""
     n = a.shape[0]
     if n == 0:
@@ -272,14 +272,14 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
             lo = min(lo, lo_w[k])
             hi = max(hi, hi_w[k])
             buf[k] = hi_w[k] - lo_w[k] if hi_w[k] >= lo_w[k] else 0.0  # else no sample
-        out[c, _F_AMP] = _median_inplace(buf)
+        out[c, _F_AMP] = median_inplace(buf)
         for k in range(n_win):
             if not np.isnan(means[k]):
                 buf[n_good] = means[k]
                 n_good += 1
         good = buf[:n_good]
         out[c, _F_WANDER] = good.max() - good.min() if n_good > 1 else 0.0
-        out[c, _F_OFFSET] = _median_inplace(good) if n_good > 0 else 0.0
+        out[c, _F_OFFSET] = median_inplace(good) if n_good > 0 else 0.0
         # A sample held at an extreme lies in a window that reaches it.
         held = 0
         if hi > lo:
@@ -303,7 +303,7 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
                     m += 1
         # For white noise of sigma s the second difference has sigma s*sqrt(6);
         # 1.4826 * MAD estimates a Gaussian sigma.
-        out[c, _F_NOISE] = 1.4826 * _median_inplace(d2[:m]) / np.sqrt(6.0) if m > 0 else 0.0
+        out[c, _F_NOISE] = 1.4826 * median_inplace(d2[:m]) / np.sqrt(6.0) if m > 0 else 0.0
     return out
 
 
