@@ -203,7 +203,7 @@ def _remote(args: argparse.Namespace) -> int:
     """The job inside the server at ``--server`` (the Reanalyze call), shown here."""
     import grpc
 
-    from waveform.client import connect, rpc_failure
+    from waveform.client import connect
     from waveform.reanalyze.progress import progress_for
     from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 
@@ -223,9 +223,7 @@ def _remote(args: argparse.Namespace) -> int:
         finally:
             follower.progress.close()
     except grpc.RpcError as e:
-        code, details = rpc_failure(e)
-        print(f"waveform reanalyze: {code}: {details}", file=sys.stderr)
-        return 1
+        return _refused(e)
     finally:
         conn.channel.close()
     if follower.result is None:
@@ -253,7 +251,7 @@ def _remote_compare(args: argparse.Namespace) -> int:
     """The comparison made by the server at ``--server`` (the CompareVersions call)."""
     import grpc
 
-    from waveform.client import connect, rpc_failure
+    from waveform.client import connect
     from waveform.service._proto.waveform.v1 import archive_pb2 as pb
     from waveform.service.reanalysis import comparison_from_message
 
@@ -264,12 +262,19 @@ def _remote_compare(args: argparse.Namespace) -> int:
         answer = conn.archive().CompareVersions(request, metadata=conn.metadata,
                                                 timeout=conn.timeout)
     except grpc.RpcError as e:
-        code, details = rpc_failure(e)
-        print(f"waveform reanalyze: {code}: {details}", file=sys.stderr)
-        return 1
+        return _refused(e)
     finally:
         conn.channel.close()
     return _compared(comparison_from_message(answer), args.plot, answer.plot_png)
+
+
+def _refused(e: Exception) -> int:
+    """Exit status 1, the server's status code and message on standard error."""
+    from waveform.client import rpc_failure
+
+    code, details = rpc_failure(e)
+    print(f"waveform reanalyze: {code}: {details}", file=sys.stderr)
+    return 1
 
 
 def _compared(comparison: Comparison, plot: str | None, png: bytes | None = None) -> int:
