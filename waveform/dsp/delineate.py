@@ -457,12 +457,9 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
         for i in range(p_lo, p_hi):
             if mag[i] > mag[pp]:
                 pp = i
-        # Noise of the median beat: the magnitude's wiggle around a smooth
-        # trend, from second differences on the whole beat.
-        d = np.empty(n - 2)
-        for i in range(1, n - 1):
-            d[i - 1] = abs(med[0, i + 1] - 2.0 * med[0, i] + med[0, i - 1])
-        p_noise = 1.4826 * median_inplace(d) / np.sqrt(6.0) * np.sqrt(n_ch)
+        # Noise of the median beat's magnitude: the first lead's noise (from
+        # the second differences of the whole beat) summed over the leads.
+        p_noise = noise[0] * np.sqrt(n_ch)
         amp = mag[pp]
         # A real P peak stands inside the window, not at its edge (a T wave
         # of the previous beat or the QRS upstroke reaching in).
