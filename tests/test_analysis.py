@@ -418,24 +418,56 @@ def test_cart_measurements_of_ge_muse_ecgs() -> None:
         assert s.heart_rate_bpm.value == pytest.approx(cart["VentricularRate"], abs=1.0)
         assert s.pr_ms.value == pytest.approx(cart["PRInterval"], abs=15.0)
         # Our QRS and QT follow LUDB's readers, who mark wider than GE's 12SL
-        # (docs/accuracy.md): 16-36 ms and 20-30 ms longer here.
-        assert 0.0 <= s.qrs_ms.value - cart["QRSDuration"] <= 40.0, name
+        # (docs/accuracy.md; the reader margins add 26 ms to a QRS): 16-44 ms
+        # and 20-34 ms longer here.
+        assert 10.0 <= s.qrs_ms.value - cart["QRSDuration"] <= 50.0, name
         assert 0.0 <= s.qt_ms.value - cart["QTInterval"] <= 40.0, name
 
 
 def test_qrs_boundaries_vote_over_leads() -> None:
     t = np.arange(600) / FS
     wave = 1000 * _gauss(t, 0.5, 0.01)
-    # Five leads with the same QRS, one starting early: the second earliest wins.
-    med = np.vstack([wave] * 5 + [1000 * _gauss(t, 0.47, 0.01) + wave])
     noise = np.full(6, 1.0)
     use = np.ones(6, dtype=np.bool_)
-    on1, off1 = delineate._qrs_bounds(med, 250, FS, use, noise, 0.1, 0.05, 0.004, 10.0, 1, 1)
-    on0, _ = delineate._qrs_bounds(med, 250, FS, use, noise, 0.1, 0.05, 0.004, 10.0, 0, 1)
-    assert on0 < on1 - 10  # the earliest is the odd lead
-    assert 0.46 * FS < on1 < 0.5 * FS < off1 < 0.54 * FS
-    use[5] = False  # a lead left out does not vote
-    assert delineate._qrs_bounds(med, 250, FS, use, noise, 0.1, 0.05, 0.004, 10.0, 0, 1)[0] == on1
+
+    def bounds(med: np.ndarray, use: np.ndarray, rank_off: int = 1) -> tuple[int, int]:
+        return delineate._qrs_bounds(med, 250, FS, use, noise, 0.03, 0.05, 0.004, 10.0,
+                                     rank_off)
+
+    # One lead's QRS starts 40 ms before the other five's: the summed slope
+    # rises with it, so the onset is earlier than without that lead.
+    med = np.vstack([wave] * 5 + [300 * _gauss(t, 0.46, 0.01) + wave])
+    on_all, _ = bounds(med, use)
+    left_out = use.copy()
+    left_out[5] = False  # a lead left out does not vote
+    on_five, off_five = bounds(med, left_out)
+    assert on_all <= on_five - 5
+    assert 0.46 * FS < on_five < 0.5 * FS < off_five < 0.54 * FS
+    # A drift (the same slope everywhere) is the PR segment's level, not QRS.
+    drift = med + 3.0 * np.arange(600)
+    assert abs(bounds(drift, left_out)[0] - on_five) <= 1
+    # Offsets: one lead with a slower QRS sets the latest offset, not the
+    # second latest.
+    wide = np.vstack([wave] * 5 + [1000 * _gauss(t, 0.5, 0.016)])
+    assert bounds(wide, use, 0)[1] >= bounds(wide, use, 1)[1] + 5
+    assert bounds(wide, use, 1)[1] == bounds(wide, left_out, 0)[1]
+
+
+def test_qrs_onset_sees_a_small_q_wave() -> None:
+    # A q wave of 80 µV before a 1.2 mV R wave, on every lead: its slope is 7%
+    # of the R wave's, below a per-lead 10% threshold, but twelve leads' summed
+    # slope rises with it, as a reader's eye does.
+    t = np.arange(600) / FS
+    beat = (1200 * _gauss(t, 0.5, 0.008) - 80 * _gauss(t, 0.482, 0.006)
+            - 300 * _gauss(t, 0.515, 0.006) + 250 * _gauss(t, 0.78, 0.04)
+            + 100 * _gauss(t, 0.36, 0.02))
+    rng = np.random.default_rng(3)
+    med = np.vstack([beat * k for k in np.linspace(0.6, 1.2, 12)]) + rng.normal(0, 2, (12, 600))
+    on = delineate.fiducials(med, FS, 250, 1.0)[2] - round(delineate._QRS_ON_MARGIN_S * FS)
+    q_start = (0.482 - 0.006 * np.sqrt(np.log(20))) * FS  # 5% of the q wave's depth
+    r_start = (0.5 - 0.008 * np.sqrt(np.log(20))) * FS
+    assert abs(on - q_start) <= 2
+    assert on <= r_start - 4
 
 
 def test_wfdb_ecg_takes_lowercase_millivolts(tmp_path: Path) -> None:

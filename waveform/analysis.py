@@ -22,7 +22,7 @@ from waveform.model import LeadQuality, Measured, Summary, WaveformGroup
 
 __all__ = ["ANALYSIS_FS", "ANALYSIS_VERSION", "analyze", "detect_beats"]
 
-ANALYSIS_VERSION = "1.4.0"
+ANALYSIS_VERSION = "1.5.0"
 #: Rate every rhythm group is analysed at (Hz).
 ANALYSIS_FS = 500.0
 #: The diagnostic filter every stage shares.

@@ -10,11 +10,17 @@ Boundaries are global, from all leads at once, as the CSE convention asks
 goals and main results", Methods Inf. Med. 29(4):263-271, 1990: earliest onset
 and latest offset over leads):
 
-- QRS onset and offset per lead, where the lead's absolute slope, walking out
-  from the first and last steep stretch of its QRS (half its QRS peak slope),
-  falls to a fraction of that peak slope for longer than a short gap; the
-  global onset is the second earliest over the usable leads and the offset the
-  second latest (the earliest / latest alone follows a single noisy lead);
+- QRS onset from all usable leads at once: walking back from the first steep
+  sample of the sum of their absolute slopes, where that sum falls to a small
+  fraction of its rise above its quietest 20 ms before the QRS (the PR
+  segment's level) for longer than a short gap. A lead whose QRS starts before
+  the others lifts the sum, as it sets a reader's earliest onset; one lead's
+  noise is a small part of twelve leads' slopes;
+- QRS offset per lead, where the lead's absolute slope, walking out from the
+  last steep stretch of its QRS (half its QRS peak slope), falls to a fraction
+  of that peak slope for longer than a short gap; the global offset is the
+  second latest over the usable leads (the latest alone follows a single
+  noisy lead);
 - T offset per lead by the area indicator of Q. Zhang et al., "An algorithm
   for robust and efficient location of T-wave ends in electrocardiograms",
   IEEE Trans. Biomed. Eng. 53(12):2544-2552, 2006 (the end maximises the area
@@ -25,7 +31,7 @@ and latest offset over leads):
   TP level: a flat T wave on a TP segment off the PR level does not vote);
 - each boundary then moves by a constant margin: human readers mark onsets
   before the first deflection that a slope threshold sees and offsets after
-  the last (LUDB's QRS marks lie ~18 ms before and ~10 ms after, its P onset
+  the last (LUDB's QRS marks lie ~16 ms before and ~10 ms after, its P onset
   ~16 ms before and its T end ~10 ms after our points); the margins were
   measured on the tuning half of LUDB only (odd records, docs/accuracy.md);
 - P wave where the spatial magnitude before the QRS forms a peak well above
@@ -49,10 +55,12 @@ __all__ = ["FIDUCIALS", "fiducials", "median_beats"]
 #: Order of the points `fiducials` returns.
 FIDUCIALS: tuple[str, ...] = ("p_onset", "p_offset", "qrs_onset", "qrs_offset", "t_offset")
 
-# QRS per lead: the fractions of the lead's QRS peak slope that bound it, the
-# longest dip below it (s) that still counts as inside the complex, and the
-# least peak slope, as a multiple of the lead's noise, for a lead to vote.
-_QRS_ON_FRACTION = 0.10
+# QRS: the fraction of the summed slope's rise above its PR-segment level that
+# bounds the onset, the fraction of a lead's QRS peak slope that bounds its
+# offset, the longest dip below either (s) that still counts as inside the
+# complex, and the least peak slope, as a multiple of the lead's noise, for a
+# lead to vote.
+_QRS_ON_FRACTION = 0.03
 _QRS_OFF_FRACTION = 0.05
 _QRS_GAP_S = 0.004
 _QRS_SNR = 10.0
@@ -64,13 +72,12 @@ _T_SNR = 5.0
 # Span (s) averaged for the ST level and the TP level that a T wave must stand
 # out of (see `_t_end`).
 _T_LEVEL_S = 0.010
-# Which order statistic over leads makes the global point (0 = the earliest
-# onset / latest offset, 1 = the second, ...).
-_RANK_QRS_ON = 1
+# Which order statistic over leads makes the global point (0 = the latest
+# offset, 1 = the second latest, ...).
 _RANK_QRS_OFF = 1
 _RANK_T_OFF = 2
 # Margins (s) added to the QRS onset, QRS offset, T offset and P onset (see above).
-_QRS_ON_MARGIN_S = -0.018
+_QRS_ON_MARGIN_S = -0.016
 _QRS_OFF_MARGIN_S = 0.010
 _T_OFF_MARGIN_S = 0.010
 _P_ON_MARGIN_S = -0.016
@@ -222,7 +229,7 @@ def _ranked(vals: np.ndarray, rank: int, latest: bool) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def _qrs_bounds(med: np.ndarray, peak: int, fs: float, use: np.ndarray, noise: np.ndarray,
-                f_on: float, f_off: float, gap_s: float, snr: float, rank_on: int,
+                f_on: float, f_off: float, gap_s: float, snr: float,
                 rank_off: int) -> tuple[int, int]:
     n_ch, n = med.shape
     w = int(0.08 * fs)
@@ -231,8 +238,10 @@ def _qrs_bounds(med: np.ndarray, peak: int, fs: float, use: np.ndarray, noise: n
     gap = max(int(gap_s * fs), 1)
     lim_on = max(1, peak - int(0.16 * fs))
     lim_off = min(n - 2, peak + int(0.2 * fs))
-    ons = np.empty(n_ch)
     offs = np.empty(n_ch)
+    # Sum of the voting leads' absolute slopes, from the onset search's limit
+    # to the end of the QRS window.
+    vel = np.zeros(n)
     m = 0
     for c in range(n_ch):
         if not use[c]:
@@ -245,27 +254,14 @@ def _qrs_bounds(med: np.ndarray, peak: int, fs: float, use: np.ndarray, noise: n
                 top = d
         if not top > snr * noise[c] or not top > 0.0:
             continue
-        # The first and last steep sample: everything between is QRS, however
-        # many phases it has.
-        a = -1
+        for i in range(1, hi):
+            vel[i] += abs(x[i + 1] - x[i - 1]) * 0.5
+        # The last steep sample: everything before it is QRS, however many
+        # phases it has.
         b = -1
         for i in range(lo, hi):
             if abs(x[i + 1] - x[i - 1]) * 0.5 >= 0.5 * top:
-                if a < 0:
-                    a = i
                 b = i
-        on = a
-        run = 0
-        i = a
-        while i > lim_on:
-            i -= 1
-            if abs(x[i + 1] - x[i - 1]) * 0.5 <= f_on * top:
-                run += 1
-                if run > gap:
-                    break
-            else:
-                run = 0
-                on = i
         off = b
         run = 0
         i = b
@@ -278,10 +274,45 @@ def _qrs_bounds(med: np.ndarray, peak: int, fs: float, use: np.ndarray, noise: n
             else:
                 run = 0
                 off = i
-        ons[m] = on
         offs[m] = off
         m += 1
-    return _ranked(ons[:m], rank_on, False), _ranked(offs[:m], rank_off, True)
+    if m == 0:
+        return -1, -1
+    # Onset: where the summed slope, walking back from its first steep sample,
+    # falls to a fraction of its rise above the quietest 20 ms before the QRS.
+    # A lead whose QRS starts early lifts the sum before the others move, as
+    # it would lift a reader's earliest onset.
+    top = 0.0
+    for i in range(lo, hi):
+        top = max(top, vel[i])
+    a = lo
+    while vel[a] < 0.5 * top:
+        a += 1
+    q = max(int(0.02 * fs), 1)
+    q_lo = max(1, peak - int(0.15 * fs))
+    q_hi = max(q_lo + q, peak - int(0.02 * fs))
+    acc = 0.0
+    for i in range(q_lo, q_lo + q):
+        acc += vel[i]
+    base = acc
+    for i in range(q_lo + q, q_hi):
+        acc += vel[i] - vel[i - q]
+        base = min(base, acc)
+    base /= q
+    cut = base + f_on * (top - base)
+    on = a
+    run = 0
+    i = a
+    while i > lim_on:
+        i -= 1
+        if vel[i] <= cut:
+            run += 1
+            if run > gap:
+                break
+        else:
+            run = 0
+            on = i
+    return on, _ranked(offs[:m], rank_off, True)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -366,7 +397,7 @@ def _t_end(med: np.ndarray, q_on: int, q_off: int, fs: float, rr_s: float, use: 
 
 #: The constants above, in the order `fiducials` takes them.
 PARAMS: tuple[float, ...] = (
-    _QRS_ON_FRACTION, _QRS_OFF_FRACTION, _QRS_GAP_S, _QRS_SNR, _RANK_QRS_ON, _RANK_QRS_OFF,
+    _QRS_ON_FRACTION, _QRS_OFF_FRACTION, _QRS_GAP_S, _QRS_SNR, _RANK_QRS_OFF,
     _T_WINDOW_S, _T_MIN_UV, _T_SNR, _RANK_T_OFF,
     _QRS_ON_MARGIN_S, _QRS_OFF_MARGIN_S, _T_OFF_MARGIN_S, _P_ON_MARGIN_S,
     _P_MIN_UV, _P_SNR, _P_FRACTION,
@@ -396,7 +427,7 @@ def fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float,
 
 @numba.njit(cache=True, nogil=True)
 def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarray,
-               pace: int, f_on: float, f_off: float, gap_s: float, qrs_snr: float, rank_on: float,
+               pace: int, f_on: float, f_off: float, gap_s: float, qrs_snr: float,
                rank_off: float, t_window_s: float, t_min_uv: float, t_snr: float,
                rank_t: float, on_margin_s: float, off_margin_s: float, t_margin_s: float,
                p_margin_s: float,
@@ -422,7 +453,7 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
         if v[i] > v[peak]:
             peak = i
     on0, off0 = _qrs_bounds(med, peak, fs, use, noise, f_on, f_off, gap_s, qrs_snr,
-                            int(rank_on), int(rank_off))
+                            int(rank_off))
     if spike >= 0:
         # A paced QRS starts at the stimulus: LUDB's readers mark its onset at
         # the pulse or just after it on the unfiltered trace, so neither the
