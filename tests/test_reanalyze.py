@@ -279,6 +279,28 @@ def test_the_last_wave_is_committed_as_it_comes_back(store: Store) -> None:
     assert _counts(store, "t-tail") == (N, N)
 
 
+class _Unstartable(_Inline):
+    """An engine whose workers cannot start (an unreachable scheduler)."""
+
+    def start(self) -> None:
+        raise ConnectionError("no scheduler at tcp://127.0.0.1:1")
+
+
+def test_a_job_with_nothing_to_do_starts_no_workers(store: Store, measured: JobResult) -> None:
+    assert measured.planned == N
+    r = run(store, _Unstartable(failures=0), version="t-local", progress=_quiet())
+    assert r.planned == r.units == r.committed == 0
+    # With something to do, the same engine is started, and its failure ends the job.
+    with pytest.raises(ConnectionError):
+        run(store, _Unstartable(failures=0), version="t-unstartable", progress=_quiet())
+    assert _counts(store, "t-unstartable") == (0, 0)
+    # The caller may pass its own start (the service's reports which engine failed).
+    started: list[int] = []
+    r = run(store, _Inline(failures=0), version="t-started", unit_ecgs=100,
+            progress=_quiet(), start=lambda: started.append(1))
+    assert started == [1] and r.committed == N
+
+
 def test_commit_skips_summaries_that_appeared_meanwhile(store: Store) -> None:
     unit = plan(store, "t-race", unit_ecgs=10).units[0]
     table = measure_unit(unit, "t-race").table

@@ -190,9 +190,16 @@ def test_a_bad_request_is_invalid_argument_naming_what_is_wrong(
 def test_a_scheduler_that_cannot_be_reached_is_unavailable(svc: Service) -> None:
     dask = pytest.importorskip("dask")
     pytest.importorskip("distributed")
+    org = "org-s"
+    _stored(svc.store, 2, org, seed=10)
+    unreachable = {"engine": "dask", "scheduler": "tcp://127.0.0.1:9"}
+    # A job with nothing to do needs no workers: it ends without reaching them.
+    final = _finish(svc.reanalyze(where=["organisation=nobody"], **unreachable))[-1]
+    assert (final.planned, final.committed) == (0, 0)
+    _wait_until_idle(svc)
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
             pytest.raises(grpc.RpcError) as e:
-        list(svc.reanalyze(engine="dask", scheduler="tcp://127.0.0.1:9"))
+        list(svc.reanalyze(where=[f"organisation={org}"], **unreachable))
     assert _code(e.value) == grpc.StatusCode.UNAVAILABLE
     assert e.value.details().startswith(
         "the dask engine could not start its workers with the scheduler at "

@@ -151,10 +151,10 @@ def _reanalyze(args: argparse.Namespace) -> int:
 
     store = _open(args)
     try:
-        with engine:
-            result = run(store, engine, filters=filters, unit_ecgs=args.unit,
-                         commit_rows=args.commit, progress=progress, on_commit=committed)
+        result = run(store, engine, filters=filters, unit_ecgs=args.unit,
+                     commit_rows=args.commit, progress=progress, on_commit=committed)
     finally:
+        engine.close()  # the job starts the workers only when it has work for them
         store.close()
     for line in result.lines():
         print(line)

@@ -123,6 +123,7 @@ def run(
     progress: Progress | None = None,
     retry_unread: bool = True,
     on_commit: Callable[[JobResult], None] | None = None,
+    start: Callable[[], None] | None = None,
 ) -> JobResult:
     """Measure every ECG of ``store`` without a summary of ``version`` on ``engine``.
 
@@ -130,6 +131,9 @@ def run(
     `waveform.analysis`; a custom ``analyze`` must be importable by the workers
     and needs its ``version``). Rows are committed every ``commit_rows``.
     ``on_commit`` is called after each commit (tests, callers' own logging).
+    The engine's workers are started (``start``, default ``engine.start``) only
+    once the plan has something for them: a job with nothing to do starts none.
+    The caller closes the engine.
     """
     if analyze is not None and version is None:
         raise InvalidArgument("a custom analyze function needs its version: pass version=")
@@ -147,7 +151,9 @@ def run(
                   f"{engine.name} engine, {engine.workers} workers)")
     progress.start(p.n_ecgs)
     try:
-        _dispatch(store, engine, p, analyze, commit_rows, progress, result, on_commit)
+        if p.units:
+            (start or engine.start)()
+            _dispatch(store, engine, p, analyze, commit_rows, progress, result, on_commit)
         if result.unread and retry_unread:
             # Compaction may have moved a file under a unit: plan those ECGs again.
             # Those that got a summary meanwhile (or were deleted) are not planned.

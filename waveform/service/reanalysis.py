@@ -276,12 +276,11 @@ class _Job:
         ended: _End
         try:
             try:
-                self._start_engine()
                 self.check()
                 result = run(self.owner.store, self.engine, version=self.version,
                              filters=o.filters, unit_ecgs=o.unit_ecgs,
                              commit_rows=o.commit_rows, progress=self.feed,
-                             on_commit=self.feed.committed)
+                             on_commit=self.feed.committed, start=self._start_engine)
             finally:
                 self.engine.close()  # also after a stop: no worker outlives the job
             self.feed.end(result)
