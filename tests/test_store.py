@@ -58,6 +58,27 @@ def test_round_trip_survives_reopen(tmp_path: Path) -> None:
             assert s.get_dicom(r.sop_instance_uid) == o
 
 
+def test_the_index_read_at_open_equals_the_catalog_and_the_first_answers(tmp_path: Path
+                                                                        ) -> None:
+    # Open reads every locator column-wise (file names once, times as integers):
+    # each entry must equal the catalog's row-by-row lookup, and a duplicate sent
+    # after the reopen must get the first answer, to the microsecond.
+    objs = [_obj(k) for k in range(6)] + [_obj(7, groups=2)]
+    with Store.open(tmp_path, analyze=None, max_batch=3) as s:
+        first = {r.sop_instance_uid: r for r in s.ingest(objs, "org")}
+    with Store.open(tmp_path, analyze=None) as s:
+        assert set(s._index) == set(first)
+        assert any(len(e.groups) == 2 for e in s._index.values())
+        for uid, e in s._index.items():
+            assert e == s._lookup(uid)
+        again = {r.sop_instance_uid: r for r in s.ingest(objs, "org")}
+    for uid, r in again.items():
+        assert r.already_stored
+        assert (r.sha256, r.size, r.ingested_at) == (first[uid].sha256, first[uid].size,
+                                                     first[uid].ingested_at)
+        assert r.ingested_at.utcoffset() == dt.timedelta(0)
+
+
 def test_same_bytes_again_answers_already_stored_with_first_result(store: Store) -> None:
     data = _obj(1)
     [first] = store.ingest([data], organisation="org")

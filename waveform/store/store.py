@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import logging
 import os
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from waveform.errors import (
     Conflict,
@@ -70,17 +72,29 @@ class IngestResult:
     patient_id: str = ""
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _micros(t: dt.datetime) -> int:
+    """Microseconds since the epoch of an aware (or UTC) datetime."""
+    d = (t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)) - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
 @dataclass(slots=True)
 class _Entry:
     sha256: str
     size: int
-    ingested_at: dt.datetime
+    #: When it was stored, in microseconds since the epoch: a datetime is made only
+    #: for an answer (a million of them made at open took seconds).
+    ingested_us: int
     ecg: tuple[str, int]
     header: tuple[str, int]
     groups: list[tuple[str, int]]
 
     def result(self, uid: str, already: bool) -> IngestResult:
-        return IngestResult(uid, self.sha256, self.size, self.ingested_at, already)
+        return IngestResult(uid, self.sha256, self.size,
+                            _EPOCH + dt.timedelta(microseconds=self.ingested_us), already)
 
 
 _WAVEFORM_META = [n for n in _schema.WAVEFORM.names if n != "samples"]
@@ -305,26 +319,53 @@ class Store:
                     self._files.remove(p)
 
     def _load_index(self) -> None:
+        """Every stored ECG's locators, read as Arrow columns: Python objects only
+        for what the index holds (file names once each, times as integers)."""
         cur = self._lake.cursor()
-        ecg = cur.execute(
-            f"SELECT sop_instance_uid, sha256, size, ingested_at, filename, file_row_number "
-            f"FROM {ALIAS}.ecg"
-        ).fetchall()
-        headers = {u: (f, r) for u, f, r in cur.execute(
-            f"SELECT sop_instance_uid, filename, file_row_number FROM {ALIAS}.header"
-        ).fetchall()}
-        groups: dict[str, list[tuple[int, str, int]]] = {}
-        for uid, gi, fn, row in cur.execute(
-            f"SELECT sop_instance_uid, group_index, filename, file_row_number FROM {ALIAS}.waveform"
-        ).fetchall():
-            groups.setdefault(uid, []).append((gi, fn, row))
+
+        def located(table: str, extra: str, order: str = "") -> tuple[pa.Table, list[Any]]:
+            t = cur.execute(
+                f"SELECT sop_instance_uid{extra}, filename, file_row_number "
+                f"FROM {ALIAS}.{table}{order}").to_arrow_table()
+            # A handful of data files hold all the rows: one string per file.
+            names = pc.dictionary_encode(t.column("filename")).combine_chunks()
+            files = names.dictionary.to_pylist()
+            return t, [files[i] for i in names.indices.to_numpy(zero_copy_only=False)]
+
+        ecg, ecg_files = located("ecg", ", sha256, size, epoch_us(ingested_at) AS at")
+        head, head_files = located("header", "")
+        headers = dict(zip(head.column("sop_instance_uid").to_pylist(),
+                           zip(head_files, head.column("file_row_number").to_pylist(),
+                               strict=True), strict=True))
+        wave, wave_files = located("waveform", "",
+                                   " ORDER BY sop_instance_uid, group_index")
+        groups: dict[str, list[tuple[str, int]]] = {}
+        last = None
+        locs: list[tuple[str, int]] = []
+        for uid, f, r in zip(wave.column("sop_instance_uid").to_pylist(), wave_files,
+                             wave.column("file_row_number").to_pylist(), strict=True):
+            if uid != last:
+                locs = groups[uid] = []
+                last = uid
+            locs.append((f, r))
+        no_header = ("", -1)
         index = {}
-        for uid, sha, size, at, fn, row in ecg:
-            g = sorted(groups.get(uid, []))
-            # Every commit writes both; rows without a header (metadata-only rows
-            # a benchmark or migration committed) are searchable, not retrievable.
-            index[uid] = _Entry(sha, size, at, (fn, row), headers.get(uid, ("", -1)),
-                                [(f, r) for _, f, r in g])
+        # A million new objects would set off the collector's full passes over a
+        # growing heap, which took half the time; none of them forms a cycle.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for uid, sha, size, at, f, r in zip(
+                    ecg.column("sop_instance_uid").to_pylist(), ecg.column("sha256").to_pylist(),
+                    ecg.column("size").to_pylist(), ecg.column("at").to_pylist(), ecg_files,
+                    ecg.column("file_row_number").to_pylist(), strict=True):
+                # Every commit writes both; rows without a header (metadata-only rows
+                # a benchmark or migration committed) are searchable, not retrievable.
+                index[uid] = _Entry(sha, size, at, (f, r), headers.get(uid, no_header),
+                                    groups.get(uid, []))
+        finally:
+            if collecting:
+                gc.enable()
         self._index = index
 
     # --------------------------------------------------------------- writing
@@ -445,7 +486,8 @@ class Store:
                     for i, p in enumerate(items):
                         n = len(p.waveform_rows)
                         e = _Entry(
-                            p.sha256, p.size, p.ecg_row["ingested_at"], (paths["ecg"], i),
+                            p.sha256, p.size, _micros(p.ecg_row["ingested_at"]),
+                            (paths["ecg"], i),
                             (paths["header"], i),
                             [(paths["waveform"], row + k) for k in range(n)],
                         )
@@ -674,7 +716,7 @@ class Store:
             f"SELECT filename, file_row_number FROM {ALIAS}.header "
             "WHERE sop_instance_uid = ?", [uid])
         sha, size, at, fn, row = ecg[0]
-        return _Entry(sha, size, at, (fn, row), head[0] if head else ("", -1),
+        return _Entry(sha, size, _micros(at), (fn, row), head[0] if head else ("", -1),
                       [(f, r) for f, r in groups])
 
     def _read(self, uid: str, fn: Callable[[_Entry], Any]) -> Any:
