@@ -81,6 +81,24 @@ def _micros(t: dt.datetime) -> int:
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
+def _located(cur: duckdb.DuckDBPyConnection, table: str, extra: str = "", order: str = "",
+             params: Sequence[Any] = ()) -> tuple[pa.Table, list[str]]:
+    """A table's UIDs (and ``extra`` columns) with their data file and row, as Arrow,
+    and each row's file name as Python strings, one string per distinct file."""
+    t = cur.execute(f"SELECT sop_instance_uid{extra}, filename, file_row_number "
+                    f"FROM {ALIAS}.{table}{order}", list(params)).to_arrow_table()
+    names = pc.dictionary_encode(t.column("filename")).combine_chunks()
+    files = names.dictionary.to_pylist()
+    return t, [files[i] for i in names.indices.to_numpy(zero_copy_only=False)]
+
+
+def _locators(t: pa.Table, files: list[str]) -> dict[str, tuple[str, int]]:
+    """UID -> (file, row) of `_located`'s answer (the last row of a UID wins)."""
+    return dict(zip(t.column("sop_instance_uid").to_pylist(),
+                    zip(files, t.column("file_row_number").to_pylist(), strict=True),
+                    strict=True))
+
+
 @dataclass(slots=True)
 class _Entry:
     sha256: str
@@ -322,23 +340,11 @@ class Store:
         """Every stored ECG's locators, read as Arrow columns: Python objects only
         for what the index holds (file names once each, times as integers)."""
         cur = self._lake.cursor()
-
-        def located(table: str, extra: str, order: str = "") -> tuple[pa.Table, list[Any]]:
-            t = cur.execute(
-                f"SELECT sop_instance_uid{extra}, filename, file_row_number "
-                f"FROM {ALIAS}.{table}{order}").to_arrow_table()
-            # A handful of data files hold all the rows: one string per file.
-            names = pc.dictionary_encode(t.column("filename")).combine_chunks()
-            files = names.dictionary.to_pylist()
-            return t, [files[i] for i in names.indices.to_numpy(zero_copy_only=False)]
-
-        ecg, ecg_files = located("ecg", ", sha256, size, epoch_us(ingested_at) AS at")
-        head, head_files = located("header", "")
-        headers = dict(zip(head.column("sop_instance_uid").to_pylist(),
-                           zip(head_files, head.column("file_row_number").to_pylist(),
-                               strict=True), strict=True))
-        wave, wave_files = located("waveform", "",
-                                   " ORDER BY sop_instance_uid, group_index")
+        ecg, ecg_files = _located(cur, "ecg", ", sha256, size, epoch_us(ingested_at) AS at")
+        head, head_files = _located(cur, "header")
+        headers = _locators(head, head_files)
+        wave, wave_files = _located(cur, "waveform",
+                                    order=" ORDER BY sop_instance_uid, group_index")
         groups: dict[str, list[tuple[str, int]]] = {}
         last = None
         locs: list[tuple[str, int]] = []
@@ -568,12 +574,13 @@ class Store:
         return compact(self, **options)
 
     def _load_summary_index(self) -> None:
-        rows = self._lake.cursor().execute(
-            f"SELECT sop_instance_uid, filename, file_row_number FROM {ALIAS}.summary "
-            "WHERE analysis_version = ? ORDER BY measured_at", [self.analysis_version]
-        ).fetchall()
+        # Ordered by time: were there two rows of an ECG, the later one wins.
+        t, files = _located(self._lake.cursor(), "summary",
+                            order=" WHERE analysis_version = ? ORDER BY measured_at",
+                            params=[self.analysis_version])
+        loc = _locators(t, files)
         with self._ids:
-            self._summary_loc = {u: (f, r) for u, f, r in rows}
+            self._summary_loc = loc
 
     def commit_summaries(self, table: pa.Table) -> int:
         """Durably commit ``summary`` rows and index those of the current version
