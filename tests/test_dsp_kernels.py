@@ -239,6 +239,17 @@ def test_quality_scores_equal_numpy(seed: int) -> None:
     np.testing.assert_array_equal(snr, f[:, 1] / np.maximum(f[:, 3], 1e-9))
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 600), st.integers(0, 2**32 - 1))
+def test_noise_sigma_equals_numpy(n: int, seed: int) -> None:
+    # The lead quality and the delineation share one noise estimate.
+    x = _ecg_like()[:n] + np.random.default_rng(seed).normal(0, 7, n)
+    want = 1.4826 * np.median(np.abs(np.diff(x, 2))) / np.sqrt(6.0) if n >= 3 else 0.0
+    assert quality.noise_sigma(x, np.empty(max(n - 2, 0))) == pytest.approx(want, rel=1e-12)
+    if n >= 3:
+        assert quality.features(x[None, :], 500.0)[0, 3] == pytest.approx(want, rel=1e-12)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(-3, 3) | st.floats(-1e6, 1e6), min_size=1, max_size=300))
 def test_median_selection_equals_numpy(values: list[float]) -> None:

@@ -48,7 +48,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from waveform.dsp.quality import median_inplace
+from waveform.dsp.quality import noise_sigma
 
 __all__ = ["FIDUCIALS", "fiducials", "median_beats"]
 
@@ -202,17 +202,12 @@ def _magnitude(med: np.ndarray, at: int, half: int) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _lead_noise(med: np.ndarray) -> np.ndarray:
-    # Each lead's noise sigma (µV) from the MAD of its second difference (for
-    # white noise of sigma s the second difference has sigma s * sqrt(6)).
+    # Each lead's noise sigma (µV), as the lead quality estimates it.
     n_ch, n = med.shape
     out = np.zeros(n_ch)
-    if n < 3:
-        return out
-    d = np.empty(n - 2)
+    d = np.empty(max(n - 2, 0))
     for c in range(n_ch):
-        for i in range(1, n - 1):
-            d[i - 1] = abs(med[c, i + 1] - 2.0 * med[c, i] + med[c, i - 1])
-        out[c] = 1.4826 * median_inplace(d) / np.sqrt(6.0)
+        out[c] = noise_sigma(med[c], d)
     return out
 
 

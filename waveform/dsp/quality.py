@@ -19,7 +19,8 @@ from enum import IntEnum
 import numba
 import numpy as np
 
-__all__ = ["NOISE_FLOOR_SNR", "LeadQuality", "Reason", "assess", "features", "median_inplace"]
+__all__ = ["NOISE_FLOOR_SNR", "LeadQuality", "Reason", "assess", "features", "median_inplace",
+           "noise_sigma"]
 
 
 class Reason(IntEnum):
@@ -230,6 +231,23 @@ def _windows(xc: np.ndarray, w: int, lo_w: np.ndarray, hi_w: np.ndarray, means: 
 
 
 @numba.njit(cache=True, nogil=True)
+def noise_sigma(x: np.ndarray, buf: np.ndarray) -> float:
+    """Noise sigma (µV) of a NaN-free lead ``x`` from its second difference.
+
+    For white noise of sigma s the second difference has sigma s * sqrt(6), and
+    1.4826 * MAD estimates a Gaussian sigma; a QRS or a T wave moves few of the
+    second differences, so their median stays the noise's. ``buf`` is scratch
+    of at least ``len(x) - 2`` values.
+    """
+    n = x.shape[0]
+    if n < 3:
+        return 0.0
+    for i in range(1, n - 1):
+        buf[i - 1] = abs(x[i + 1] - 2.0 * x[i] + x[i - 1])
+    return 1.4826 * median_inplace(buf[:n - 2]) / np.sqrt(6.0)
+
+
+@numba.njit(cache=True, nogil=True)
 def features(x: np.ndarray, fs: float) -> np.ndarray:
     """(channels, 6) features of ``x`` (channels, samples) in µV.
 
@@ -290,19 +308,16 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
                         v = xc[i]
                         held += (v == xc[i - 1]) & ((v == hi) | (v == lo))
         out[c, _F_CLIP] = held / n
-        m = 0
         if n_nan == 0:
-            for i in range(1, n - 1):
-                d2[i - 1] = abs(xc[i + 1] - 2.0 * xc[i] + xc[i - 1])
-            m = n - 2
-        else:
-            for i in range(1, n - 1):
-                v = xc[i + 1] - 2.0 * xc[i] + xc[i - 1]
-                if not np.isnan(v):
-                    d2[m] = abs(v)
-                    m += 1
-        # For white noise of sigma s the second difference has sigma s*sqrt(6);
-        # 1.4826 * MAD estimates a Gaussian sigma.
+            out[c, _F_NOISE] = noise_sigma(xc, d2)
+            continue
+        # The same estimate over the second differences that padding leaves whole.
+        m = 0
+        for i in range(1, n - 1):
+            v = xc[i + 1] - 2.0 * xc[i] + xc[i - 1]
+            if not np.isnan(v):
+                d2[m] = abs(v)
+                m += 1
         out[c, _F_NOISE] = 1.4826 * median_inplace(d2[:m]) / np.sqrt(6.0) if m > 0 else 0.0
     return out
 
