@@ -249,7 +249,7 @@ def _qrs_bounds(med: np.ndarray, peak: int, fs: float, use: np.ndarray, noise: n
                 top = d
         if not top > snr * noise[c] or not top > 0.0:
             continue
-        for i in range(1, hi):
+        for i in range(lim_on, hi):
             vel[i] += abs(x[i + 1] - x[i - 1]) * 0.5
         # The last steep sample: everything before it is QRS, however many
         # phases it has.
