@@ -81,12 +81,13 @@ def _micros(t: dt.datetime) -> int:
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
-def _located(cur: duckdb.DuckDBPyConnection, table: str, extra: str = "", order: str = "",
+def _located(cur: duckdb.DuckDBPyConnection, table: str, extra: str = "", rest: str = "",
              params: Sequence[Any] = ()) -> tuple[pa.Table, list[str]]:
-    """A table's UIDs (and ``extra`` columns) with their data file and row, as Arrow,
-    and each row's file name as Python strings, one string per distinct file."""
+    """A table's UIDs (and ``extra`` columns) with their data file and row, as Arrow
+    (``rest``: the query's WHERE / ORDER BY), and each row's file name as Python
+    strings, one string per distinct file."""
     t = cur.execute(f"SELECT sop_instance_uid{extra}, filename, file_row_number "
-                    f"FROM {ALIAS}.{table}{order}", list(params)).to_arrow_table()
+                    f"FROM {ALIAS}.{table}{rest}", list(params)).to_arrow_table()
     names = pc.dictionary_encode(t.column("filename")).combine_chunks()
     files = names.dictionary.to_pylist()
     return t, [files[i] for i in names.indices.to_numpy(zero_copy_only=False)]
@@ -344,7 +345,7 @@ class Store:
         head, head_files = _located(cur, "header")
         headers = _locators(head, head_files)
         wave, wave_files = _located(cur, "waveform",
-                                    order=" ORDER BY sop_instance_uid, group_index")
+                                    rest=" ORDER BY sop_instance_uid, group_index")
         groups: dict[str, list[tuple[str, int]]] = {}
         last = None
         locs: list[tuple[str, int]] = []
@@ -576,7 +577,7 @@ class Store:
     def _load_summary_index(self) -> None:
         # Ordered by time: were there two rows of an ECG, the later one wins.
         t, files = _located(self._lake.cursor(), "summary",
-                            order=" WHERE analysis_version = ? ORDER BY measured_at",
+                            rest=" WHERE analysis_version = ? ORDER BY measured_at",
                             params=[self.analysis_version])
         loc = _locators(t, files)
         with self._ids:
