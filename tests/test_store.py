@@ -79,6 +79,22 @@ def test_the_index_read_at_open_equals_the_catalog_and_the_first_answers(tmp_pat
         assert r.ingested_at.utcoffset() == dt.timedelta(0)
 
 
+def test_contexts_of_many_ecgs_equal_one_by_one(tmp_path: Path) -> None:
+    objs = [_obj(k) for k in range(10, 17)]
+    with Store.open(tmp_path, analyze=None, max_batch=4) as s:
+        uids = [r.sop_instance_uid for r in s.ingest(objs, "org")]
+        uids += [r.sop_instance_uid for r in s.ingest([_obj(30)], "org-b")]
+        got = s.ecg_contexts([*uids, "2.25.404"], ["patient_id", "accession_number"])
+        assert list(got) == [*uids, "2.25.404"]
+        for uid in uids:
+            assert got[uid] == s.ecg_context(uid, ["patient_id", "accession_number"])
+        assert isinstance(got["2.25.404"], NotFound)
+        # A locator that no longer names the row (compaction elsewhere) is looked up again.
+        e = s._index[uids[0]]
+        s._index[uids[0]] = dataclasses.replace(e, ecg=(e.ecg[0], e.ecg[1] + 1))
+        assert s.ecg_contexts(uids[:1])[uids[0]] == s.ecg_context(uids[0])
+
+
 def test_same_bytes_again_answers_already_stored_with_first_result(store: Store) -> None:
     data = _obj(1)
     [first] = store.ingest([data], organisation="org")

@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from waveform.errors import NotFound, StorageError
 from waveform.store import Store
 from waveform.store.lake import ALIAS
 from waveform.store.schema import MEASURES
@@ -149,11 +148,9 @@ class PatientIndex:
         with self._lock:
             pending, self._pending = self._pending, []
         found = []
-        for uid in pending:
-            try:
-                ctx = self._store.ecg_context(uid, _COLUMNS)
-            except (NotFound, StorageError, OSError) as e:
-                log.warning("cannot index ECG %s: %s", uid, e)
+        for uid, ctx in self._store.ecg_contexts(pending, _COLUMNS).items():
+            if isinstance(ctx, Exception):
+                log.warning("cannot index ECG %s: %s", uid, ctx)
                 continue
             found.append([ctx.get(c) for c in _COLUMNS])
         with self._lock:

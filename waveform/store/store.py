@@ -777,6 +777,31 @@ class Store:
         out: dict[str, Any] = self._read(uid, fetch)
         return out
 
+    def ecg_contexts(self, uids: Sequence[str], columns: Sequence[str] = ()
+                     ) -> dict[str, dict[str, Any] | Exception]:
+        """`ecg_context` of many ECGs (or why one cannot be read), each run of
+        consecutive ``ecg`` rows of a file read at once: ECGs committed together are
+        neighbours there, and one read per row cost each new ECG a row group."""
+        cols = list(dict.fromkeys(["sop_instance_uid", *_schema.SUMMARY_CONTEXT, *columns]))
+        entries: dict[str, _Entry] = {}
+        out: dict[str, dict[str, Any] | Exception] = {}
+        for uid in uids:
+            try:
+                entries[uid] = self._entry(uid)
+            except WaveformError as missing:
+                out[uid] = missing
+        rows = self._read_runs([e.ecg for e in entries.values()], cols)
+        for uid, e in entries.items():
+            row = rows.get(e.ecg)
+            if row is not None and row["sop_instance_uid"] == uid:
+                out[uid] = row
+                continue
+            try:  # moved since (compaction): one by one, with a fresh locator
+                out[uid] = self.ecg_context(uid, columns)
+            except (WaveformError, OSError, IndexError) as err:  # this ECG only
+                out[uid] = err
+        return {uid: out[uid] for uid in uids}
+
     def get_dicom(self, uid: str) -> bytes:
         """The original object, byte for byte (its SHA-256 is checked before it is returned)."""
         from waveform.dicom import join
