@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,16 @@ from waveform.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 SHARED_DICOM = sorted((SHARED / "dicom").glob("*.dcm")) if SHARED.is_dir() else []
+
+
+def interruptible(module: str, *args: str) -> list[str]:
+    """The command that runs ``module`` as ``python -m`` does, where Ctrl-C (SIGINT)
+    raises KeyboardInterrupt as in a terminal's foreground job, also when the tests
+    themselves run as a background job (a shell starts those with SIGINT ignored,
+    and a Python started so never installs its handler)."""
+    code = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", code, *args]
 
 
 def shared(*parts: str) -> Path:

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from tests.conftest import interruptible
 from waveform.analysis import ANALYSIS_VERSION
 from waveform.dicom import decode
 from waveform.errors import InvalidArgument
@@ -344,7 +345,7 @@ def test_runs_while_the_store_ingests(tmp_path: Path, local2: LocalEngine) -> No
 
 def _cli(archive: Path, *args: str, **popen: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "waveform.reanalyze.cli", "--data", str(archive), *args],
+        interruptible("waveform.reanalyze.cli", "--data", str(archive), *args),
         cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
 
 

@@ -30,6 +30,7 @@ import grpc
 import pyarrow as pa
 import pytest
 
+from tests.conftest import interruptible
 from waveform.analysis import ANALYSIS_VERSION
 from waveform.cli import main
 from waveform.reanalyze.compare import MEASUREMENTS, compare
@@ -434,9 +435,9 @@ def test_the_command_line_runs_the_job_in_the_server(svc: Service,
 def test_ctrl_c_on_the_command_line_stops_the_job_and_a_rerun_finishes(svc: Service) -> None:
     org = "org-int"
     uids = _stored(svc.store, 20, org, seed=5)
-    cmd = [sys.executable, "-m", "waveform.reanalyze.cli", "--server", svc.server.address,
-           "--token", svc.tokens["admin"], "--where", f"organisation={org}", "--workers", "1",
-           "--unit", "1", "--commit", "1", "-v"]
+    cmd = interruptible("waveform.reanalyze.cli", "--server", svc.server.address,
+                        "--token", svc.tokens["admin"], "--where", f"organisation={org}",
+                        "--workers", "1", "--unit", "1", "--commit", "1", "-v")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

@@ -95,6 +95,26 @@ def test_contexts_of_many_ecgs_equal_one_by_one(tmp_path: Path) -> None:
         assert s.ecg_contexts(uids[:1])[uids[0]] == s.ecg_context(uids[0])
 
 
+def test_rows_read_by_row_group_equal_rows_read_one_by_one(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from waveform.store.files import LocalFiles
+    from waveform.store.queries import RowReader
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"k": np.arange(1000), "v": np.arange(1000) * 0.5}), path,
+                   row_group_size=128)
+    reader = RowReader(LocalFiles())
+    rows = [999, 3, 130, 3, 512, 0, 127, 128]  # across row groups, unordered, repeated
+    assert reader.read_rows(str(path), rows, ["k", "v"]) == [
+        reader.read(str(path), r, ["k", "v"])[0] for r in rows]
+    assert reader.read_rows(str(path), [], ["k"]) == []
+    for bad in (1000, -1):
+        with pytest.raises(IndexError):
+            reader.read_rows(str(path), [5, bad], ["k"])
+
+
 def test_same_bytes_again_answers_already_stored_with_first_result(store: Store) -> None:
     data = _obj(1)
     [first] = store.ingest([data], organisation="org")

@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,26 @@ class RowReader:
                 out.extend(t.slice(r - starts[rg], take).to_pylist())
                 r += take
         return out
+
+    def read_rows(self, path: str, rows: Sequence[int], columns: list[str]
+                  ) -> list[dict[str, Any]]:
+        """The rows ``rows`` of the file, in that order, each row group read once
+        however many of the rows it holds."""
+        meta, starts = self._footer(path)
+        by_group: dict[int, list[int]] = {}
+        for r in rows:
+            rg = bisect.bisect_right(starts, r) - 1
+            if r < 0 or rg >= meta.num_row_groups:
+                raise IndexError(f"row {r} is outside {path} ({starts[-1]} rows)")
+            by_group.setdefault(rg, []).append(r)
+        found: dict[int, dict[str, Any]] = {}
+        with self._files.open_input(path) as f:
+            pf = pq.ParquetFile(f, metadata=meta)
+            for rg, rs in by_group.items():
+                t = pf.read_row_group(rg, columns=columns)
+                got = t.take(pa.array([r - starts[rg] for r in rs], pa.int64())).to_pylist()
+                found.update(zip(rs, got, strict=True))
+        return [found[r] for r in rows]
 
     def forget(self, path: str) -> None:
         with self._lock:

@@ -945,16 +945,26 @@ class Store:
         of its current summary (`queries.SUMMARY_RESULT`; None where there is none),
         read directly by locator (also phase two of a search)."""
         cols = ["sop_instance_uid", *_q.SUMMARY_RESULT]
-        for row in rows:
+        with self._ids:
+            locs = [self._summary_loc.get(row["sop_instance_uid"]) for row in rows]
+        # Each row group is read once for all the rows it holds (a page of a
+        # patient's history or of a search often falls in a few).
+        by_file: dict[str, list[int]] = {}
+        for loc in locs:
+            if loc is not None:
+                by_file.setdefault(loc[0], []).append(loc[1])
+        fetched: dict[tuple[str, int], dict[str, Any]] = {}
+        for path, rs in by_file.items():
+            try:
+                fetched.update(((path, r), v) for r, v in zip(
+                    rs, self._reader.read_rows(path, rs, cols), strict=True))
+            except (OSError, IndexError):  # moved by another process: ask the catalog
+                pass
+        for row, loc in zip(rows, locs, strict=True):
             uid = row["sop_instance_uid"]
-            with self._ids:
-                loc = self._summary_loc.get(uid)
             values: dict[str, Any] = {}
             if loc is not None:
-                try:
-                    values = self._reader.read(loc[0], loc[1], cols)[0]
-                except (OSError, IndexError):  # moved by another process: ask the catalog
-                    values = {}
+                values = fetched.get(loc, {})
                 if values.get("sop_instance_uid") != uid:
                     got = self._sql(
                         f"SELECT {', '.join(cols)} FROM {ALIAS}.summary WHERE "
