@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from bench.accuracy import (
     muse_ecg,
     wfdb_ecg,
 )
-from tests.conftest import shared
+from tests.conftest import ROOT, shared
 from waveform.analysis import ANALYSIS_VERSION, analyze, detect_beats
 from waveform.dsp import delineate, measure, qrs
 from waveform.model import LEADS, Channel, Ecg, Measured, Summary, WaveformGroup
@@ -468,6 +471,36 @@ def test_qrs_onset_sees_a_small_q_wave() -> None:
     r_start = (0.5 - 0.008 * np.sqrt(np.log(20))) * FS
     assert abs(on - q_start) <= 2
     assert on <= r_start - 4
+
+
+_FIDUCIALS_FUZZ = """
+import numpy as np
+from waveform.dsp import delineate
+rng = np.random.default_rng(0)
+for trial in range(600):
+    n = int(rng.integers(8, 700))
+    pre = int(rng.integers(0, n))
+    med = rng.normal(0, 10, (int(rng.integers(1, 13)), n))
+    if trial % 3 == 1:
+        med += 1000 * np.exp(-((np.arange(n) - pre) / 4.0) ** 2)
+    elif trial % 3 == 2:
+        med[:] = 0.0
+    use = rng.random(med.shape[0]) < 0.8
+    pace = int(rng.integers(-1, n)) if trial % 5 == 0 else -1
+    f = delineate.fiducials(med, 500.0, pre, float(rng.uniform(0.2, 2.0)), use, pace=pace)
+    assert all(-1 <= v < n for v in f), (n, pre, pace, f)
+print("ok")
+"""
+
+
+def test_fiducials_read_inside_the_beat_whatever_its_length(tmp_path: Path) -> None:
+    # numba does not check indices: a stray read returns garbage, not an error.
+    # With bounds checking compiled in (a cache of its own), short beats, any
+    # fiducial position and pacemaker lag must raise nothing.
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", _FIDUCIALS_FUZZ], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_wfdb_ecg_takes_lowercase_millivolts(tmp_path: Path) -> None:

@@ -283,17 +283,19 @@ def _qrs_bounds(med: np.ndarray, peak: int, fs: float, use: np.ndarray, noise: n
     a = lo
     while vel[a] < 0.5 * top:
         a += 1
-    q = max(int(0.02 * fs), 1)
     q_lo = max(1, peak - int(0.15 * fs))
-    q_hi = max(q_lo + q, peak - int(0.02 * fs))
-    acc = 0.0
-    for i in range(q_lo, q_lo + q):
-        acc += vel[i]
-    base = acc
-    for i in range(q_lo + q, q_hi):
-        acc += vel[i] - vel[i - q]
-        base = min(base, acc)
-    base /= q
+    q_hi = min(hi, max(q_lo + max(int(0.02 * fs), 1), peak - int(0.02 * fs)))
+    q = min(max(int(0.02 * fs), 1), q_hi - q_lo)
+    base = 0.0
+    if q > 0:
+        acc = 0.0
+        for i in range(q_lo, q_lo + q):
+            acc += vel[i]
+        base = acc
+        for i in range(q_lo + q, q_hi):
+            acc += vel[i] - vel[i - q]
+            base = min(base, acc)
+        base /= q
     cut = base + f_on * (top - base)
     on = a
     run = 0
@@ -443,6 +445,9 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
         # it triggers comes after it.
         lo = max(lo, spike + int(_PULSE_SMEAR_S * fs))
         hi = max(hi, lo + 1)
+    # (A beat too short for these spans still gets an answer, not a stray read.)
+    lo = min(lo, n - 2)
+    hi = min(max(hi, lo + 1), n - 1)
     peak = lo
     for i in range(lo, hi):
         if v[i] > v[peak]:
