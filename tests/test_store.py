@@ -63,10 +63,20 @@ def test_the_index_read_at_open_equals_the_catalog_and_the_first_answers(tmp_pat
     # Open reads every locator column-wise (file names once, times as integers):
     # each entry must equal the catalog's row-by-row lookup, and a duplicate sent
     # after the reopen must get the first answer, to the microsecond.
+    import pyarrow as pa
+
+    from waveform.store.schema import ECG
+
     objs = [_obj(k) for k in range(6)] + [_obj(7, groups=2)]
+    # A metadata-only row (no object, no ingest time), as a migration may commit.
+    bare = {f.name: pa.nulls(1, f.type) for f in ECG}
+    bare["sop_instance_uid"] = pa.array(["2.25.77"])
     with Store.open(tmp_path, analyze=None, max_batch=3) as s:
         first = {r.sop_instance_uid: r for r in s.ingest(objs, "org")}
+        s.commit_rows({"ecg": pa.table(bare, schema=ECG)})
     with Store.open(tmp_path, analyze=None) as s:
+        assert s._index.pop("2.25.77").ingested_us is None
+        assert s._lookup("2.25.77") is not None
         assert set(s._index) == set(first)
         assert any(len(e.groups) == 2 for e in s._index.values())
         for uid, e in s._index.items():

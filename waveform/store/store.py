@@ -65,7 +65,7 @@ class IngestResult:
     sop_instance_uid: str
     sha256: str
     size: int
-    ingested_at: dt.datetime
+    ingested_at: dt.datetime | None  # None: a row committed without one (no object)
     already_stored: bool = False
     summary: dict[str, Any] | None = None
     #: The object's Patient ID, on the answer of the commit that stored it.
@@ -75,8 +75,10 @@ class IngestResult:
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _micros(t: dt.datetime) -> int:
+def _micros(t: dt.datetime | None) -> int | None:
     """Microseconds since the epoch of an aware (or UTC) datetime."""
+    if t is None:
+        return None
     d = (t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)) - _EPOCH
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
@@ -106,14 +108,15 @@ class _Entry:
     size: int
     #: When it was stored, in microseconds since the epoch: a datetime is made only
     #: for an answer (a million of them made at open took seconds).
-    ingested_us: int
+    ingested_us: int | None
     ecg: tuple[str, int]
     header: tuple[str, int]
     groups: list[tuple[str, int]]
 
     def result(self, uid: str, already: bool) -> IngestResult:
-        return IngestResult(uid, self.sha256, self.size,
-                            _EPOCH + dt.timedelta(microseconds=self.ingested_us), already)
+        at = (None if self.ingested_us is None
+              else _EPOCH + dt.timedelta(microseconds=self.ingested_us))
+        return IngestResult(uid, self.sha256, self.size, at, already)
 
 
 _WAVEFORM_META = [n for n in _schema.WAVEFORM.names if n != "samples"]
