@@ -642,9 +642,9 @@ class Store:
                 entries[uid] = self._entry(uid)
             except WaveformError as missing:
                 out[uid] = missing
-        heads = self._read_runs([e.header for e in entries.values() if e.header[1] >= 0],
+        heads = self._read_rows([e.header for e in entries.values() if e.header[1] >= 0],
                                 ["sop_instance_uid", "header"])
-        groups = self._read_runs([g for e in entries.values() for g in e.groups],
+        groups = self._read_rows([g for e in entries.values() for g in e.groups],
                                  ["sop_instance_uid", "retained", "dtype", "codec", "nbytes",
                                   "n_channels", "samples"])
         for uid, e in entries.items():
@@ -667,18 +667,21 @@ class Store:
                 out[uid] = err
         return out
 
-    def _read_runs(self, locators: Sequence[tuple[str, int]], columns: list[str]
+    def _read_rows(self, locators: Sequence[tuple[str, int]], columns: list[str]
                    ) -> dict[tuple[str, int], dict[str, Any]]:
-        """Rows by locator, each run of consecutive rows of a file read at once."""
+        """Rows by locator, each row group of a file read once for all the rows
+        asked of it (rows committed together are neighbours, so a batch's rows
+        fall in few)."""
+        by_file: dict[str, list[int]] = {}
+        for path, row in dict.fromkeys(locators):
+            by_file.setdefault(path, []).append(row)
         out: dict[tuple[str, int], dict[str, Any]] = {}
-        for path, rows in _runs(locators):
-            start, count = rows
+        for path, rows in by_file.items():
             try:
-                got = self._reader.read(path, start, columns, count)
+                got = self._reader.read_rows(path, rows, columns)
             except (OSError, IndexError):  # moved: the callers fall back to one by one
                 continue
-            for k, row in enumerate(got):
-                out[(path, start + k)] = row
+            out.update(((path, r), v) for r, v in zip(rows, got, strict=True))
         return out
 
     def ensure_tables(self, tables: Mapping[str, pa.Schema]) -> None:
@@ -793,7 +796,7 @@ class Store:
                 entries[uid] = self._entry(uid)
             except WaveformError as missing:
                 out[uid] = missing
-        rows = self._read_runs([e.ecg for e in entries.values()], cols)
+        rows = self._read_rows([e.ecg for e in entries.values()], cols)
         for uid, e in entries.items():
             row = rows.get(e.ecg)
             if row is not None and row["sop_instance_uid"] == uid:
@@ -950,19 +953,8 @@ class Store:
         cols = ["sop_instance_uid", *_q.SUMMARY_RESULT]
         with self._ids:
             locs = [self._summary_loc.get(row["sop_instance_uid"]) for row in rows]
-        # Each row group is read once for all the rows it holds (a page of a
-        # patient's history or of a search often falls in a few).
-        by_file: dict[str, list[int]] = {}
-        for loc in locs:
-            if loc is not None:
-                by_file.setdefault(loc[0], []).append(loc[1])
-        fetched: dict[tuple[str, int], dict[str, Any]] = {}
-        for path, rs in by_file.items():
-            try:
-                fetched.update(((path, r), v) for r, v in zip(
-                    rs, self._reader.read_rows(path, rs, cols), strict=True))
-            except (OSError, IndexError):  # moved by another process: ask the catalog
-                pass
+        # A row moved by another process is not found here: the catalog is asked.
+        fetched = self._read_rows([loc for loc in locs if loc is not None], cols)
         for row, loc in zip(rows, locs, strict=True):
             uid = row["sop_instance_uid"]
             values: dict[str, Any] = {}
@@ -1016,24 +1008,6 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _runs(locators: Iterable[tuple[str, int]]) -> list[tuple[str, tuple[int, int]]]:
-    """(file, (first row, count)) for each run of consecutive rows among ``locators``."""
-    by_file: dict[str, list[int]] = {}
-    for path, row in set(locators):
-        by_file.setdefault(path, []).append(row)
-    out = []
-    for path, rows in by_file.items():
-        rows.sort()
-        start = prev = rows[0]
-        for r in rows[1:]:
-            if r != prev + 1:
-                out.append((path, (start, prev - start + 1)))
-                start = r
-            prev = r
-        out.append((path, (start, prev - start + 1)))
-    return out
 
 
 def _already(first: Future[IngestResult]) -> Future[IngestResult]:
