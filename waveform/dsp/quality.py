@@ -240,11 +240,15 @@ def noise_sigma(x: np.ndarray, buf: np.ndarray) -> float:
     of at least ``len(x) - 2`` values.
     """
     n = x.shape[0]
-    if n < 3:
-        return 0.0
     for i in range(1, n - 1):
         buf[i - 1] = abs(x[i + 1] - 2.0 * x[i] + x[i - 1])
-    return 1.4826 * median_inplace(buf[:n - 2]) / np.sqrt(6.0)
+    return _mad_sigma(buf[:max(n - 2, 0)])
+
+
+@numba.njit(cache=True, nogil=True)
+def _mad_sigma(d2: np.ndarray) -> float:
+    # The white-noise sigma from |second differences| ``d2`` (reordered).
+    return 1.4826 * median_inplace(d2) / np.sqrt(6.0) if d2.shape[0] > 0 else 0.0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -318,7 +322,7 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
             if not np.isnan(v):
                 d2[m] = abs(v)
                 m += 1
-        out[c, _F_NOISE] = 1.4826 * median_inplace(d2[:m]) / np.sqrt(6.0) if m > 0 else 0.0
+        out[c, _F_NOISE] = _mad_sigma(d2[:m])
     return out
 
 
