@@ -195,8 +195,11 @@ def test_a_scheduler_that_cannot_be_reached_is_unavailable(svc: Service) -> None
     _stored(svc.store, 2, org, seed=10)
     unreachable = {"engine": "dask", "scheduler": "tcp://127.0.0.1:9"}
     # A job with nothing to do needs no workers: it ends without reaching them.
-    final = _finish(svc.reanalyze(where=["organisation=nobody"], **unreachable))[-1]
+    messages = _finish(svc.reanalyze(where=["organisation=nobody"], **unreachable))
+    final = messages[-1]
     assert (final.planned, final.committed) == (0, 0)
+    assert messages[0].note.endswith("planning (the workers start only if there is work)")
+    assert not any(m.note.startswith("starting the") for m in messages)
     _wait_until_idle(svc)
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
             pytest.raises(grpc.RpcError) as e:
@@ -333,6 +336,7 @@ def test_reanalysis_while_the_service_ingests(svc: Service) -> None:
     assert [m.committed for m in messages] == sorted(m.committed for m in messages)
     assert final.commits >= final.planned // 8 and final.units >= final.planned // 4
     assert any("lack a summary of analysis" in m.note for m in messages)
+    assert sum(m.note.startswith("starting the local engine") for m in messages) == 1
     assert all(counts[uid] == 1 for uid in before)
     assert max(counts.values()) == 1
     assert sum(counts.values()) == final.planned

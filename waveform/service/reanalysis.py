@@ -143,6 +143,8 @@ class _Feed(Progress):
         self._job = job
         self.pass_number = 0
         self.planned = 0
+        #: The plan has work and the engine's workers are starting.
+        self.starting = False
         #: The job's live result, known from its first commit on.
         self.result: JobResult | None = None
         self._failed_sent = 0
@@ -225,7 +227,7 @@ class _Job:
     def describe(self) -> str:
         f = self.feed
         where = (f"pass {f.pass_number}: {f.done}/{f.total} ECGs" if f.pass_number
-                 else "starting its workers")
+                 else "starting its workers" if f.starting else "planning")
         stopping = f"; stopping: {self._stop.reason}" if self._stop else ""
         return (f"started {self.started:%Y-%m-%d %H:%M:%S} UTC by "
                 f"{self.identity.describe()}, {self.options.describe()}, {where}{stopping}")
@@ -252,6 +254,8 @@ class _Job:
     def _start_engine(self) -> None:
         """Start the workers and warm them up (seconds); a failure says which engine
         could not start, and why (an unreachable scheduler, processes that died)."""
+        self.feed.starting = True
+        self.put(self.feed.message(note=f"starting the {self.options.describe()}"))
         try:
             self.engine.start()
         except WaveformError:
@@ -271,8 +275,8 @@ class _Job:
             "user": self.identity.user, "org": self.identity.organisation,
             "engine": o.engine, "workers": o.workers, "version": self.version,
             "filters": [f"{f.column}{f.op}{f.value}" for f in o.filters]})
-        self.put(self.feed.message(note=f"analysis {self.version} on the server: starting "
-                                        f"the {o.describe()}"))
+        self.put(self.feed.message(note=f"analysis {self.version} on the server: planning "
+                                        "(the workers start only if there is work)"))
         ended: _End
         try:
             try:
