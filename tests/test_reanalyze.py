@@ -23,6 +23,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import interruptible
 from waveform.analysis import ANALYSIS_VERSION
@@ -42,6 +44,7 @@ from waveform.reanalyze import (
 from waveform.reanalyze.cli import register
 from waveform.reanalyze.compare import compare
 from waveform.reanalyze.job import JobResult
+from waveform.reanalyze.planning import UNIT_ROWS, _split
 from waveform.reanalyze.plot import bland_altman
 from waveform.reanalyze.progress import Bar, LogLines, progress_for
 from waveform.reanalyze.testing import analyze_or_fail, marked_to_fail, objects
@@ -123,6 +126,43 @@ def test_plan_splits_by_data_file_and_filters(store: Store) -> None:
     assert set(org_b.units[0].rows.column("organisation").to_pylist()) == {"org-b"}
     recent = plan(store, "never-run", filters=[parse_filter("ingested_at<2000-01-01")])
     assert recent.n_ecgs == 0 and recent.units == ()
+
+
+def _split_by_hand(rows: list[dict[str, Any]], unit_ecgs: int) -> list[list[tuple[str, int]]]:
+    """The unit rule stated plainly: an ECG goes to the file of its first row; files
+    in name order, ECGs in the order their first rows come, every row of an ECG
+    together; a new unit every ``unit_ecgs`` ECGs."""
+    by_file: dict[str, dict[str, list[tuple[str, int]]]] = {}
+    home: dict[str, str] = {}
+    for r in rows:
+        f = home.setdefault(r["sop_instance_uid"], r["filename"])
+        by_file.setdefault(f, {}).setdefault(r["sop_instance_uid"], []).append(
+            (r["filename"], r["file_row_number"]))
+    ecgs = [locs for f in sorted(by_file) for locs in by_file[f].values()]
+    return [[loc for locs in ecgs[k:k + unit_ecgs] for loc in locs]
+            for k in range(0, len(ecgs), unit_ecgs)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 7)), max_size=40),
+       st.integers(1, 5))
+def test_units_keep_an_ecgs_groups_together_in_file_order(
+        picks: list[tuple[int, int]], unit_ecgs: int) -> None:
+    # Rows as the catalog returns them, ordered by (filename, file_row_number);
+    # an ECG's groups may sit in several files (after a compaction, say).
+    raw = sorted({(f"f{f}.parquet", n, f"uid-{(f * 5 + n * 3) % 6}") for f, n in picks})
+    rows = [dict(filename=f, file_row_number=n, group_index=0, sop_instance_uid=u,
+                 **{c: None for c in UNIT_ROWS.names[4:]}) for f, n, u in raw]
+    p = _split("v", pa.Table.from_pylist(rows, schema=UNIT_ROWS), unit_ecgs)
+    got = [list(zip(u.rows.column("filename").to_pylist(),
+                    u.rows.column("file_row_number").to_pylist(), strict=True))
+           for u in p.units]
+    assert got == _split_by_hand(rows, unit_ecgs)
+    assert [u.index for u in p.units] == list(range(len(p.units)))
+    assert p.n_ecgs == len({r["sop_instance_uid"] for r in rows})
+    assert p.n_files == len({next(r["filename"] for r in rows if r["sop_instance_uid"] == u)
+                             for u in {r["sop_instance_uid"] for r in rows}})
+    assert all(u.rows.schema == UNIT_ROWS for u in p.units)
 
 
 @pytest.mark.parametrize(("text", "message"), [

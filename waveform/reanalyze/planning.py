@@ -11,12 +11,15 @@ reads Parquet from the data path directly and never opens the catalog.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from waveform.errors import InvalidArgument, StorageError
 from waveform.store.lake import ALIAS
@@ -127,11 +130,11 @@ def plan(
     for attempt in (1, 2):
         live = {r[0] for r in store.sql(
             f"SELECT data_file FROM ducklake_list_files('{ALIAS}', 'waveform')")}
-        rows = store.sql(_pending_sql(filters), params)
+        rows = store.sql_arrow(_pending_sql(filters), params)
         # Rows come with their locators, so a worker reads only rows the catalog
         # names; a file the catalog does not list as live (a compaction committed
         # between the two queries) would be read in vain: plan again.
-        stray = {r[0] for r in rows} - live
+        stray = set(pc.unique(rows.column("filename")).to_pylist()) - live
         if not stray:
             break
         if attempt == 2:
@@ -139,33 +142,35 @@ def plan(
                 f"{len(stray)} waveform data files named by rows are not listed by "
                 f"ducklake_list_files (e.g. {min(stray)}); the catalog keeps changing "
                 "under the plan: run again")
+    rows = rows.select(UNIT_ROWS.names).cast(UNIT_ROWS)
     if only is not None:
-        keep = set(only)
-        rows = [r for r in rows if r[3] in keep]
-    # Every group of an ECG goes to the unit of the file holding its first row.
-    by_file: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
-    home: dict[str, str] = {}
-    for r in rows:
-        uid = r[3]
-        f = home.setdefault(uid, r[0])
-        by_file.setdefault(f, {}).setdefault(uid, []).append(r)
-    units: list[WorkUnit] = []
-    current: list[tuple[Any, ...]] = []
-    n_current = 0
-    for f in sorted(by_file):
-        for group_rows in by_file[f].values():
-            if n_current >= unit_ecgs:
-                units.append(_unit(len(units), current))
-                current, n_current = [], 0
-            current.extend(group_rows)
-            n_current += 1
-    if current:
-        units.append(_unit(len(units), current))
-    return Plan(version, tuple(units), len(by_file), len(home))
+        rows = rows.filter(pc.is_in(rows.column("sop_instance_uid"),
+                                    value_set=pa.array(list(only), pa.string())))
+    return _split(version, rows, unit_ecgs)
 
 
-def _unit(index: int, rows: list[tuple[Any, ...]]) -> WorkUnit:
-    columns = list(zip(*rows, strict=True))
-    arrays = [pa.array(col, type=field.type) for col, field in zip(columns, UNIT_ROWS,
-                                                                      strict=True)]
-    return WorkUnit(index, pa.Table.from_arrays(arrays, schema=UNIT_ROWS))
+def _split(version: str, rows: pa.Table, unit_ecgs: int) -> Plan:
+    """Units of ``unit_ecgs`` ECGs from ``rows`` ordered by (filename, file_row_number).
+
+    Every group of an ECG goes with its first row: ECGs are taken in the order
+    their first rows come, each with all its rows, so consecutive ECGs of one
+    file (and of small consecutive files) share a unit.
+    """
+    if rows.num_rows == 0:
+        return Plan(version, (), 0, 0)
+    codes = pc.dictionary_encode(rows.column("sop_instance_uid").combine_chunks())
+    ecg = codes.indices.to_numpy(zero_copy_only=False)
+    # The row where each ECG first appears, and each row's ECG's rank in that order.
+    _, first = np.unique(ecg, return_index=True)
+    rank = np.empty_like(first)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    order = np.argsort(rank[ecg], kind="stable")
+    unit_of = rank[ecg][order] // unit_ecgs
+    cuts = np.flatnonzero(np.diff(unit_of)) + 1
+    bounds = [0, *cuts.tolist(), rows.num_rows]
+    # Each unit's rows are a table of their own (`take` copies): a unit is sent to
+    # a worker, and a slice would carry the whole plan's buffers with it.
+    units = tuple(WorkUnit(k, rows.take(pa.array(order[a:b])))
+                  for k, (a, b) in enumerate(itertools.pairwise(bounds)))
+    homes = rows.column("filename").take(pa.array(first))
+    return Plan(version, units, len(pc.unique(homes)), int(first.size))
