@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import signal
 
-from waveform.dsp import delineate, filters, leads, measure, quality, resample, scale
+from waveform.analysis import detect_beats
+from waveform.dsp import delineate, filters, leads, measure, qrs, quality, resample, scale
 from waveform.errors import InvalidArgument
 
 RNG = np.random.default_rng(20240611)
@@ -330,3 +333,26 @@ def test_median_beats_equal_numpy_exactly(n_beats: int, seed: int, ties: bool) -
         return
     stack = np.stack([x[:, b - pre:b + post] for b in ok]).astype(np.float64)
     np.testing.assert_array_equal(got, np.median(stack, axis=0).astype(np.float32))
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: filters.apply(x, filters.FilterSpec(500.0, 0.5, 40.0, None)),
+    lambda x: resample.resample_poly(x, 1, 2),
+    lambda x: qrs.detect(x, 500.0),
+    lambda x: detect_beats(x, 500.0),
+], ids=["filter", "resample", "qrs", "detect_beats"])
+def test_kernels_take_one_lead_or_channels_and_refuse_other_shapes(
+        call: Callable[[np.ndarray], np.ndarray]) -> None:
+    rng = np.random.default_rng(7)
+    two = rng.normal(size=(2, 2000)).astype(np.float32)
+    # One lead as a 1-D array gives what it gives as a row of a (1, n) array.
+    a, b = call(two[0]), call(two[:1])
+    np.testing.assert_array_equal(a, b if a.ndim == b.ndim else b[0])
+    # Integer samples are taken as float64; a strided view as its copy.
+    np.testing.assert_array_equal(call(np.round(two * 100).astype(np.int16)),
+                                  call(np.round(two * 100).astype(np.float64)))
+    np.testing.assert_array_equal(call(np.asfortranarray(two)), call(two.copy()))
+    for bad in (np.zeros((2, 3, 100)), np.float64(1.0)):
+        with pytest.raises(InvalidArgument, match=r"must be 1-D or \(channels, samples\)") as e:
+            call(bad)
+        assert str(e.value).endswith(f"got shape {np.shape(bad)}")

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from waveform.dsp import delineate, filters, leads, measure, pacer, qrs, quality, resample, scale
+from waveform.dsp.arrays import as_channels
 from waveform.errors import InvalidArgument
 from waveform.model import LeadQuality, Measured, Summary, WaveformGroup
 
@@ -50,14 +51,9 @@ def detect_beats(signal: np.ndarray, fs: float) -> np.ndarray:
     Any amplitude unit (each lead is normalised); all leads vote. The signal is
     filtered as `analyze` does, then `waveform.dsp.qrs.detect` finds the beats.
     """
-    arr = np.asarray(signal)
-    if arr.ndim not in (1, 2):
-        raise InvalidArgument(f"signal must be 1-D or (channels, samples), got shape {arr.shape}")
+    arr2, _ = as_channels(signal, "signal")
     if fs <= 0:
         raise InvalidArgument(f"sampling frequency must be positive, got {fs}")
-    # float32 stays float32 (half the memory the filter streams through).
-    arr2 = np.atleast_2d(arr if arr.dtype in (np.float32, np.float64)
-                         else arr.astype(np.float64))
     if np.isnan(arr2).any():
         arr2 = np.nan_to_num(arr2)
     if arr2.shape[1] < int(0.5 * fs):

@@ -20,6 +20,7 @@ import numba
 import numpy as np
 from scipy.signal import butter, iirnotch, sosfilt_zi, tf2sos
 
+from waveform.dsp.arrays import as_channels
 from waveform.errors import InvalidArgument
 
 __all__ = [
@@ -217,14 +218,8 @@ def apply(x: np.ndarray, spec: FilterSpec) -> np.ndarray:
 
 
 def _run(x: np.ndarray, sos: np.ndarray, zi: np.ndarray, padlen: int) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.dtype not in (np.float32, np.float64):
-        arr = arr.astype(np.float64)
-    one_d = arr.ndim == 1
-    a2 = np.ascontiguousarray(arr.reshape(1, -1) if one_d else arr)
-    if a2.ndim != 2:
-        raise InvalidArgument(f"x must be 1-D or (channels, samples), got shape {arr.shape}")
+    a2, one_d = as_channels(x)
     if a2.shape[1] < 2:
-        return arr.copy()
+        return (a2[0] if one_d else a2).copy()
     out = _sosfiltfilt(a2, sos, zi, padlen)
     return out[0] if one_d else out

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from waveform.dsp.arrays import as_channels
 from waveform.dsp.filters import FilterSpec, apply
 from waveform.errors import InvalidArgument
 
@@ -278,13 +279,7 @@ def detect(x: np.ndarray, fs: float, band_passed: bool = False,
     """
     if fs <= 0:
         raise InvalidArgument(f"sampling frequency must be positive, got {fs}")
-    arr = np.asarray(x)
-    if arr.ndim == 1:
-        arr = arr.reshape(1, -1)
-    if arr.ndim != 2:
-        raise InvalidArgument(f"signal must be 1-D or (channels, samples), got shape {arr.shape}")
-    if arr.dtype not in (np.float32, np.float64):
-        arr = arr.astype(np.float64)
+    arr, _ = as_channels(x, "signal")
     if not finite and np.isnan(arr).any():
         arr = np.nan_to_num(arr)
     if arr.shape[1] < int(0.5 * fs):

@@ -18,6 +18,7 @@ import numba
 import numpy as np
 from scipy.signal import firwin
 
+from waveform.dsp.arrays import as_channels
 from waveform.errors import InvalidArgument
 
 __all__ = ["design_resampler", "rational_ratio", "resample", "resample_poly"]
@@ -106,13 +107,7 @@ def resample_poly(x: np.ndarray, up: int, down: int,
     """
     if up < 1 or down < 1:
         raise InvalidArgument(f"up and down must be positive integers, got {up}/{down}")
-    arr = np.asarray(x)
-    if arr.dtype not in (np.float32, np.float64):
-        arr = arr.astype(np.float64)
-    one_d = arr.ndim == 1
-    a2 = np.ascontiguousarray(arr.reshape(1, -1) if one_d else arr)
-    if a2.ndim != 2:
-        raise InvalidArgument(f"x must be 1-D or (channels, samples), got shape {arr.shape}")
+    a2, one_d = as_channels(x)
     g = math.gcd(up, down)
     up, down = up // g, down // g
     if up == down == 1:
