@@ -237,8 +237,13 @@ def test_failures_and_unread_ecgs_reach_the_command_line_report_in_full(tmp_path
                        failed=[(f"1.2.{i}", f"ValueError: beat {i}") for i in range(n_failed)],
                        unread=[(f"1.3.{i}", "worker failed") for i in range(n_unread)])
     feed = job.feed
+    assert job.describe().endswith("1 worker, planning")
+    feed.starting = True  # as while `_start_engine` waits for the workers
+    assert job.describe().endswith("1 worker, starting its workers")
+    feed.starting = False
     feed.start(5000)
     feed.advance(5000)
+    assert job.describe().endswith("1 worker, pass 1: 5000/5000 ECGs")
     feed.committed(dataclasses.replace(result, failed=result.failed[:5], unread=[]))
     feed.end(result)
     messages: list[pb.ReanalyzeProgress] = []

@@ -143,7 +143,7 @@ class _Feed(Progress):
         self._job = job
         self.pass_number = 0
         self.planned = 0
-        #: The plan has work and the engine's workers are starting.
+        #: The plan has work and the engine's workers are starting (not up yet).
         self.starting = False
         #: The job's live result, known from its first commit on.
         self.result: JobResult | None = None
@@ -226,8 +226,8 @@ class _Job:
 
     def describe(self) -> str:
         f = self.feed
-        where = (f"pass {f.pass_number}: {f.done}/{f.total} ECGs" if f.pass_number
-                 else "starting its workers" if f.starting else "planning")
+        where = ("starting its workers" if f.starting else
+                 f"pass {f.pass_number}: {f.done}/{f.total} ECGs" if f.pass_number else "planning")
         stopping = f"; stopping: {self._stop.reason}" if self._stop else ""
         return (f"started {self.started:%Y-%m-%d %H:%M:%S} UTC by "
                 f"{self.identity.describe()}, {self.options.describe()}, {where}{stopping}")
@@ -266,6 +266,8 @@ class _Job:
             raise Abort(grpc.StatusCode.UNAVAILABLE,
                         f"the {o.engine} engine could not start its workers{at}: "
                         f"{type(exc).__name__}: {exc}; nothing was measured") from exc
+        finally:
+            self.feed.starting = False
 
     def _run(self) -> None:
         from waveform.reanalyze.job import run
