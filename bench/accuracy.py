@@ -383,6 +383,15 @@ def evaluate_intervals(records: Sequence[int]) -> list[IntervalRow]:
 
 def interval_stats(rows: list[IntervalRow]) -> dict[str, tuple[float, float, int, int, int]]:
     """name -> (mean diff, SD, compared, ref records with it, ours measured of those)."""
+    return {name: (float(d.mean()) if d.size else float("nan"),
+                   float(d.std(ddof=1)) if d.size > 1 else float("nan"), int(d.size),
+                   with_ref, measured)
+            for name, (d, with_ref, measured) in _differences(rows).items()}
+
+
+def _differences(rows: list[IntervalRow]) -> dict[str, tuple[np.ndarray, int, int]]:
+    """name -> (ours - reference per record measured by both, records whose
+    reference has it, ours measured of those)."""
     out = {}
     for name, attr in (("PR", "pr_ms"), ("QRS", "qrs_ms"), ("QT", "qt_ms")):
         diffs = []
@@ -396,23 +405,40 @@ def interval_stats(rows: list[IntervalRow]) -> dict[str, tuple[float, float, int
             if ours is not None:
                 measured += 1
                 diffs.append(ours - ref)
-        d = np.array(diffs)
-        out[name] = (float(d.mean()) if d.size else float("nan"),
-                     float(d.std(ddof=1)) if d.size > 1 else float("nan"),
-                     int(d.size), with_ref, measured)
+        out[name] = (np.array(diffs, dtype=np.float64), with_ref, measured)
     return out
+
+
+def bootstrap_ci(d: np.ndarray, n_boot: int = 4000, seed: int = 0
+                 ) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """95% percentile-bootstrap intervals of the mean and the SD of ``d``, resampling
+    records (None below 5 records: too few to say)."""
+    if d.size < 5:
+        return None
+    rng = np.random.default_rng(seed)
+    samples = d[rng.integers(0, d.size, size=(n_boot, d.size))]
+    means = samples.mean(axis=1)
+    sds = samples.std(axis=1, ddof=1)
+    lo, hi = 2.5, 97.5
+    return ((float(np.percentile(means, lo)), float(np.percentile(means, hi))),
+            (float(np.percentile(sds, lo)), float(np.percentile(sds, hi))))
 
 
 def interval_table(sets: dict[str, list[IntervalRow]]) -> str:
     rows = []
     for label, rs in sets.items():
+        diffs = _differences(rs)
         for name, (mean, sd, _n, with_ref, measured) in interval_stats(rs).items():
             lim_m, lim_sd = IEC_LIMITS[name]
             ok = abs(mean) <= lim_m and sd <= lim_sd
-            rows.append([label, name, f"{mean:+.1f}", f"{sd:.1f}", f"+-{lim_m:g} / {lim_sd:g}",
-                         "yes" if ok else "NO", f"{measured}/{with_ref}"])
-    return table(["set", "interval", "mean diff ms", "SD ms", "IEC limit mean/SD", "within",
-                  "measured / ref has it"], rows)
+            ci = bootstrap_ci(diffs[name][0])
+            rows.append([label, name, f"{mean:+.1f}", f"{sd:.1f}",
+                         f"{ci[0][0]:+.1f} .. {ci[0][1]:+.1f}" if ci else "-",
+                         f"{ci[1][0]:.1f} .. {ci[1][1]:.1f}" if ci else "-",
+                         f"+-{lim_m:g} / {lim_sd:g}", "yes" if ok else "NO",
+                         f"{measured}/{with_ref}"])
+    return table(["set", "interval", "mean diff ms", "SD ms", "mean 95% CI", "SD 95% CI",
+                  "IEC limit mean/SD", "within", "measured / ref has it"], rows)
 
 
 def paced_table(rows: list[IntervalRow]) -> str | None:
