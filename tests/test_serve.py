@@ -75,6 +75,9 @@ def test_demo_server_serves_and_stops_cleanly(tmp_path: Path) -> None:
             hits = pb_grpc.EcgArchiveStub(channel).Search(
                 pb.SearchRequest(), metadata=[("authorization", f"Bearer {token}")]).hits
             assert len(hits) == 4  # the demo ECGs, all of demo-clinic
+            # ... measured before the commands to try are printed.
+            assert all(h.heart_rate_bpm.HasField("value") for h in hits), hits
+            assert any(re.fullmatch(r"demo: measured in \d+\.\d s", line) for line in lines)
 
             # Every example command it printed works as printed.
             _run_printed_examples(lines, tmp_path / "try")

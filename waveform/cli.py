@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -175,11 +176,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           + (f", metrics on http://{args.host}:{args.metrics_port}/metrics"
              if args.metrics_port else ""), flush=True)
     if args.demo:
-        _load_demo(server, where, tokens)
+        try:
+            _load_demo(server, where, tokens)
+        except KeyboardInterrupt:  # Ctrl-C while the demo ECGs were being measured
+            server.stop(30.0)
+            archive.close()
+            print("waveform: stopped", flush=True)
+            return 0
     run_until_signalled(server)
     archive.close()
     print("waveform: stopped", flush=True)
     return 0
+
+
+#: How long `serve --demo` waits for its ECGs' measurements before going on.
+_DEMO_MEASURE_S = 300.0
 
 
 def _load_demo(server: Any, where: str, tokens: dict[str, str]) -> None:
@@ -189,7 +200,21 @@ def _load_demo(server: Any, where: str, tokens: dict[str, str]) -> None:
             server.archive.ingested(r.sop_instance_uid)
     stored = sum(not r.already_stored for r in results)
     print(f"demo: {len(results)} ECGs of demo-clinic ({stored} new, "
-          f"{len(results) - stored} already stored)")
+          f"{len(results) - stored} already stored)", flush=True)
+    if stored:
+        # So that the commands below show measurements. On a machine that has not
+        # run the analysis before, its kernels are compiled first (once: cached).
+        print("demo: measuring them (the first run on a machine compiles the signal "
+              "kernels first, under a minute)", flush=True)
+        t0 = time.monotonic()
+        deadline = t0 + _DEMO_MEASURE_S
+        while not server.store.wait_measured(timeout=0.5):  # short waits: Ctrl-C works
+            if time.monotonic() > deadline:
+                print(f"demo: not measured after {_DEMO_MEASURE_S:.0f} s; their summaries "
+                      "appear once they are", flush=True)
+                break
+        else:
+            print(f"demo: measured in {time.monotonic() - t0:.1f} s", flush=True)
     if tokens:
         print("dev tokens (shown once; only their hashes are in the tokens file):")
         for who, token in tokens.items():

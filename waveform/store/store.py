@@ -986,10 +986,10 @@ class Store:
         """The `DurabilityError` that stopped the writer, if any."""
         return self._writer.stopped if self._writer else None
 
-    def wait_measured(self, timeout: float | None = None) -> None:
-        """Block until the measurement stage has caught up (tests, batch jobs)."""
-        if self._measure is not None:
-            self._measure.join(timeout)
+    def wait_measured(self, timeout: float | None = None) -> bool:
+        """Block until the measurement stage has caught up (tests, batch jobs, the
+        demo); False if ``timeout`` ran out first."""
+        return self._measure.join(timeout) if self._measure is not None else True
 
     def close(self) -> None:
         if self._closed:
