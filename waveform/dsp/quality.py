@@ -19,6 +19,8 @@ from enum import IntEnum
 import numba
 import numpy as np
 
+from waveform.dsp.arrays import as_channels
+
 __all__ = ["NOISE_FLOOR_SNR", "LeadQuality", "Reason", "assess", "features", "median_inplace",
            "noise_sigma"]
 
@@ -363,9 +365,7 @@ def _scores(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def assess(x: np.ndarray, fs: float) -> list[LeadQuality]:
     """Quality and limiting reason of each lead of ``x`` (channels, samples) in µV."""
-    arr = np.ascontiguousarray(x, dtype=np.float32 if x.dtype == np.float32 else np.float64)
-    if arr.ndim == 1:
-        arr = arr.reshape(1, -1)
+    arr, _ = as_channels(x)
     f = features(arr, float(fs))
     q, worst, snr = _scores(f)
     return [LeadQuality(qq, _ORDER[w] if qq < 1.0 else Reason.OK, ns, sn)
