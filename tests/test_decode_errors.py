@@ -160,6 +160,41 @@ def test_warnings_record_deviations() -> None:
     assert any("Referring Physician's Name (0008,0090) is absent" in w for w in ecg.warnings)
 
 
+def _drop_channel_attr(name: str, channel: int) -> Callable[[Dataset], None]:
+    def change(ds: Dataset) -> None:
+        for group in ds.WaveformSequence:
+            delattr(group.ChannelDefinitionSequence[channel], name)
+    return change
+
+
+def test_uncalibrated_and_unitless_channels_are_recorded() -> None:
+    ecg = decode(_edit(_drop_channel_attr("ChannelSensitivity", 1)))
+    # Type 1C: an ECG's samples are voltages, so an ECG channel needs a sensitivity.
+    missing = [w for w in ecg.warnings if "Channel Sensitivity (003A,0210) is missing" in w]
+    assert [w.split(":")[0] for w in missing] == [
+        "multiplex group 1 channel 2", "multiplex group 2 channel 2"]
+    assert ecg.groups[0].channels[1].sensitivity == 1.0
+    assert ecg.groups[0].channels[0].sensitivity != 1.0
+    ecg = decode(_edit(_drop_channel_attr("ChannelSensitivityUnitsSequence", 3)))
+    assert any(w.startswith("multiplex group 1 channel 4: Channel Sensitivity Units Sequence "
+                            "(003A,0211) is missing; units unknown") for w in ecg.warnings)
+    assert not any("(003A,0210)" in w for w in ecg.warnings)
+    assert not any("(003A,0210)" in w or "(003A,0211)" in w for w in decode(SRC).warnings)
+
+
+def test_a_respiratory_channel_may_be_in_arbitrary_units() -> None:
+    from waveform.dicom import encode
+    from waveform.dicom.synthetic import synthetic_ecg
+
+    resp = synthetic_ecg(sop_class_uid="1.2.840.10008.5.1.4.1.1.9.6.1", n_channels=1,
+                         interpretation="SS", seed=4)
+    ds = pydicom.dcmread(io.BytesIO(encode(resp)))
+    _drop_channel_attr("ChannelSensitivity", 0)(ds)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    assert not any("(003A,0210)" in w for w in decode(out.getvalue()).warnings)
+
+
 def test_g711_tables_match_the_reference_codec() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

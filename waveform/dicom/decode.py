@@ -456,7 +456,7 @@ def _group(r: Reader, tokens: Tokens, f: Fields, gi: int, sop: SopClass) -> Wave
         else:
             r.warnings.append(f"{where}: Waveform Padding Value (5400,100A) has {n[kp]} bytes, "
                               f"fewer than a {size}-byte sample; ignored")
-    channels = _channels(r, tokens, ch_seq, ch_items, fs, padding, where)
+    channels = _channels(r, tokens, ch_seq, ch_items, fs, padding, where, sop.ecg)
     offset_ms = r.ds(o[_G["time_offset"]], n[_G["time_offset"]],
                         f"{where}: Multiplex Group Time Offset", 0.0)
     return WaveformGroup(
@@ -490,7 +490,7 @@ _CHANNEL_CACHE_LIMIT = 1024
 
 
 def _channels(r: Reader, tokens: Tokens, seq: int, items: np.ndarray, fs: float,
-              padding: int | None, where: str) -> tuple[Channel, ...]:
+              padding: int | None, where: str, ecg: bool) -> tuple[Channel, ...]:
     """The channel definitions of one group.
 
     A cart sends the same definitions with every ECG (often for both of its
@@ -502,11 +502,11 @@ def _channels(r: Reader, tokens: Tokens, seq: int, items: np.ndarray, fs: float,
     stop = int(tokens.offs[end_tok]) + (int(tokens.lens[end_tok]) if end_tok > seq else 0)
     key = b"".join((r.raw(start, stop - start), b"|", r.little.to_bytes(1, "little"),
                     r.implicit.to_bytes(1, "little"), r.charset.encode(), repr(fs).encode(),
-                    repr(padding).encode()))
+                    repr(padding).encode(), bytes([ecg])))
     hit = _CHANNEL_CACHE.get(key)
     if hit is None:
         warnings_before = len(r.warnings)
-        channels = _decode_channels(r, tokens, items, fs, padding, where)
+        channels = _decode_channels(r, tokens, items, fs, padding, where, ecg)
         if len(_CHANNEL_CACHE) >= _CHANNEL_CACHE_LIMIT:
             _CHANNEL_CACHE.clear()
         # Warnings are kept with the group's name as a placeholder: the same
@@ -519,7 +519,10 @@ def _channels(r: Reader, tokens: Tokens, seq: int, items: np.ndarray, fs: float,
 
 
 def _decode_channels(r: Reader, tokens: Tokens, items: np.ndarray, fs: float,
-                     padding: int | None, where: str) -> tuple[Channel, ...]:
+                     padding: int | None, where: str, ecg: bool) -> tuple[Channel, ...]:
+    """``ecg``: an IOD of `SopClass.ecg`, whose channels are measured potentials
+    (or pressures), so that Channel Sensitivity is required (Type 1C: samples in
+    defined units)."""
     f = Fields(tokens, items, _CHANNEL_TAGS, _CHANNEL_KEYS, f"{where} channel definitions")
     sources = codes(r, tokens, f.idx[:, _C["source"]].copy(), f"{where} channel sources")
     units = codes(r, tokens, f.idx[:, _C["units"]].copy(), f"{where} channel units")
@@ -552,6 +555,10 @@ def _decode_channels(r: Reader, tokens: Tokens, items: np.ndarray, fs: float,
         if not miss[0] and units[ci] is None:
             r.warnings.append(f"{where} channel {ci + 1}: Channel Sensitivity Units Sequence "
                               "(003A,0211) is missing; units unknown")
+        elif miss[0] and ecg:
+            r.warnings.append(f"{where} channel {ci + 1}: Channel Sensitivity (003A,0210) is "
+                              "missing (Type 1C, required for samples in defined units): the "
+                              "samples are taken as they are, 1 per unit")
         skew = val[3] if not miss[3] else (val[4] / fs if not miss[4] else 0.0)
         kb = _C["bits_stored"]
         bits_stored = (r.uint(o[kb], n[kb], f.vrs[ci][kb], f"{where} Waveform Bits Stored")
