@@ -599,6 +599,10 @@ def main(small: bool = False) -> None:
         sets[f"{REPORT}, unpaced"] = [r for r in sets[REPORT] if r.record not in paced]
     print("\nIntervals on LUDB vs the cardiologists' global marks (record medians)\n")
     print(interval_table(sets))
+    no_p = [r.record for r in rows if r.ref.pr_ms is None]
+    false_p = [k for k in no_p if next(r for r in rows if r.record == k).ours["PR"] is not None]
+    print(f"\nPR reported where the readers marked no P wave: {len(false_p)} of {len(no_p)} "
+          f"records ({', '.join(map(str, false_p)) or 'none'})")
     pt = paced_table(rows)
     if pt:
         print("\nPaced LUDB records (ludb.csv): beats that follow a pacemaker pulse\n")

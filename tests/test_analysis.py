@@ -516,3 +516,57 @@ def test_wfdb_ecg_takes_lowercase_millivolts(tmp_path: Path) -> None:
     assert g is not None and [c.units for c in g.channels] == ["mV", "mV"]
     s = analyze(e)
     assert s.heart_rate_bpm.value == pytest.approx(75.0, abs=0.5)
+
+
+@pytest.mark.parametrize("heart_rate", [85.0, 90.0])
+def test_the_p_wave_of_a_sinus_tachycardia_is_found_after_the_t_wave(heart_rate: float
+                                                                      ) -> None:
+    """At these rates the previous T wave reaches into the 350 ms before the QRS
+    and its tail is the largest wave there; the P wave is looked for after it.
+    (The generator's T wave does not shorten with the rate: from about 100/min
+    its P wave starts before the previous T wave ends.)"""
+    from waveform.dicom.synthetic import synthetic_ecg as cart_ecg
+
+    slow = analyze(cart_ecg(heart_rate=72.0, seed=2))
+    fast = analyze(cart_ecg(heart_rate=heart_rate, seed=2))
+    assert slow.pr_ms.value is not None and fast.pr_ms.value is not None, fast.pr_ms.reason
+    assert abs(fast.pr_ms.value - slow.pr_ms.value) <= 10.0  # the generator's PR is fixed
+
+
+def test_p_repeats_tells_a_p_wave_from_an_average_of_unlike_waves() -> None:
+    from waveform.analysis import _p_repeats
+
+    rng = np.random.default_rng(11)
+    fs, pre, n = FS, 250, 12
+    beats = pre + np.arange(n) * 400
+    t = np.arange(beats[-1] + 300) / fs
+    sinus = np.zeros((3, t.size))
+    fib = np.zeros((3, t.size))
+    for b in beats:
+        sinus += np.array([[1.0], [0.7], [0.4]]) * 150 * _gauss(t, (b - 80) / fs, 0.02)
+    # f waves: 5-8 Hz, their phase unrelated to the beats.
+    for lead in range(3):
+        f = rng.uniform(5.0, 8.0)
+        fib[lead] = 60 * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
+    vote = np.ones(3, dtype=np.bool_)
+    p_on, p_off = pre - 80 - 25, pre - 80 + 25
+    noisy = sinus + rng.normal(0.0, 40.0, sinus.shape)
+    assert _p_repeats(noisy, beats, pre, p_on, p_off, vote, fs) > 0.9
+    assert _p_repeats(fib, beats, pre, p_on, p_off, vote, fs) < 0.3
+    # Too few beats to compare: the median beat's P wave stands.
+    assert _p_repeats(fib, beats[:2], pre, p_on, p_off, vote, fs) == 1.0
+
+
+def test_no_p_wave_in_atrial_fibrillation_on_ludb() -> None:
+    """Every LUDB record diagnosed with atrial fibrillation or flutter (ludb.csv)
+    reports no P wave, and says why; 1.5.0 reported one on four of them."""
+    import csv
+
+    path = shared("wfdb", "ludb", "ludb.csv")
+    rhythms = {int(r["ID"]): r["Rhythms"] for r in csv.DictReader(path.open())}
+    fib = [k for k, r in rhythms.items() if k <= 100 and ("fibrillation" in r or "flutter" in r)]
+    assert len(fib) >= 6
+    for k in fib:
+        s = analyze(wfdb_ecg(path.parent / str(k)))
+        assert s.pr_ms.value is None, (k, s.pr_ms)
+        assert s.pr_ms.reason.startswith("no P wave"), (k, s.pr_ms.reason)

@@ -356,3 +356,31 @@ def test_kernels_take_one_lead_or_channels_and_refuse_other_shapes(
         with pytest.raises(InvalidArgument, match=r"must be 1-D or \(channels, samples\)") as e:
             call(bad)
         assert str(e.value).endswith(f"got shape {np.shape(bad)}")
+
+
+def _wave_repeats_numpy(x: np.ndarray, starts: np.ndarray, w: int, rows: np.ndarray,
+                        k: int) -> float:
+    seg = x[rows[:, None, None], starts[None, :, None] + np.arange(w)[None, None, :]]
+    c = np.cumsum(seg, axis=2)
+    seg = (c[:, :, k - 1:] - np.concatenate((np.zeros_like(c[:, :, :1]), c[:, :, :-k]),
+                                             axis=2)) / k
+    seg = seg - seg.mean(axis=2, keepdims=True)
+    others = (seg.sum(axis=1, keepdims=True) - seg) / (starts.size - 1)
+    num = np.einsum("lbw,lbw->b", seg, others)
+    den = np.sqrt(np.einsum("lbw,lbw->b", seg, seg) * np.einsum("lbw,lbw->b", others, others))
+    return float(np.median(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(3, 15), st.integers(20, 80), st.integers(1, 25))
+def test_wave_repeats_matches_numpy(seed: int, nb: int, w: int, k: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(5, 3000)) + np.sin(np.arange(3000) / 7.0)
+    starts = np.sort(rng.choice(3000 - w, nb, replace=False)).astype(np.int64)
+    rows = np.array([0, 2, 3], dtype=np.int64)
+    got = delineate.wave_repeats(x, starts, w, rows, k)
+    if w - k + 1 < 2:
+        assert got == 1.0
+    else:
+        assert got == pytest.approx(_wave_repeats_numpy(x, starts, w, rows, k), abs=1e-9)
+    assert delineate.wave_repeats(x, starts[:2], w, rows, k) == 1.0

@@ -50,7 +50,7 @@ import numpy as np
 
 from waveform.dsp.quality import noise_sigma
 
-__all__ = ["FIDUCIALS", "fiducials", "median_beats"]
+__all__ = ["FIDUCIALS", "fiducials", "median_beats", "wave_repeats"]
 
 #: Order of the points `fiducials` returns.
 FIDUCIALS: tuple[str, ...] = ("p_onset", "p_offset", "qrs_onset", "qrs_offset", "t_offset")
@@ -120,6 +120,60 @@ def _exchange(src: np.ndarray, dst: np.ndarray, first: int, m: int) -> None:
     if k < m:
         for i in range(width):
             dst[k, i] = src[k, i]
+
+
+@numba.njit(cache=True, nogil=True)
+def wave_repeats(x: np.ndarray, starts: np.ndarray, w: int, rows: np.ndarray,
+                 k: int) -> float:
+    """How alike one wave is from beat to beat: the median over beats of the
+    correlation between the beat's span and the average of the other beats'.
+
+    ``x`` (channels, samples); the span of each beat is ``x[rows, s:s + w]``
+    for ``s`` in ``starts`` (all inside ``x``), the leads in ``rows`` taken
+    together, each smoothed by a ``k``-sample moving average and less its
+    mean. Leaving the beat out of the average keeps it from correlating with
+    itself. Fewer than 3 beats, or a span no longer than ``k``: 1.0 (nothing
+    to compare).
+    """
+    nb = starts.shape[0]
+    nl = rows.shape[0]
+    m = w - k + 1
+    if nb < 3 or m < 2:
+        return 1.0
+    seg = np.empty((nb, nl, m))
+    total = np.zeros((nl, m))
+    for b in range(nb):
+        for j in range(nl):
+            xr = x[rows[j]]
+            s0 = starts[b]
+            acc = 0.0
+            for i in range(k - 1):
+                acc += xr[s0 + i]
+            mean = 0.0
+            for i in range(m):
+                acc += xr[s0 + i + k - 1]
+                seg[b, j, i] = acc / k
+                mean += acc / k
+                acc -= xr[s0 + i]
+            mean /= m
+            for i in range(m):
+                seg[b, j, i] -= mean
+                total[j, i] += seg[b, j, i]
+    corr = np.empty(nb)
+    for b in range(nb):
+        num = 0.0
+        ss = 0.0
+        oo = 0.0
+        for j in range(nl):
+            for i in range(m):
+                v = seg[b, j, i]
+                o = (total[j, i] - v) / (nb - 1)
+                num += v * o
+                ss += v * v
+                oo += o * o
+        den = np.sqrt(ss * oo)
+        corr[b] = num / den if den > 0.0 else 0.0
+    return np.median(corr)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -479,9 +533,11 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
     # --- P wave ---
     p_lo = max(1, on0 - int(0.35 * fs))
     # This beat's P wave comes after the previous beat's T wave, which ends one
-    # RR before this beat's: at fast rates the window reaches into that T wave,
-    # and a peak there is no P wave.
+    # RR before this beat's: at fast rates the window reaches into that T wave
+    # (whose tail would be the largest magnitude there and hide the P wave of a
+    # sinus tachycardia), so the search starts where it ended.
     prev_t = t_end - int(rr_s * fs) if t_end >= 0 else -1
+    p_lo = max(p_lo, prev_t)
     p_hi = on0 - int(0.02 * fs)
     if p_hi - p_lo > int(0.05 * fs):
         pp = p_lo
@@ -494,8 +550,7 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
         amp = mag[pp]
         # A real P peak stands inside the window, not at its edge (a T wave
         # of the previous beat or the QRS upstroke reaching in).
-        if (amp > p_min_uv and amp > p_snr * p_noise and pp > p_lo + 2 and pp < p_hi - 2
-                and pp > prev_t):
+        if amp > p_min_uv and amp > p_snr * p_noise and pp > p_lo + 2 and pp < p_hi - 2:
             cut = p_fraction * amp
             # Walk out from the peak to the cut, or to the trough where the
             # P wave meets a neighbouring wave (the T wave at fast rates, a
