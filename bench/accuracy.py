@@ -383,10 +383,14 @@ def evaluate_intervals(records: Sequence[int]) -> list[IntervalRow]:
 
 def interval_stats(rows: list[IntervalRow]) -> dict[str, tuple[float, float, int, int, int]]:
     """name -> (mean diff, SD, compared, ref records with it, ours measured of those)."""
-    return {name: (float(d.mean()) if d.size else float("nan"),
-                   float(d.std(ddof=1)) if d.size > 1 else float("nan"), int(d.size),
-                   with_ref, measured)
-            for name, (d, with_ref, measured) in _differences(rows).items()}
+    return {name: _stats(*v) for name, v in _differences(rows).items()}
+
+
+def _stats(d: np.ndarray, with_ref: int, measured: int
+           ) -> tuple[float, float, int, int, int]:
+    return (float(d.mean()) if d.size else float("nan"),
+            float(d.std(ddof=1)) if d.size > 1 else float("nan"), int(d.size),
+            with_ref, measured)
 
 
 def _differences(rows: list[IntervalRow]) -> dict[str, tuple[np.ndarray, int, int]]:
@@ -427,11 +431,11 @@ def bootstrap_ci(d: np.ndarray, n_boot: int = 4000, seed: int = 0
 def interval_table(sets: dict[str, list[IntervalRow]]) -> str:
     rows = []
     for label, rs in sets.items():
-        diffs = _differences(rs)
-        for name, (mean, sd, _n, with_ref, measured) in interval_stats(rs).items():
+        for name, (d, with_ref, measured) in _differences(rs).items():
+            mean, sd, _n, _, _ = _stats(d, with_ref, measured)
             lim_m, lim_sd = IEC_LIMITS[name]
             ok = abs(mean) <= lim_m and sd <= lim_sd
-            ci = bootstrap_ci(diffs[name][0])
+            ci = bootstrap_ci(d)
             rows.append([label, name, f"{mean:+.1f}", f"{sd:.1f}",
                          f"{ci[0][0]:+.1f} .. {ci[0][1]:+.1f}" if ci else "-",
                          f"{ci[1][0]:.1f} .. {ci[1][1]:.1f}" if ci else "-",
@@ -599,8 +603,8 @@ def main(small: bool = False) -> None:
         sets[f"{REPORT}, unpaced"] = [r for r in sets[REPORT] if r.record not in paced]
     print("\nIntervals on LUDB vs the cardiologists' global marks (record medians)\n")
     print(interval_table(sets))
-    no_p = [r.record for r in rows if r.ref.pr_ms is None]
-    false_p = [k for k in no_p if next(r for r in rows if r.record == k).ours["PR"] is not None]
+    no_p = [r for r in rows if r.ref.pr_ms is None]
+    false_p = [r.record for r in no_p if r.ours["PR"] is not None]
     print(f"\nPR reported where the readers marked no P wave: {len(false_p)} of {len(no_p)} "
           f"records ({', '.join(map(str, false_p)) or 'none'})")
     pt = paced_table(rows)

@@ -175,15 +175,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"waveform: serving {data.resolve()} on {where}"
           + (f", metrics on http://{args.host}:{args.metrics_port}/metrics"
              if args.metrics_port else ""), flush=True)
-    if args.demo:
-        try:
+    try:
+        if args.demo:
             _load_demo(server, where, tokens)
-        except KeyboardInterrupt:  # Ctrl-C while the demo ECGs were being measured
-            server.stop(30.0)
-            archive.close()
-            print("waveform: stopped", flush=True)
-            return 0
-    run_until_signalled(server)
+    except KeyboardInterrupt:  # Ctrl-C while the demo ECGs were being measured
+        server.stop(30.0)
+    else:
+        run_until_signalled(server)
     archive.close()
     print("waveform: stopped", flush=True)
     return 0

@@ -629,19 +629,15 @@ class Store:
     def _stored_objects(self, uids: Sequence[str]) -> dict[str, bytes | Exception]:
         """Measurement hook: the original objects of ``uids`` (or why one cannot be read).
 
-        Rows committed together are consecutive in their files, so each run of
-        consecutive ``header`` and ``waveform`` rows is read once, not a row group
-        per object; anything unexpected falls back to `get_dicom` for that object.
+        Rows committed together are neighbours in their files, so their ``header``
+        and ``waveform`` rows are read a row group at a time (`_read_rows`), not a
+        row group per object; anything unexpected falls back to `get_dicom` for
+        that object.
         """
         from waveform.dicom import join
 
-        entries: dict[str, _Entry] = {}
-        out: dict[str, bytes | Exception] = {}
-        for uid in uids:
-            try:
-                entries[uid] = self._entry(uid)
-            except WaveformError as missing:
-                out[uid] = missing
+        entries, missing = self._entries(uids)
+        out: dict[str, bytes | Exception] = dict(missing)
         heads = self._read_rows([e.header for e in entries.values() if e.header[1] >= 0],
                                 ["sop_instance_uid", "header"])
         groups = self._read_rows([g for e in entries.values() for g in e.groups],
@@ -666,6 +662,18 @@ class Store:
             except (WaveformError, OSError) as err:  # this object only
                 out[uid] = err
         return out
+
+    def _entries(self, uids: Iterable[str]
+                 ) -> tuple[dict[str, _Entry], dict[str, WaveformError]]:
+        """The index entries of ``uids``, and why each of the others has none."""
+        entries: dict[str, _Entry] = {}
+        missing: dict[str, WaveformError] = {}
+        for uid in uids:
+            try:
+                entries[uid] = self._entry(uid)
+            except WaveformError as err:
+                missing[uid] = err
+        return entries, missing
 
     def _read_rows(self, locators: Sequence[tuple[str, int]], columns: list[str]
                    ) -> dict[tuple[str, int], dict[str, Any]]:
@@ -772,7 +780,7 @@ class Store:
     def ecg_context(self, uid: str, columns: Sequence[str] = ()) -> dict[str, Any]:
         """``ecg`` columns of one ECG: those summary rows carry (`schema.SUMMARY_CONTEXT`)
         and any others named in ``columns``."""
-        cols = list(dict.fromkeys(["sop_instance_uid", *_schema.SUMMARY_CONTEXT, *columns]))
+        cols = _context_columns(columns)
 
         def fetch(e: _Entry) -> dict[str, Any]:
             row = self._reader.read(e.ecg[0], e.ecg[1], cols)[0]
@@ -785,18 +793,12 @@ class Store:
 
     def ecg_contexts(self, uids: Sequence[str], columns: Sequence[str] = ()
                      ) -> dict[str, dict[str, Any] | Exception]:
-        """`ecg_context` of many ECGs (or why one cannot be read), each run of
-        consecutive ``ecg`` rows of a file read at once: ECGs committed together are
+        """`ecg_context` of many ECGs (or why one cannot be read), their ``ecg``
+        rows read a row group at a time (`_read_rows`): ECGs committed together are
         neighbours there, and one read per row cost each new ECG a row group."""
-        cols = list(dict.fromkeys(["sop_instance_uid", *_schema.SUMMARY_CONTEXT, *columns]))
-        entries: dict[str, _Entry] = {}
-        out: dict[str, dict[str, Any] | Exception] = {}
-        for uid in uids:
-            try:
-                entries[uid] = self._entry(uid)
-            except WaveformError as missing:
-                out[uid] = missing
-        rows = self._read_rows([e.ecg for e in entries.values()], cols)
+        entries, missing = self._entries(uids)
+        out: dict[str, dict[str, Any] | Exception] = dict(missing)
+        rows = self._read_rows([e.ecg for e in entries.values()], _context_columns(columns))
         for uid, e in entries.items():
             row = rows.get(e.ecg)
             if row is not None and row["sop_instance_uid"] == uid:
@@ -1008,6 +1010,12 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _context_columns(columns: Sequence[str]) -> list[str]:
+    """The ``ecg`` columns `Store.ecg_context` reads: the UID (to check the
+    locator), those summary rows carry, and ``columns``, each once."""
+    return list(dict.fromkeys(["sop_instance_uid", *_schema.SUMMARY_CONTEXT, *columns]))
 
 
 def _already(first: Future[IngestResult]) -> Future[IngestResult]:
