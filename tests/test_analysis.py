@@ -518,13 +518,13 @@ def test_wfdb_ecg_takes_lowercase_millivolts(tmp_path: Path) -> None:
     assert s.heart_rate_bpm.value == pytest.approx(75.0, abs=0.5)
 
 
-@pytest.mark.parametrize("heart_rate", [85.0, 90.0])
+@pytest.mark.parametrize("heart_rate", [85.0, 90.0, 100.0, 110.0])
 def test_the_p_wave_of_a_sinus_tachycardia_is_found_after_the_t_wave(heart_rate: float
                                                                       ) -> None:
     """At these rates the previous T wave reaches into the 350 ms before the QRS
     and its tail is the largest wave there; the P wave is looked for after it.
-    (The generator's T wave does not shorten with the rate: from about 100/min
-    its P wave starts before the previous T wave ends.)"""
+    (The generator's QT shortens with the rate as Fridericia's law has it; its
+    PR does not.)"""
     from waveform.dicom.synthetic import synthetic_ecg as cart_ecg
 
     slow = analyze(cart_ecg(heart_rate=72.0, seed=2))

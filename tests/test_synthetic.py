@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy.signal import find_peaks
@@ -66,6 +68,27 @@ def test_heart_rate_as_asked(heart_rate: float, fs: float) -> None:
     peaks, _ = find_peaks(ii, height=0.5 * ii.max(), distance=int(0.25 * fs))
     measured = 60.0 / (np.median(np.diff(peaks)) / fs)
     assert measured == pytest.approx(heart_rate, rel=0.03)
+
+
+def _t_peak_after_r(heart_rate: float) -> float:
+    """Median time (s) from each R peak of lead II to the T wave's peak after it."""
+    fs = 1000.0
+    ecg = synthetic_ecg(heart_rate=heart_rate, fs=fs, duration_s=10.0, seed=5)
+    g = ecg.groups[0]
+    ii = _physical(g)[g.lead_index("II")]
+    r, _ = find_peaks(ii, height=0.5 * ii.max(), distance=int(0.25 * fs))
+    lags = [np.argmax(ii[a + int(0.12 * fs):b - int(0.2 * fs)]) / fs + 0.12
+            for a, b in itertools.pairwise(r)]
+    return float(np.median(lags))
+
+
+def test_qt_follows_the_rate_as_fridericia_has_it() -> None:
+    """The T wave's time from the QRS onset (45 ms before the R peak) scales as
+    RR^(1/3): from 60/min to 120/min by 2^(-1/3). At 72/min it peaks 250 ms
+    after the R peak, so at 60/min 295 ms x 1.2^(1/3) after the onset."""
+    slow, fast = _t_peak_after_r(60.0), _t_peak_after_r(120.0)
+    assert slow + 0.045 == pytest.approx(0.295 * 1.2 ** (1 / 3), abs=0.004)
+    assert (fast + 0.045) / (slow + 0.045) == pytest.approx(2.0 ** (-1 / 3), rel=0.02)
 
 
 @pytest.mark.parametrize(("bits", "interp"), sorted(SAMPLE_DTYPES))

@@ -83,6 +83,9 @@ class _Wave:
     mv: float
     axis_deg: float
     precordial: tuple[float, float, float, float, float, float]
+    #: Ventricular repolarisation (the T wave): its timing and width follow the
+    #: heart rate (`_repolarisation_scale`).
+    repolarisation: bool = False
 
 
 # A normal adult beat: frontal axis about +60 degrees, R wave progression V1->V5.
@@ -91,8 +94,25 @@ _BEAT: tuple[_Wave, ...] = (
     _Wave(-0.028, 0.008, -0.10, 60.0, (0.0, 0.0, 0.0, -0.05, -0.10, -0.10)),
     _Wave(0.0, 0.010, 1.20, 60.0, (0.25, 0.55, 0.85, 1.25, 1.40, 1.10)),
     _Wave(0.030, 0.010, -0.30, 60.0, (-0.90, -1.20, -0.80, -0.40, -0.20, -0.10)),
-    _Wave(0.28, 0.045, 0.35, 45.0, (-0.10, 0.30, 0.45, 0.40, 0.35, 0.25)),
+    _Wave(0.25, 0.040, 0.35, 45.0, (-0.10, 0.30, 0.45, 0.40, 0.35, 0.25), repolarisation=True),
 )
+#: The RR interval (s) at which `_BEAT` has its nominal timing (72/min).
+_NOMINAL_RR_S = 60.0 / 72.0
+#: Where `_BEAT`'s QRS complex starts (s from the R peak): the QT interval,
+#: which `_repolarisation_scale` scales, is counted from here.
+_QRS_ONSET_S = -0.045
+
+
+def _repolarisation_scale(rr_s: float) -> float:
+    """How much the T wave's time from the QRS onset and its width scale at RR ``rr_s``.
+
+    The QT interval shortens as the rate rises; Fridericia's cube-root law
+    (QT proportional to RR^(1/3)) describes it well over the resting and
+    tachycardic range. 1 at 72/min, so the nominal beat is unchanged there.
+    Without it the T wave of a beat at 100/min or faster would run into the
+    next beat's P wave, which no sinus rhythm does.
+    """
+    return float((rr_s / _NOMINAL_RR_S) ** (1.0 / 3.0))
 
 
 def _units_per_mv(units: str) -> float:
@@ -119,11 +139,12 @@ def _r_peaks(duration_s: float, heart_rate: float, rng: np.random.Generator) -> 
 
 
 def _limb_and_chest(
-    t: np.ndarray, peaks: np.ndarray, rng: np.random.Generator
+    t: np.ndarray, peaks: np.ndarray, rng: np.random.Generator, rr_s: float
 ) -> dict[str, np.ndarray]:
-    """The twelve leads in mV at times ``t`` for beats at ``peaks``, with 10 uV of noise
-    on the two independent limb leads and the chest leads (so the derived limb leads
-    still obey Einthoven exactly)."""
+    """The twelve leads in mV at times ``t`` for beats at ``peaks`` (mean RR ``rr_s``),
+    with 10 uV of noise on the two independent limb leads and the chest leads (so
+    the derived limb leads still obey Einthoven exactly)."""
+    qt = _repolarisation_scale(rr_s)
     lead_i = 0.01 * rng.standard_normal(t.size)
     lead_ii = 0.01 * rng.standard_normal(t.size)
     chest = 0.01 * rng.standard_normal((6, t.size))
@@ -133,7 +154,9 @@ def _limb_and_chest(
             continue
         tt = t[near] - r
         for w in _BEAT:
-            shape = np.exp(-0.5 * ((tt - w.at_s) / w.width_s) ** 2)
+            k = qt if w.repolarisation else 1.0
+            at = _QRS_ONSET_S + k * (w.at_s - _QRS_ONSET_S)
+            shape = np.exp(-0.5 * ((tt - at) / (k * w.width_s)) ** 2)
             axis = math.radians(w.axis_deg)
             lead_i[near] += w.mv * math.cos(axis) * shape
             lead_ii[near] += w.mv * math.cos(axis - math.radians(60.0)) * shape
@@ -341,7 +364,7 @@ def synthetic_ecg(
 
     def group_signal(tt: np.ndarray, pk: np.ndarray) -> tuple[np.ndarray, list[Channel]]:
         if other is None:
-            leads = _limb_and_chest(tt, pk, rng)
+            leads = _limb_and_chest(tt, pk, rng, 60.0 / heart_rate)
             scale = _units_per_mv(units)
             specs = _ecg_channels(n_channels)
             rows = [sum(w * leads[k] for k, w in mix.items()) * scale
