@@ -23,7 +23,7 @@ from waveform.model import LeadQuality, Measured, Summary, WaveformGroup
 
 __all__ = ["ANALYSIS_FS", "ANALYSIS_VERSION", "analyze", "detect_beats"]
 
-ANALYSIS_VERSION = "1.6.0"
+ANALYSIS_VERSION = "2.0.0"
 #: Rate every rhythm group is analysed at (Hz).
 ANALYSIS_FS = 500.0
 #: The diagnostic filter every stage shares.
@@ -41,6 +41,10 @@ _PREMATURE = 0.8
 #: beat is an average of waves that do not. The middle of the gap on the tuning
 #: half of LUDB: sinus rhythm 0.77-1.00, atrial fibrillation at most 0.45.
 _P_REPEATS = 0.6
+#: The span `_p_repeats` compares starts this long (s) before the P onset: the
+#: P wave's rise out of the TP segment is part of what repeats in sinus rhythm
+#: and what f waves do not (the span `_P_REPEATS` was measured on).
+_P_LEAD_IN_S = 0.016
 #: A lead quality reason's name (the enum's ``.name`` is a slow property).
 _REASON_NAMES = {r: r.name for r in quality.Reason}
 #: Least lead quality (0..1) for a lead to vote on the global boundaries.
@@ -224,7 +228,8 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
     to_ms = 1000.0 / fs
     no_median = "" if complete else "no complete beat for a median beat"
     no_p = "no P wave on the median beat (atrial fibrillation, flutter or P below noise)"
-    if fid[0] >= 0 and _p_repeats(bp, use, pre, int(fid[0]), int(fid[1]), vote, fs) < _P_REPEATS:
+    if fid[0] >= 0 and _p_repeats(bp, use, pre, max(int(fid[0]) - round(_P_LEAD_IN_S * fs), 0),
+                                  int(fid[1]), vote, fs) < _P_REPEATS:
         fid[0] = fid[1] = -1
         no_p = ("no P wave that repeats from beat to beat (atrial fibrillation or flutter, or "
                 "noise as large as the P wave: the median beat's is an average of unlike waves)")

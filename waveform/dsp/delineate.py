@@ -29,11 +29,11 @@ and latest offset over leads):
   the global offset the third latest over leads whose T wave stands out (at
   least 50 µV from the PR level and from the line joining the ST level to the
   TP level: a flat T wave on a TP segment off the PR level does not vote);
-- each boundary then moves by a constant margin: human readers mark onsets
-  before the first deflection that a slope threshold sees and offsets after
-  the last (LUDB's QRS marks lie ~16 ms before and ~10 ms after, its P onset
-  ~16 ms before and its T end ~10 ms after our points); the margins were
-  measured on the tuning half of LUDB only (odd records, docs/accuracy.md);
+- no boundary is moved by a reader margin: each point is where the signal
+  itself starts or ends, the convention of the cart programs a clinician
+  compares the archive with (within a few ms of GE's 12SL and a Mortara ELI on
+  the QRS and QT, docs/accuracy.md). LUDB's cardiologists mark QRS onsets
+  ~25 ms wider than this, around complexes these programs measure normal;
 - P wave where the spatial magnitude before the QRS forms a peak well above
   the median beat's noise; its offset where it falls to a fraction of that
   peak, its onset where it falls to a fraction of its height above the floor
@@ -76,11 +76,6 @@ _T_LEVEL_S = 0.010
 # offset, 1 = the second latest, ...).
 _RANK_QRS_OFF = 1
 _RANK_T_OFF = 2
-# Margins (s) added to the QRS onset, QRS offset, T offset and P onset (see above).
-_QRS_ON_MARGIN_S = -0.016
-_QRS_OFF_MARGIN_S = 0.010
-_T_OFF_MARGIN_S = 0.010
-_P_ON_MARGIN_S = -0.016
 # P wave: least spatial magnitude peak (µV) and its multiple of the noise, the
 # fractions of its height that bound it (offset: of the peak; onset: of the
 # height above the floor before it), and the share of that height below which
@@ -450,7 +445,6 @@ def _t_end(med: np.ndarray, q_on: int, q_off: int, fs: float, rr_s: float, use: 
 PARAMS: tuple[float, ...] = (
     _QRS_ON_FRACTION, _QRS_OFF_FRACTION, _QRS_GAP_S, _QRS_SNR, _RANK_QRS_OFF,
     _T_WINDOW_S, _T_MIN_UV, _T_SNR, _RANK_T_OFF,
-    _QRS_ON_MARGIN_S, _QRS_OFF_MARGIN_S, _T_OFF_MARGIN_S, _P_ON_MARGIN_S,
     _P_MIN_UV, _P_SNR, _P_FRACTION,
 )
 
@@ -480,9 +474,7 @@ def fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float,
 def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarray,
                pace: int, f_on: float, f_off: float, gap_s: float, qrs_snr: float,
                rank_off: float, t_window_s: float, t_min_uv: float, t_snr: float,
-               rank_t: float, on_margin_s: float, off_margin_s: float, t_margin_s: float,
-               p_margin_s: float,
-               p_min_uv: float, p_snr: float, p_fraction: float) -> np.ndarray:
+               rank_t: float, p_min_uv: float, p_snr: float, p_fraction: float) -> np.ndarray:
     out = np.full(5, -1, dtype=np.int64)
     n_ch, n = med.shape
     if n < 8 or np.isnan(med).any():
@@ -509,24 +501,19 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
     on0, off0 = _qrs_bounds(med, peak, fs, use, noise, f_on, f_off, gap_s, qrs_snr,
                             int(rank_off))
     if spike >= 0:
-        # A paced QRS starts at the stimulus: LUDB's readers mark its onset at
-        # the pulse or just after it on the unfiltered trace, so neither the
-        # slope walk (which would run through the smeared pulse) nor the
-        # reader margin applies.
+        # A paced QRS starts at the stimulus (its duration is measured from
+        # the pulse, where LUDB's readers also mark it on the unfiltered
+        # trace); the slope walk would run through the smeared pulse.
         on0 = spike
     if on0 < 0 or off0 < 0 or on0 >= peak or off0 <= peak:
         return out
-    on = spike if spike >= 0 else max(0, on0 + int(np.round(on_margin_s * fs)))
-    off = min(n - 1, off0 + int(np.round(off_margin_s * fs)))
-    out[2] = on
-    out[3] = off
+    out[2] = on0
+    out[3] = off0
     # --- T offset ---
     t_end = _t_end(med, on0, off0, fs, rr_s, use, noise, t_window_s, t_min_uv, t_snr,
                    int(rank_t))
     if t_end >= 0:
-        t_end += int(np.round(t_margin_s * fs))
-        if t_end < n:
-            out[4] = t_end
+        out[4] = t_end
     iso_half = max(int(0.01 * fs), 1)
     iso = max(on0 - iso_half, 0)
     mag = _magnitude(med, iso, iso_half)
@@ -580,6 +567,6 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
                     mag[b] < 0.5 * amp and mag[b + 1] >= mag[b]):
                 b += 1
             if a > p_lo and b < on0:
-                out[0] = max(0, on_p + int(np.round(p_margin_s * fs)))
+                out[0] = on_p
                 out[1] = b
     return out
