@@ -35,6 +35,12 @@ _POST_S = 0.7
 #: A beat is premature when it comes this much earlier than the median RR
 #: (the usual 20% prematurity criterion of Holter analysis).
 _PREMATURE = 0.8
+#: Median successive RR difference over the median RR above which a rhythm
+#: with no P wave is irregularly irregular (atrial fibrillation): its beats
+#: have no expected time to come early against, so their class is unknown.
+#: On the tuning half of LUDB, atrial fibrillation 0.26-0.68; flutter, paced
+#: and other rhythms without a P wave at most 0.03, sinus arrhythmia 0.08.
+_IRREGULAR = 0.1
 #: Least median correlation between each beat's P span and the other beats'
 #: average (`_p_repeats`) for the median beat's P wave to count: a sinus P wave
 #: repeats beat after beat, while what atrial fibrillation leaves in a median
@@ -233,6 +239,12 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
         fid[0] = fid[1] = -1
         no_p = ("no P wave that repeats from beat to beat (atrial fibrillation or flutter, or "
                 "noise as large as the P wave: the median beat's is an average of unlike waves)")
+    if fid[0] < 0 and len(rr) >= 3:
+        # No P wave and irregular RR: "premature" would only say "shorter
+        # than the median", which half of an atrial fibrillation's beats are.
+        steps = sorted(abs(b - a) for a, b in itertools.pairwise(rr))
+        if steps[len(steps) // 2] > _IRREGULAR * rr_med:
+            classes = ["U"] * nb
     reasons = {
         0: no_median or no_p,
         1: no_median or no_p,

@@ -300,7 +300,10 @@ class Summary:
     """What the analysis measured on one ECG's rhythm group.
 
     ``beats`` are sample indices at the group's own rate (``sampling_frequency``)
-    with one class each: "N" normal, "P" premature, "U" unknown. ``median_beat``
+    with one class each: "N" normal, "P" premature (20% before the median RR),
+    "U" unknown (the first beat, a beat after a stretch no lead recorded, and
+    every beat of a rhythm with no P wave and irregular RR intervals, as in
+    atrial fibrillation, which has no expected beat time). ``median_beat``
     is float32 µV (leads, samples) at ``median_fs``; fiducials (``*_onset_ms``,
     ``*_offset_ms``) are ms from the start of the median beat, global over leads
     as in the CSE convention (earliest onset, latest offset). Each scalar is a
