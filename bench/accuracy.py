@@ -49,6 +49,10 @@ LUDB_LEADS = ("i", "ii", "iii", "avr", "avl", "avf", "v1", "v2", "v3", "v4", "v5
 #: MIT-BIH beat annotation codes (non-beat annotations such as "+" rhythm
 #: changes and "~" noise are excluded, as EC57 requires).
 BEAT_CODES = frozenset("NLRBAaJSVrFejnE/fQ?")
+#: Beats that come early by definition: atrial (also aberrated), nodal,
+#: supraventricular and ventricular premature beats (escape and fusion beats
+#: do not).
+PREMATURE_CODES = frozenset("AaJSV")
 EC57_WINDOW_S = 0.150
 TUNING = "tuning (LUDB odd)"
 REPORT = "report (LUDB even)"
@@ -471,6 +475,56 @@ def paced_table(rows: list[IntervalRow]) -> str | None:
                   "QT diff ms"], out)
 
 
+# --- beat classes ----------------------------------------------------------------
+
+
+#: Whole annotated records whose beat labels `beat_class_table` compares with.
+CLASS_RECORDS = ("mitbih/100", "cpsc2021/data_84_1")
+
+
+def beat_classes(record: str) -> dict[str, dict[str, int]]:
+    """`analyze()`'s beat classes on a whole annotated record (under ``WFDB``):
+    of our beats matched (150 ms) to the reference's premature beats and to its
+    other beats, how many are "P", "N" and "U":
+    ``{"premature": {"P": n, "N": n, "U": n}, "other": {...}}``."""
+    import wfdb
+
+    from waveform.analysis import analyze
+
+    rec = WFDB / record
+    ann = wfdb.rdann(str(rec), "atr")
+    symbols = np.asarray(ann.symbol)
+    keep = np.isin(symbols, list(BEAT_CODES))
+    ref = np.asarray(ann.sample)[keep]
+    premature = np.isin(symbols[keep], list(PREMATURE_CODES))
+    ecg = wfdb_ecg(rec)
+    s = analyze(ecg)
+    w = round(EC57_WINDOW_S * ecg.groups[0].sampling_frequency)
+    out = {"premature": dict.fromkeys("PNU", 0), "other": dict.fromkeys("PNU", 0)}
+    for b, c in zip(s.beats.tolist(), s.beat_classes, strict=True):
+        k = int(np.searchsorted(ref, b))
+        near = [j for j in (k - 1, k) if 0 <= j < ref.shape[0] and abs(int(ref[j]) - b) <= w]
+        if near:
+            j = min(near, key=lambda j: abs(int(ref[j]) - b))
+            out["premature" if premature[j] else "other"][c] += 1
+    return out
+
+
+def beat_class_table() -> str | None:
+    rows: list[list[object]] = []
+    for record in CLASS_RECORDS:
+        if not (WFDB / record).with_suffix(".hea").exists():
+            continue
+        c = beat_classes(record)
+        p, o = c["premature"], c["other"]
+        rows.append([record, sum(p.values()), f"{p['P']} / {p['N']} / {p['U']}",
+                     sum(o.values()), f"{o['P']} / {o['N']} / {o['U']}"])
+    if not rows:
+        return None
+    return table(["record", "premature beats (ref)", "ours P / N / U", "other beats (ref)",
+                  "ours P / N / U"], rows)
+
+
 # --- the cart's own measurements ------------------------------------------------
 
 
@@ -598,6 +652,11 @@ def main(small: bool = False) -> None:
     counts = evaluate_qrs(cases)
     print("QRS detection (EC57, 150 ms window); peers get lead II (MLII)\n")
     print(qrs_table(cases, counts))
+    classes = None if small else beat_class_table()
+    if classes:
+        print("\nBeat classes of analyze() on whole records: P premature, N normal, U unknown "
+              "(no P wave and irregular RR)\n")
+        print(classes)
     rows = evaluate_intervals(ludb)
     sets = {TUNING: [r for r in rows if r.record % 2], REPORT: [r for r in rows
                                                                 if not r.record % 2]}

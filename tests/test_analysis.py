@@ -580,6 +580,23 @@ def test_p_repeats_tells_a_p_wave_from_an_average_of_unlike_waves() -> None:
     assert _p_repeats(fib, beats[:2], pre, p_on, p_off, vote, fs) == 1.0
 
 
+def test_beat_classes_against_mitbih_and_cpsc_labels() -> None:
+    """MIT-BIH 100 (sinus rhythm, 33 atrial and 1 ventricular premature beats):
+    most premature beats are "P" and no normal beat is; CPSC data_84_1 (atrial
+    fibrillation): every beat is "U", where 1.6.0 called 107 normal beats
+    premature."""
+    from bench.accuracy import beat_classes
+
+    shared("wfdb", "mitbih", "100.hea")
+    sinus = beat_classes("mitbih/100")
+    assert sum(sinus["premature"].values()) == 34 and sinus["premature"]["P"] >= 27
+    assert sinus["other"]["P"] == 0 and sinus["other"]["N"] >= 2230
+    shared("wfdb", "cpsc2021", "data_84_1.hea")
+    fib = beat_classes("cpsc2021/data_84_1")
+    assert fib["other"]["U"] == sum(fib["other"].values()) >= 630
+    assert fib["premature"]["P"] == fib["premature"]["N"] == 0
+
+
 def test_no_p_wave_in_atrial_fibrillation_on_ludb() -> None:
     """Every LUDB record diagnosed with atrial fibrillation or flutter (ludb.csv)
     reports no P wave, and says why; 1.5.0 reported one on four of them. Where
