@@ -109,8 +109,9 @@ def _repolarisation_scale(rr_s: float) -> float:
     The QT interval shortens as the rate rises; Fridericia's cube-root law
     (QT proportional to RR^(1/3)) describes it well over the resting and
     tachycardic range. 1 at 72/min, so the nominal beat is unchanged there.
-    Without it the T wave of a beat at 100/min or faster would run into the
-    next beat's P wave, which no sinus rhythm does.
+    Without it the T wave of a beat at 100/min would still end where the next
+    beat's P wave begins, as the T wave of a sinus tachycardia at that rate
+    does not.
     """
     return float((rr_s / _NOMINAL_RR_S) ** (1.0 / 3.0))
 

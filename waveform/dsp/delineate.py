@@ -32,8 +32,8 @@ and latest offset over leads):
 - no boundary is moved by a reader margin: each point is where the signal
   itself starts or ends, the convention of the cart programs a clinician
   compares the archive with (within a few ms of GE's 12SL and a Mortara ELI on
-  the QRS and QT, docs/accuracy.md). LUDB's cardiologists mark QRS onsets
-  ~25 ms wider than this, around complexes these programs measure normal;
+  the QRS and QT, docs/accuracy.md). LUDB's cardiologists mark QRS
+  complexes ~25 ms wider than this, around ones these programs call normal;
 - P wave where the spatial magnitude before the QRS forms a peak well above
   the median beat's noise; its offset where it falls to a fraction of that
   peak, its onset where it falls to a fraction of its height above the floor
