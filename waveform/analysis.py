@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 
 import numpy as np
 
@@ -172,10 +173,7 @@ def analyze(ecg: object) -> Summary:
 
 def _rr_stats(rr: list[float]) -> tuple[float, float]:
     """Median and mean of RR intervals: plain floats (a few dozen beats)."""
-    srt = sorted(rr)
-    h = len(srt) // 2
-    median = srt[h] if len(srt) % 2 else 0.5 * (srt[h - 1] + srt[h])
-    return median, sum(rr) / len(rr)
+    return statistics.median(rr), sum(rr) / len(rr)
 
 
 def _p_repeats(bp: np.ndarray, beats: np.ndarray, pre: int, p_on: int, p_off: int,
@@ -242,8 +240,7 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
     if fid[0] < 0 and len(rr) >= 3:
         # No P wave and irregular RR: "premature" would only say "shorter
         # than the median", which half of an atrial fibrillation's beats are.
-        steps = sorted(abs(b - a) for a, b in itertools.pairwise(rr))
-        if steps[len(steps) // 2] > _IRREGULAR * rr_med:
+        if statistics.median(abs(b - a) for a, b in itertools.pairwise(rr)) > _IRREGULAR * rr_med:
             classes = ["U"] * nb
     reasons = {
         0: no_median or no_p,
