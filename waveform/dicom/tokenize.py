@@ -297,10 +297,11 @@ def _raise(buf: np.ndarray, err: int, pos: int, container: int, tags: np.ndarray
            little: bool) -> None:
     where = f"at byte {pos}"
     if 0 <= pos and pos + 4 <= buf.size:
-        g = int(buf[pos]) | int(buf[pos + 1]) << 8 if little else int(buf[pos]) << 8 | buf[pos + 1]
-        e = (int(buf[pos + 2]) | int(buf[pos + 3]) << 8 if little
-             else int(buf[pos + 2]) << 8 | buf[pos + 3])
-        where = f"element {tag_str((int(g) << 16) | int(e))} at byte {pos}"
+        # Python ints throughout: a numpy uint8 shifted past 8 bits overflows (NumPy 2).
+        b = [int(v) for v in buf[pos:pos + 4]]
+        g, e = ((b[0] | b[1] << 8, b[2] | b[3] << 8) if little
+                else (b[0] << 8 | b[1], b[2] << 8 | b[3]))
+        where = f"element {tag_str((g << 16) | e)} at byte {pos}"
     text = _MESSAGES[err]
     if err == OVERRUN:
         name = tag_str(int(tags[container])) if 0 <= container < n else "data set"

@@ -22,6 +22,7 @@ import hmac
 import json
 import os
 import secrets
+import stat
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +45,13 @@ class IdentityProvider(Protocol):
                      ) -> Identity: ...
 
 
+def _shape(doc: object) -> str:
+    """How a tokens document that is not ``{"tokens": [...]}`` looks, for the message."""
+    if isinstance(doc, dict):
+        return "an object without a 'tokens' list" if doc else "an empty object"
+    return "a JSON " + {list: "list", str: "string"}.get(type(doc), type(doc).__name__)
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -62,15 +70,36 @@ class TokenIdentities:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TokenIdentities:
+        """Read a tokens file, refusing one that would let the wrong caller in: a file
+        anyone may write, a document that is not ``{"tokens": [...]}`` or names no
+        token, and a token hash listed twice (the later entry would decide who the
+        caller is)."""
         p = Path(path)
         try:
-            doc = json.loads(p.read_text())
+            mode = p.stat().st_mode
+            text = p.read_text()
         except OSError as e:
             raise InvalidArgument(f"tokens file {p}: {e.strerror}") from None
+        if mode & stat.S_IWOTH:
+            raise InvalidArgument(
+                f"tokens file {p} is writable by every user of this machine (mode "
+                f"{stat.S_IMODE(mode):o}); anyone could make themselves admin. Restrict it: "
+                f"chmod 600 {p}")
+        try:
+            doc = json.loads(text)
         except json.JSONDecodeError as e:
             raise InvalidArgument(f"tokens file {p} is not JSON: {e}") from None
+        items = doc.get("tokens") if isinstance(doc, dict) else None
+        if not isinstance(items, list):
+            raise InvalidArgument(
+                f"tokens file {p} must hold an object {{\"tokens\": [...]}}; it holds "
+                f"{_shape(doc)}")
+        if not items:
+            raise InvalidArgument(f"tokens file {p} lists no tokens: no caller could be "
+                                  "authenticated (add one with `waveform tokens add`)")
         entries: dict[str, Identity] = {}
-        for i, item in enumerate(doc.get("tokens", []) if isinstance(doc, dict) else []):
+        first: dict[str, int] = {}
+        for i, item in enumerate(items):
             try:
                 digest = str(item["sha256"]).lower()
                 ident = Identity(str(item["organisation"]), str(item["user"]),
@@ -80,7 +109,12 @@ class TokenIdentities:
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise InvalidArgument(f"tokens file {p} entry {i + 1}: sha256 must be 64 hex "
                                       "digits (the hash of the token, never the token)")
+            if digest in entries:
+                raise InvalidArgument(
+                    f"tokens file {p} entries {first[digest]} and {i + 1} have the same token "
+                    "hash; one token names one identity: remove one of them")
             entries[digest] = ident
+            first[digest] = i + 1
         return cls(entries)
 
     def authenticate(self, token: str | None, certificate_organisation: str | None = None
