@@ -9,6 +9,9 @@ exception ever reaches a client as ``UNKNOWN``::
     │   └── LimitExceeded                  a size or nesting limit was passed
     ├── UnsupportedObject (ValueError)     a well-formed object we do not archive
     ├── InvalidArgument (ValueError)       a bad request parameter
+    │   ├── InvalidFile                    a cart's own file (MUSE, Sierra, aECG, SCP-ECG)
+    │   │                                  is malformed: names the format and the field
+    │   └── UnknownFormat                  content that is no ECG format we read
     ├── Conflict                           same SOP Instance UID, other content
     ├── NotFound (LookupError)             no such object (or not visible)
     ├── Unauthenticated                    no or bad credentials
@@ -29,11 +32,13 @@ __all__ = [
     "DurabilityError",
     "InvalidArgument",
     "InvalidDicom",
+    "InvalidFile",
     "LimitExceeded",
     "NotFound",
     "Overloaded",
     "StorageError",
     "Unauthenticated",
+    "UnknownFormat",
     "UnsupportedObject",
     "WaveformError",
 ]
@@ -57,6 +62,19 @@ class UnsupportedObject(WaveformError, ValueError):
 
 class InvalidArgument(WaveformError, ValueError):
     """A request parameter is out of range or malformed."""
+
+
+class InvalidFile(InvalidArgument):
+    """A cart's own file is malformed; ``format`` and ``field`` say where."""
+
+    def __init__(self, format: str, field: str, problem: str) -> None:
+        super().__init__(f"{format}: {field}: {problem}")
+        self.format = format
+        self.field = field
+
+
+class UnknownFormat(InvalidArgument):
+    """The content is none of the ECG formats we read; the message says what it looks like."""
 
 
 class Conflict(WaveformError):
