@@ -93,6 +93,9 @@ _LATERALITY_MODALITIES = frozenset({"HD"})
 # identify the scheme (PS3.3 Table 8.8-1a); SCP-ECG codes are from version 1.3.
 _SCHEME_VERSIONS: dict[str, str] = {"SCPECG": "1.3"}
 
+# The longest Short String (SH) value, such as a Code Value (PS3.5 6.2).
+_SH_LENGTH = 16
+
 # Waveform Data is OB for 8-bit samples, OW otherwise (PS3.5 8.3; PS3.3 C.10.9.1.5).
 _DATA_VR: dict[int, str] = {8: "OB", 16: "OW", 32: "OW", 64: "OW"}
 
@@ -362,7 +365,11 @@ def _annotation_item(ann: Annotation) -> Dataset:
 
 def _code_item(code: Code) -> Dataset:
     item = Dataset()
-    item.CodeValue = code.value
+    # Code Value is SH (16 characters); a longer one is Long Code Value (UC), PS3.3 8.8.
+    if len(code.value) > _SH_LENGTH:
+        item.LongCodeValue = code.value
+    else:
+        item.CodeValue = code.value
     item.CodingSchemeDesignator = code.scheme
     version = _SCHEME_VERSIONS.get(code.scheme)
     if version:
