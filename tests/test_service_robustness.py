@@ -31,6 +31,7 @@ from waveform.dicom.synthetic import synthetic_ecg
 from waveform.errors import WaveformError
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
+from waveform.service.calls import Limits
 from waveform.service.identity import TokenIdentities, add_token
 from waveform.service.server import Server, TlsFiles, start
 from waveform.store import LocalFiles, Store
@@ -99,7 +100,9 @@ def _healthy(channel: grpc.Channel) -> bool:
 
 # ------------------------------------------------------------ RESOURCE_EXHAUSTED
 def test_calls_beyond_max_concurrent_are_refused_at_once(served: Any) -> None:
-    s = served(max_concurrent=2, workers=4)
+    # Per-caller limits as wide as the server's: this is about the server's own.
+    s = served(limits=Limits(max_concurrent=2, read_reserve=0, per_identity=2,
+                             streams_per_identity=2), workers=4)
     release = threading.Event()
 
     def held() -> Iterator[pb.IngestRequest]:
@@ -205,11 +208,13 @@ def test_a_failing_file_layer_answers_unavailable_and_stores_nothing(
         assert _code(e.value) == grpc.StatusCode.UNAVAILABLE
         assert e.value.details().startswith("not stored, safe to retry: ")
         assert "injected I/O error" in e.value.details()
-    # A stream ends with the same status; nothing of it is stored.
-    with pytest.raises(grpc.RpcError) as e:
-        list(s.stub.IngestStream(iter([pb.IngestRequest(dicom=_ecg_bytes()) for _ in range(3)]),
-                                 metadata=s.auth("cart_a"), timeout=10))
-    assert _code(e.value) == grpc.StatusCode.UNAVAILABLE
+    # A stream answers each request with the same status and goes on; nothing of
+    # it is stored.
+    answers = list(s.stub.IngestStream(
+        iter([pb.IngestRequest(dicom=_ecg_bytes()) for _ in range(3)]),
+        metadata=s.auth("cart_a"), timeout=10))
+    assert [a.error.code for a in answers] == [grpc.StatusCode.UNAVAILABLE.value[0]] * 3
+    assert all(a.error.message.startswith("not stored, safe to retry: ") for a in answers)
     assert not store.contains(uid) and store.uids() == []
     assert _data_files(store) == []
     assert _healthy(s.channel)

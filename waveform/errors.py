@@ -41,6 +41,7 @@ __all__ = [
     "UnknownFormat",
     "UnsupportedObject",
     "WaveformError",
+    "without_traceback",
 ]
 
 
@@ -107,3 +108,18 @@ class StorageError(WaveformError, OSError):
 
 class DurabilityError(StorageError):
     """An fsync or catalog commit failed; the writer refuses further work."""
+
+
+def without_traceback(exc: BaseException) -> BaseException:
+    """``exc`` and the exceptions it was raised from, their tracebacks dropped.
+
+    For an error kept beyond the call that raised it (in a future, a queue): its
+    traceback holds the frames, the frames their locals (a request's bytes), and a
+    frame that also holds the future makes a cycle that only the collector frees."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return exc

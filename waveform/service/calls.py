@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 
 from waveform.archive import CARE, Purpose, parse_purpose
-from waveform.errors import Overloaded, WaveformError
+from waveform.errors import InvalidArgument, Overloaded, WaveformError
 from waveform.model import Identity
 from waveform.service.identity import IdentityProvider
 from waveform.service.metrics import Metrics
@@ -30,9 +32,11 @@ from waveform.service.status import code_of, message_of
 
 if TYPE_CHECKING:
     from waveform.archive import Archive
+    from waveform.service.intake import Intake
     from waveform.store import Store
 
-__all__ = ["Abort", "Call", "Servicer", "job", "remaining", "rpc", "stream"]
+__all__ = ["INGEST_CALLS", "STREAM_CALLS", "Abort", "Admission", "Call", "Limits", "Servicer",
+           "job", "remaining", "rpc", "stream"]
 
 log = logging.getLogger("waveform.service")
 
@@ -78,10 +82,13 @@ def remaining(context: grpc.ServicerContext) -> float | None:
 class Call:
     """What one call did, for the log line and the metrics."""
 
-    __slots__ = ("_identity", "method", "purpose", "start", "uid")
+    __slots__ = ("_identity", "admitted", "bound", "method", "purpose", "start", "uid")
 
     def __init__(self, method: str) -> None:
         self.method = method
+        #: Holds a call slot (`Admission.enter`), and counted against ``bound``.
+        self.admitted = False
+        self.bound: Identity | None = None
         self.start = time.perf_counter()
         self._identity: Identity | None = None
         self.purpose: Purpose = CARE
@@ -117,21 +124,155 @@ def _failed(service: Servicer, call: Call, context: grpc.ServicerContext,
     raise AssertionError("grpc's context.abort always raises")
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much of the server one call, one caller and one kind of call may hold.
+
+    ``max_concurrent`` calls in all; ingest calls (`INGEST_CALLS`) may take all
+    but ``read_reserve`` of them, so that clinicians' reads are served while
+    devices send at full speed; one identity (organisation, user, role) holds at
+    most ``per_identity`` calls, of which at most ``streams_per_identity`` are
+    ingest streams; a stream that sends no request for ``stream_idle_s`` seconds
+    is ended (DEADLINE_EXCEEDED), so that idle streams cannot hold slots forever.
+    """
+
+    max_concurrent: int = 256
+    read_reserve: int = 64
+    per_identity: int = 32
+    streams_per_identity: int = 8
+    stream_idle_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.max_concurrent >= 1, "max_concurrent must be at least 1"),
+            (0 <= self.read_reserve < self.max_concurrent,
+             "read_reserve must be at least 0 and below max_concurrent"),
+            (self.per_identity >= 1, "per_identity must be at least 1"),
+            (1 <= self.streams_per_identity <= self.per_identity,
+             "streams_per_identity must be between 1 and per_identity"),
+            (math.isfinite(self.stream_idle_s) and self.stream_idle_s > 0,
+             "stream_idle_s must be a positive number of seconds"),
+        )
+        for ok, what in checks:
+            if not ok:
+                raise InvalidArgument(f"limits: {what} ({self})")
+
+    @classmethod
+    def scaled(cls, max_concurrent: int, **overrides: Any) -> Limits:
+        """Limits for ``max_concurrent`` slots: a quarter kept for reads, an eighth
+        (at least one) a caller, a quarter of that in streams."""
+        per = max(1, max_concurrent // 8)
+        base: dict[str, Any] = dict(max_concurrent=max_concurrent,
+                                    read_reserve=max_concurrent // 4, per_identity=per,
+                                    streams_per_identity=max(1, per // 4))
+        return cls(**{**base, **overrides})
+
+
+#: The calls that write objects: they may not take the slots kept for reads.
+INGEST_CALLS = frozenset({"Ingest", "IngestStream"})
+#: Ingest calls that stay open for many objects: counted per identity separately.
+STREAM_CALLS = frozenset({"IngestStream"})
+
+
+class Admission:
+    """The call slots of one server (shared by its services), per kind and identity."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._total = 0
+        self._ingest = 0
+        self._by_identity: dict[Identity, int] = {}
+        self._streams: dict[Identity, int] = {}
+
+    def enter(self, name: str) -> Overloaded | None:
+        """Take a slot for a call of ``name``, or the refusal."""
+        lim = self.limits
+        with self._lock:
+            if self._total >= lim.max_concurrent:
+                return Overloaded(
+                    f"the server is at capacity ({lim.max_concurrent} calls in progress); "
+                    "nothing was done, retry later")
+            if name in INGEST_CALLS and self._ingest >= lim.max_concurrent - lim.read_reserve:
+                return Overloaded(
+                    f"the server is at its ingest capacity ({self._ingest} ingest calls in "
+                    f"progress; {lim.read_reserve} slots are kept for reads); nothing was "
+                    "done, retry later")
+            self._total += 1
+            if name in INGEST_CALLS:
+                self._ingest += 1
+        return None
+
+    def bind(self, name: str, identity: Identity) -> Overloaded | None:
+        """Count an entered call against its caller, or the refusal (the slot stays
+        taken until `leave`)."""
+        lim = self.limits
+        with self._lock:
+            held = self._by_identity.get(identity, 0)
+            if held >= lim.per_identity:
+                return Overloaded(
+                    f"{identity.describe()} has {held} calls in progress (limit "
+                    f"{lim.per_identity} a caller); nothing was done, retry when one ends")
+            streams = self._streams.get(identity, 0)
+            if name in STREAM_CALLS and streams >= lim.streams_per_identity:
+                return Overloaded(
+                    f"{identity.describe()} has {streams} ingest streams open (limit "
+                    f"{lim.streams_per_identity} a caller); send more objects on an open "
+                    "stream, or retry when one ends")
+            self._by_identity[identity] = held + 1
+            if name in STREAM_CALLS:
+                self._streams[identity] = streams + 1
+        return None
+
+    def leave(self, name: str, identity: Identity | None) -> None:
+        with self._lock:
+            self._total -= 1
+            if name in INGEST_CALLS:
+                self._ingest -= 1
+            if identity is None:
+                return
+            _decrement(self._by_identity, identity)
+            if name in STREAM_CALLS:
+                _decrement(self._streams, identity)
+
+    @property
+    def in_progress(self) -> int:
+        return self._total
+
+
+def _decrement(counts: dict[Identity, int], key: Identity) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
 def _begin(service: Servicer, name: str, context: grpc.ServicerContext) -> Call:
     """A new call holding a slot, or RESOURCE_EXHAUSTED at once: the limit is ours,
     not grpc's, so that health checks and reflection (served by the reserve
-    threads) still answer. The caller releases the slot."""
+    threads) still answer. The caller gives the slot back (`_end`)."""
     call = Call(name)
-    if not service._slots.acquire(blocking=False):
-        _failed(service, call, context, Overloaded(
-            f"the server is at capacity ({service.max_concurrent} calls in progress); "
-            "nothing was done, retry later"))
+    refusal = service.admission.enter(name)
+    if refusal is not None:
+        _failed(service, call, context, refusal)
+    call.admitted = True
     return call
+
+
+def _end(service: Servicer, call: Call) -> None:
+    if call.admitted:
+        service.admission.leave(call.method, call.bound)
 
 
 def _identify(service: Servicer, call: Call, context: grpc.ServicerContext) -> None:
     call._identity = service.authenticate(context)
     call.purpose = parse_purpose(context.invocation_metadata())
+    if call.admitted:
+        refusal = service.admission.bind(call.method, call._identity)
+        if refusal is not None:
+            raise refusal
+        call.bound = call._identity
 
 
 def rpc(method: Callable[..., T]) -> Callable[..., T]:
@@ -147,7 +288,7 @@ def rpc(method: Callable[..., T]) -> Callable[..., T]:
         except Exception as exc:
             _failed(self, call, context, exc)
         finally:
-            self._slots.release()
+            _end(self, call)
         self._finish(call, grpc.StatusCode.OK)
         return result
 
@@ -170,8 +311,7 @@ def _streamed(method: Callable[..., Iterator[T]], *, holds_slot: bool
         except Exception as exc:
             _failed(self, call, context, exc)
         finally:
-            if holds_slot:
-                self._slots.release()
+            _end(self, call)
         self._finish(call, grpc.StatusCode.OK)
 
     return wrapper
@@ -195,15 +335,24 @@ class Servicer:
 
     def __init__(self, store: Store, archive: Archive, identities: IdentityProvider,
                  metrics: Metrics | None = None, *, summary_timeout_s: float = 30.0,
-                 max_concurrent: int = 256, slots: threading.BoundedSemaphore | None = None
-                 ) -> None:
+                 admission: Admission | None = None, intake: Intake | None = None,
+                 max_message_bytes: int = 64 << 20) -> None:
+        from waveform.service.intake import InflightBudget, Intake
+
         self.store = store
         self.archive = archive
         self.identities = identities
         self.metrics = metrics or Metrics()
         self.summary_timeout_s = summary_timeout_s
-        self.max_concurrent = max_concurrent
-        self._slots = slots or threading.BoundedSemaphore(max_concurrent)
+        self.admission = admission or Admission(Limits())
+        self.intake = intake or Intake(store, archive, InflightBudget(1 << 30))
+        #: The largest object one request may carry (gRPC itself admits up to twice
+        #: that, so that a larger one is answered as one request, not a dead stream).
+        self.max_message_bytes = max_message_bytes
+
+    @property
+    def limits(self) -> Limits:
+        return self.admission.limits
 
     # ----------------------------------------------------------- plumbing
     def authenticate(self, context: grpc.ServicerContext) -> Identity:

@@ -9,35 +9,31 @@ from __future__ import annotations
 
 import hashlib
 import io
-import queue
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
 from typing import Any
 
 import grpc
 
 from waveform.archive import Access
 from waveform.archive.policy import require_role
-from waveform.errors import Conflict, NotFound, StorageError, WaveformError
-from waveform.model import Identity
+from waveform.errors import NotFound
 from waveform.service import convert
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
 from waveform.service.calls import Abort, Call, Servicer, job, remaining, rpc, stream
+from waveform.service.intake import oversized, request_error
 from waveform.service.reanalysis import (
     Reanalysis,
     compare_options,
     comparison_message,
     job_options,
 )
-from waveform.service.status import code_of, message_of
+from waveform.service.streams import STREAM_WINDOW, Idle, Pending, StreamReader
 from waveform.store import IngestResult
 
 __all__ = ["DICOM_CHUNK_BYTES", "STREAM_WINDOW", "EcgArchive"]
 
-#: Requests of one IngestStream in flight at once (read ahead of the responses).
-STREAM_WINDOW = 512
 DICOM_CHUNK_BYTES = 1 << 20
 
 _RENDER_LOCK = threading.Lock()
@@ -57,68 +53,31 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
                                    patient_id=patient_id)
 
     # ------------------------------------------------------------- ingest
-    def _submit(self, request: pb.IngestRequest, identity: Identity) -> Future[IngestResult]:
-        try:
-            return self.store.submit(request.dicom, identity.organisation)
-        except WaveformError as exc:
-            f: Future[IngestResult] = Future()
-            f.set_exception(exc)
-            return f
-
-    def _settle(self, acc: Access, future: Future[IngestResult]) -> tuple[IngestResult, bool]:
-        """The commit's answer, recorded in ``acc``'s event, and whether the caller's
-        organisation controls the ECG (the duplicate check describes another
-        organisation's copy no further: no summary, a conflict without details)."""
-        try:
-            result = future.result()
-        except Conflict as exc:
-            ref = self.archive.patients.exam(exc.uid) if exc.uid else None
-            if ref is not None and ref.organisation != acc.identity.organisation:
-                raise Conflict(f"SOP Instance UID {exc.uid} is already in use in the archive "
-                               "by another object; send it with a new SOP Instance UID"
-                               ) from None
-            raise
-        acc.objects(result.sop_instance_uid)
-        if result.already_stored:
-            ref = self.archive.patients.exam(result.sop_instance_uid)
-            if ref is not None:
-                patient, controller = ref.patient_id, ref.organisation
-            else:  # stored by a path that does not index (a bulk load): ask the store
-                ctx = self.store.ecg_context(result.sop_instance_uid)
-                patient, controller = ctx["patient_id"] or "", ctx["organisation"] or ""
-            acc.patient(patient)
-            if controller != acc.identity.organisation:
-                acc.event.rule = "duplicate-of-other-organisation"
-                return result, False
-        else:
-            acc.patient(result.patient_id)
-            self.archive.ingested(result.sop_instance_uid)
-        acc.event.rule = acc.event.rule or "device-ingest"
-        return result, True
-
     def _response(self, request: pb.IngestRequest, result: IngestResult, controller: bool
                   ) -> pb.IngestResponse:
         out = pb.IngestResponse(sop_instance_uid=result.sop_instance_uid,
                                 already_stored=result.already_stored, sha256=result.sha256)
         if request.wait_for_summary and controller:
-            doc = self._summary_after_commit(result.sop_instance_uid)
+            self.store.wait_for_summary(result.sop_instance_uid, self.summary_timeout_s)
+            doc = self.store.get_summary(result.sop_instance_uid)
             if doc is not None:
                 out.summary.CopyFrom(convert.summary(result.sop_instance_uid, doc))
         return out
 
-    def _summary_after_commit(self, uid: str) -> dict[str, Any] | None:
-        measure = getattr(self.store, "_measure", None)
-        if measure is not None:
-            measure.wait_for(uid, self.summary_timeout_s)
-        return self.store.get_summary(uid)
-
     @rpc
     def Ingest(self, request: pb.IngestRequest, context: grpc.ServicerContext,
                call: Call) -> pb.IngestResponse:
+        size = len(request.dicom)
+        budget = self.intake.budget
         with self._access(call, "ingest") as acc:
-            future = self._submit(request, call.identity)
+            too_large = oversized(size, self.max_message_bytes, "the request")
+            if too_large is not None:
+                raise too_large
+            if not budget.try_acquire(size):
+                raise budget.refusal(size)
             try:
-                future.result(remaining(context))
+                future = self.intake.submit(request.dicom, call.identity)
+                result, controls = self.intake.settle(acc, future, remaining(context))
             except TimeoutError:
                 acc.event.outcome, acc.event.rule = "failed", "deadline"
                 acc.write()
@@ -126,52 +85,47 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
                             "the commit did not finish before the call's deadline; sending "
                             "the object again is safe (it is answered 'already stored' if "
                             "it was)") from None
-            except WaveformError:
-                pass  # raised again, and audited, by _settle
-            result, controls = self._settle(acc, future)
+            finally:
+                budget.release(size)
         call.uid = result.sop_instance_uid
         return self._response(request, result, controls)
 
     @stream
     def IngestStream(self, requests: Iterator[pb.IngestRequest],
                      context: grpc.ServicerContext, call: Call) -> Iterator[pb.IngestResponse]:
-        identity = call.identity
         self._access(call, "ingest")  # refuses (audited) a caller who may not ingest
         # A reader thread submits requests as they arrive (so that commits are shared
         # and a lock-step client is not starved); responses follow in order, each
-        # after its audit event is durable.
-        pending: queue.Queue[tuple[pb.IngestRequest, Future[IngestResult]] | BaseException | None]
-        pending = queue.Queue(maxsize=STREAM_WINDOW)
-
-        def read() -> None:
-            try:
-                for req in requests:
-                    pending.put((req, self._submit(req, identity)))
-                pending.put(None)
-            except BaseException as exc:  # the client went away or sent garbage
-                pending.put(exc)
-
-        reader = threading.Thread(target=read, name="ingest-stream-reader", daemon=True)
-        reader.start()
-        while True:
-            item = pending.get()
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                if isinstance(item, grpc.RpcError):
+        # after its audit event is durable. Every request read is answered; only the
+        # transport (the client going away) ends the stream early.
+        reader = StreamReader(self, requests, call.identity)
+        idle = self.limits.stream_idle_s
+        try:
+            while True:
+                item = reader.next(idle)
+                if item is None:
                     return
-                raise item
-            req, future = item
-            try:
-                with self._access(call, "ingest") as acc:
-                    result, controls = self._settle(acc, future)
-                yield self._response(req, result, controls)
-            except WaveformError as exc:
-                if isinstance(exc, StorageError):
-                    raise  # the writer or the audit trail failed: end the stream
-                yield pb.IngestResponse(
-                    error=pb.RequestError(code=code_of(exc).value[0], message=message_of(exc)),
-                    sha256=hashlib.sha256(req.dicom).hexdigest())
+                if isinstance(item, BaseException):
+                    return  # the transport failed: the client cancelled or went away
+                if isinstance(item, Idle):
+                    raise Abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"this stream sent no request for {idle:g} s (the idle limit) "
+                                f"after {reader.count} requests, all answered; open a new "
+                                "stream when there is more to send")
+                yield self._stream_answer(call, item)
+                reader.done(item)
+        finally:
+            reader.close()
+
+    def _stream_answer(self, call: Call, item: Pending) -> pb.IngestResponse:
+        try:
+            with self._access(call, "ingest") as acc:
+                result, controls = self.intake.settle(acc, item.future)
+            return self._response(item.request, result, controls)
+        except Exception as exc:
+            code, message = request_error(exc)
+            return pb.IngestResponse(error=pb.RequestError(code=code, message=message),
+                                     sha256=item.sha256())
 
     # --------------------------------------------------------------- read
     @rpc

@@ -49,7 +49,8 @@ def _shape(doc: object) -> str:
     """How a tokens document that is not ``{"tokens": [...]}`` looks, for the message."""
     if isinstance(doc, dict):
         return "an object without a 'tokens' list" if doc else "an empty object"
-    return "a JSON " + {list: "list", str: "string"}.get(type(doc), type(doc).__name__)
+    names: dict[type, str] = {list: "list", str: "string"}
+    return "a JSON " + names.get(type(doc), type(doc).__name__)
 
 
 def hash_token(token: str) -> str:

@@ -29,8 +29,10 @@ from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
 from waveform.service._proto.waveform.v1 import records_pb2 as rpb
 from waveform.service._proto.waveform.v1 import records_pb2_grpc as rpb_grpc
+from waveform.service.calls import Admission, Limits
 from waveform.service.handlers import EcgArchive
 from waveform.service.identity import IdentityProvider
+from waveform.service.intake import InflightBudget, Intake
 from waveform.service.metrics import Metrics
 from waveform.service.records import PatientRecords
 from waveform.store import Store
@@ -43,6 +45,14 @@ __all__ = [
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgArchive"].full_name
 RECORDS_SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["PatientRecords"].full_name
 DEFAULT_MAX_MESSAGE = 64 << 20
+#: Bytes of received objects not yet answered, across every call (`Intake`).
+DEFAULT_MAX_INFLIGHT = 1 << 30
+
+
+def _transport_limit(max_message_bytes: int) -> int:
+    """gRPC's own message limit: twice the object limit (at most 2 GiB - 1)."""
+    return min(2 * max_message_bytes + (1 << 16), (1 << 31) - 1)
+
 #: Threads beyond the service's call limit: health checks and reflection run on them.
 RESERVE_THREADS = 8
 #: Threads for the streamed progress of a job (`Reanalyze`: one at a time), which
@@ -111,32 +121,45 @@ def start(
     tls: TlsFiles | None = None,
     workers: int = 32,
     max_concurrent: int = 256,
+    limits: Limits | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT,
     metrics: Metrics | None = None,
     owns_store: bool = False,
     archive: Archive | None = None,
 ) -> Server:
     """Start serving ``store`` on ``host:port`` (port 0: any free port).
 
-    Calls beyond ``max_concurrent`` are answered RESOURCE_EXHAUSTED at once by
-    the service itself; the thread pool has `RESERVE_THREADS` more than that (and
-    at least ``workers``) so that health checks and reflection answer while the
-    service is at capacity, and `JOB_THREADS` more for a re-analysis job's
-    stream. The port is never shared: if it is taken, `StorageError` says so.
+    Calls beyond the limits (``limits``, or `Limits.scaled` to ``max_concurrent``
+    slots) are answered RESOURCE_EXHAUSTED at once by the service itself; the
+    thread pool has `RESERVE_THREADS` more than that (and at least ``workers``) so
+    that health checks and reflection answer while the service is at capacity,
+    and `JOB_THREADS` more for a re-analysis job's stream. An object may be up to
+    ``max_message_bytes``; gRPC admits messages of twice that, so that a larger
+    object is refused as one request (a stream goes on) rather than by the
+    transport. Received objects not yet answered hold at most
+    ``max_inflight_bytes`` (plus one message a stream). The port is never shared:
+    if it is taken, `StorageError` says so.
     """
+    if limits is None:
+        limits = Limits() if max_concurrent == Limits().max_concurrent else \
+            Limits.scaled(max_concurrent)
+    max_concurrent = limits.max_concurrent
+    if max_message_bytes <= 0 or max_inflight_bytes < max_message_bytes:
+        raise InvalidArgument(
+            f"the in-flight budget ({max_inflight_bytes >> 20} MiB) must hold at least one "
+            f"object of the largest size ({max_message_bytes >> 20} MiB)")
     metrics = metrics or Metrics()
     options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", _transport_limit(max_message_bytes)),
+        ("grpc.max_send_message_length", _transport_limit(max_message_bytes)),
         ("grpc.so_reuseport", 0),  # no silent port sharing with another server
     ]
     threads = max(workers, max_concurrent + RESERVE_THREADS + JOB_THREADS)
     # grpc's own cap only bounds a flood (each refused call holds a thread briefly).
     server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
                          options=options, maximum_concurrent_rpcs=threads)
-    writer = getattr(store, "_writer", None)
-    if writer is not None:
-        metrics.watch_queue(lambda: float(getattr(writer, "_queued", 0)))
+    metrics.watch_queue(lambda: float(store.queued))
     address = f"{host}:{port}"
     try:
         if tls is None:
@@ -157,11 +180,12 @@ def start(
     owns_archive = archive is None
     if archive is None:
         archive = Archive.open(store, Path(store.data_path).parent / "audit")
-    slots = threading.BoundedSemaphore(max_concurrent)
-    service = EcgArchive(store, archive, identities, metrics, max_concurrent=max_concurrent,
-                         slots=slots)
-    records = PatientRecords(store, archive, identities, metrics,
-                             max_concurrent=max_concurrent, slots=slots)
+    admission = Admission(limits)
+    intake = Intake(store, archive, InflightBudget(max_inflight_bytes))
+    service = EcgArchive(store, archive, identities, metrics, admission=admission,
+                         intake=intake, max_message_bytes=max_message_bytes)
+    records = PatientRecords(store, archive, identities, metrics, admission=admission,
+                             intake=intake, max_message_bytes=max_message_bytes)
     pb_grpc.add_EcgArchiveServicer_to_server(service, server)
     rpb_grpc.add_PatientRecordsServicer_to_server(records, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

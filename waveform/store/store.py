@@ -33,6 +33,7 @@ from waveform.errors import (
     StorageError,
     UnsupportedObject,
     WaveformError,
+    without_traceback,
 )
 from waveform.store import codec as _codec
 from waveform.store import queries as _q
@@ -393,7 +394,9 @@ class Store:
             return self._enqueue([p])[0]
         except (InvalidDicom, UnsupportedObject, Conflict) as e:
             f: Future[IngestResult] = Future()
-            f.set_exception(e)
+            # Without its traceback: the frames would keep ``data`` alive (a cycle
+            # through this frame's ``f``) until the collector runs.
+            f.set_exception(without_traceback(e))
             return f
 
     def ingest(
@@ -418,8 +421,7 @@ class Store:
         return results
 
     def _with_summary(self, r: IngestResult, timeout: float | None) -> IngestResult:
-        if self._measure is not None:
-            self._measure.wait_for(r.sop_instance_uid, timeout)
+        self.wait_for_summary(r.sop_instance_uid, timeout)
         return dataclasses.replace(r, summary=self.get_summary(r.sop_instance_uid))
 
     def _enqueue(self, prepared: list[Prepared]) -> list[Future[IngestResult]]:
@@ -442,10 +444,12 @@ class Store:
                 else:
                     known_sha = None
                 if known_sha is not None and known_sha != p.sha256:
+                    # Nothing of the stored object is told (it may be another
+                    # organisation's): only that its content differs.
                     raise Conflict(
                         f"SOP Instance UID {uid} is already stored with other content "
-                        f"(SHA-256 {known_sha[:16]}..., this object {p.sha256[:16]}...); "
-                        "send it with a new SOP Instance UID", uid=uid,
+                        f"than this object (SHA-256 {p.sha256[:16]}...); send it with a new "
+                        "SOP Instance UID", uid=uid,
                     )
                 if known is not None:
                     f: Future[IngestResult] = Future()
@@ -984,9 +988,20 @@ class Store:
 
     # ------------------------------------------------------------ lifecycle
     @property
+    def queued(self) -> int:
+        """Objects submitted and not yet taken into a commit group."""
+        return self._writer.queued if self._writer else 0
+
+    @property
     def stopped(self) -> BaseException | None:
         """The `DurabilityError` that stopped the writer, if any."""
         return self._writer.stopped if self._writer else None
+
+    def wait_for_summary(self, uid: str, timeout: float | None = None) -> None:
+        """Block until the measurement stage has measured ``uid`` (or ``timeout``
+        passed; then the summary may be absent)."""
+        if self._measure is not None:
+            self._measure.wait_for(uid, timeout)
 
     def wait_measured(self, timeout: float | None = None) -> bool:
         """Block until the measurement stage has caught up (tests, batch jobs, the
