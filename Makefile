@@ -21,6 +21,11 @@ tools:
 	  { [ "$$(id -u)" = 0 ] && (apt-get install -y -qq dicom3tools >/dev/null 2>&1 || \
 	    (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dicom3tools >/dev/null 2>&1)); } || \
 	  echo "warning: dciodvfy (Debian package dicom3tools) is not installed"
+	@# dcmtk's storescu/echoscu play the cart in tests/test_dimse.py.
+	@command -v storescu >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get install -y -qq dcmtk >/dev/null 2>&1 || \
+	    (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dcmtk >/dev/null 2>&1)); } || \
+	  echo "warning: storescu (Debian package dcmtk) is not installed"
 
 lint: $(STAMP)
 	$(BIN)/ruff check waveform tests bench
