@@ -68,13 +68,14 @@ def crc_ccitt(data: bytes) -> int:
 
 
 def recognises(data: bytes) -> bool:
-    # Bytes 2-5: the record length; 6-7 Section 0's CRC; 8-9 its identifier 0;
-    # 16-21 the "SCPECG" reserved bytes of version 2+ headers (absent in 1.x).
+    # Bytes 2-5: the record length; then Section 0's header: CRC, identifier 0, a
+    # length of 16 + 10 bytes per pointer (a damaged record is still recognised, so
+    # that its error names what is wrong).
     if len(data) < 6 + _SECTION_HEADER:
         return False
-    (length,) = struct.unpack_from("<I", data, 2)
-    (section,) = struct.unpack_from("<H", data, 8)
-    return section == 0 and length == len(data)
+    section, length = struct.unpack_from("<HI", data, 8)
+    return section == 0 and length > _SECTION_HEADER and (
+        length - _SECTION_HEADER) % _POINTER == 0 and length <= 16 + 10 * 256
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,8 @@ def root_name(data: bytes) -> str | None:
         if not text.startswith("<"):
             continue
         # Skip the declaration, comments and the document type declaration.
-        body = re.sub(r"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>]*>", "", text, flags=re.S)
+        body = re.sub(r"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^\[>]*(\[.*?\])?\s*>", "", text,
+                      flags=re.S)
         m = re.match(r"\s*<([A-Za-z_][\w.\-]*:)?([A-Za-z_][\w.\-]*)", body)
         if m:
             return m.group(2)
