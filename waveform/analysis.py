@@ -14,17 +14,20 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from dataclasses import dataclass
 
 import numpy as np
 
-from waveform.dsp import delineate, filters, leads, measure, pacer, qrs, quality, resample, scale
+from waveform.dsp import delineate as waves
+from waveform.dsp import filters, leads, measure, pacer, qrs, quality, resample, scale
 from waveform.dsp.arrays import as_channels
 from waveform.errors import InvalidArgument
 from waveform.model import LeadQuality, Measured, Summary, WaveformGroup
 
-__all__ = ["ANALYSIS_FS", "ANALYSIS_VERSION", "analyze", "detect_beats"]
+__all__ = ["ANALYSIS_FS", "ANALYSIS_VERSION", "MARKS", "BeatMarks", "analyze", "beat_marks",
+           "delineate", "detect_beats"]
 
-ANALYSIS_VERSION = "2.0.0"
+ANALYSIS_VERSION = "2.1.0"
 #: Rate every rhythm group is analysed at (Hz).
 ANALYSIS_FS = 500.0
 #: The diagnostic filter every stage shares.
@@ -105,8 +108,23 @@ def _ms(v: float | None, reason: str, nd: int = 1) -> Measured:
     return Measured(round(float(v), nd), "") if v is not None else Measured(None, reason)
 
 
-def analyze(ecg: object) -> Summary:
-    """Measure the rhythm group of ``ecg`` (a `waveform.model.Ecg`)."""
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A rhythm group ready to measure: what `analyze` and `delineate` share."""
+
+    bp: np.ndarray  # filtered µV at ANALYSIS_FS, derived limb leads added
+    names: list[str]
+    fs: float
+    fs0: float
+    beats: np.ndarray  # at ANALYSIS_FS
+    vote: np.ndarray
+    pulses: np.ndarray  # at ANALYSIS_FS
+    lead_quality: tuple[LeadQuality, ...]
+    no_beats: str
+    gaps: np.ndarray | None
+
+
+def _prepare(ecg: object) -> _Prepared:
     g = getattr(ecg, "rhythm", None)
     if not isinstance(g, WaveformGroup):
         raise InvalidArgument("the ECG has no waveform group to analyse")
@@ -167,8 +185,153 @@ def analyze(ecg: object) -> Summary:
     good = {n: q.quality >= _VOTE_QUALITY for n, q in zip(names, lq, strict=True)}
     both = good.get("I", False) and good.get("II", False)
     vote = np.array([good.get(n, both) for n in all_names], dtype=np.bool_)
-    return _summarise(beats, bp_full, all_names, fs, fs0, lead_quality, vote, pulses, no_beats,
-                      gaps)
+    if not vote.any():
+        vote = np.ones_like(vote)
+    return _Prepared(np.ascontiguousarray(bp_full), all_names, fs, fs0, beats, vote, pulses,
+                     lead_quality, no_beats, gaps)
+
+
+def analyze(ecg: object) -> Summary:
+    """Measure the rhythm group of ``ecg`` (a `waveform.model.Ecg`)."""
+    prep = _prepare(ecg)
+    return _summarise(prep, *_marks(prep))
+
+
+def delineate(ecg: object) -> tuple[BeatMarks, ...]:
+    """The wave boundaries of every beat of the rhythm group of ``ecg`` (a
+    `waveform.model.Ecg`): one `BeatMarks` per detected beat, sample indices
+    at the group's own rate, each mark global over the leads.
+
+    The same marks as `analyze(ecg)` stores in its summary (`beat_marks`), without
+    the median beat and the global measurements.
+    """
+    prep = _prepare(ecg)
+    orig = _at_own_rate(prep.beats, prep)
+    return _records(orig, *_marks(prep))
+
+
+#: The per-beat marks, in the order of `Summary.beat_marks`'s columns.
+MARKS: tuple[str, ...] = ("p_onset", "p_offset", "qrs_onset", "qrs_offset", "t_peak",
+                          "t_offset")
+_FROM_FIDUCIALS = np.array([waves.FIDUCIALS.index(m) for m in MARKS], dtype=np.int64)
+_PARAMS = np.asarray(waves.PARAMS, dtype=np.float64)
+#: Why a beat's mark is absent (`Summary.beat_mark_why` indexes this).
+_MARK_REASONS: tuple[str, ...] = (
+    "the QRS complex of this beat was not delineated",
+    "no T wave end found after this beat's QRS complex",
+    "no P wave found before this beat's QRS complex",
+    "no P wave that repeats from beat to beat around this beat (atrial fibrillation or "
+    "flutter, or noise as large as the P wave)",
+    "the beat is too close to the start or end of the recording to delineate",
+)
+_NO_QRS, _NO_T, _NO_P, _P_NOT_REPEATING, _AT_EDGE = range(5)
+#: Beats are delineated in blocks of at most this many (about 30 s at rest): the
+#: pacemaker lag and the P wave's repetition are asked of each block, so a
+#: Holter record's paced stretches and atrial fibrillation episodes are told
+#: apart from the rest (in a 10 s ECG the block is the whole record, as for
+#: the median beat).
+_BLOCK_BEATS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class BeatMarks:
+    """The wave boundaries of one beat, global over the leads (one mark per beat).
+
+    Sample indices at the rhythm group's own rate; None where not found,
+    `reason` says why.
+    """
+
+    beat: int
+    p_onset: int | None
+    p_offset: int | None
+    qrs_onset: int | None
+    qrs_offset: int | None
+    t_peak: int | None
+    t_offset: int | None
+    #: (mark, why) for each absent mark, in `MARKS` order.
+    missing: tuple[tuple[str, str], ...] = ()
+
+    def reason(self, mark: str) -> str:
+        """Why ``mark`` (one of `MARKS`) is absent; "" when it was found."""
+        if mark not in MARKS:
+            raise InvalidArgument(f"{mark!r} is not a beat mark (one of {', '.join(MARKS)})")
+        return dict(self.missing).get(mark, "")
+
+
+def _at_own_rate(idx: np.ndarray, prep: _Prepared) -> np.ndarray:
+    """Sample indices at ANALYSIS_FS as indices at the group's own rate (-1 stays)."""
+    if prep.fs0 == prep.fs:
+        return idx.copy()
+    out = np.round(idx * (prep.fs0 / prep.fs)).astype(np.int64)
+    out[idx < 0] = -1
+    return out
+
+
+def _middle(v: np.ndarray) -> int:
+    """The upper median of a few integers (np.median costs more than the sort)."""
+    return int(np.sort(v)[v.shape[0] // 2])
+
+
+def _marks(prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
+    """Each beat's `MARKS` at the group's own rate (beats, 6; -1 absent) and why
+    each absent one is (an index into `_MARK_REASONS`; -1 present)."""
+    beats, fs = prep.beats, prep.fs
+    nb = beats.shape[0]
+    if nb == 0:
+        return np.empty((0, 6), dtype=np.int64), np.empty((0, 6), dtype=np.int8)
+    # The T wave lies before the next beat: its RR bounds the search.
+    rr = np.diff(beats) / fs
+    rr_next = np.append(rr, rr[-1]) if nb >= 2 else np.ones(1)
+    blocks = ([np.arange(nb)] if nb <= _BLOCK_BEATS
+              else np.array_split(np.arange(nb), -(-nb // _BLOCK_BEATS)))
+    pace = np.full(nb, -1, dtype=np.int64)
+    if prep.pulses.shape[0]:
+        lags = pacer.beat_lags(prep.pulses, beats, fs)
+        tol = pacer.lag_tolerance(fs)
+        for blk in blocks:
+            lag = pacer.paced_lag(prep.pulses, beats[blk], fs)
+            if lag >= 0:
+                close = blk[np.abs(lags[blk] - lag) <= tol]
+                pace[close] = lags[close]
+    pre, post = int(_PRE_S * fs), int(_POST_S * fs)
+    fid = waves.beat_fiducials(prep.bp, beats, fs, pre, post, rr_next, prep.vote, pace,
+                                   _PARAMS)
+    m = fid[:, _FROM_FIDUCIALS]
+    why = np.full((nb, 6), -1, dtype=np.int8)
+    no_qrs = m[:, 2] < 0
+    why[no_qrs] = _NO_QRS
+    edge = round(waves.EDGE_S * fs)
+    why[(beats < edge) | (beats + edge > prep.bp.shape[1])] = _AT_EDGE
+    why[~no_qrs & (m[:, 5] < 0), 4:] = _NO_T
+    why[~no_qrs & (m[:, 0] < 0), :2] = _NO_P
+    lead_in = round(_P_LEAD_IN_S * fs)
+    for blk in blocks:
+        have = blk[m[blk, 0] >= 0]
+        if have.shape[0] < 3:
+            continue
+        # The block's P span relative to its beats, tested as the median beat's is.
+        on = _middle(beats[have] - m[have, 0]) + lead_in
+        off = _middle(m[have, 1] - beats[have])
+        if _p_repeats(prep.bp, beats[blk], 0, -on, off, prep.vote, fs) < _P_REPEATS:
+            m[have, :2] = -1
+            why[have, :2] = _P_NOT_REPEATING
+    return _at_own_rate(m, prep), why
+
+
+def _records(beats: np.ndarray, marks: np.ndarray, why: np.ndarray,
+             reasons: tuple[str, ...] = _MARK_REASONS) -> tuple[BeatMarks, ...]:
+    out = []
+    for b, row, w in zip(beats.tolist(), marks.tolist(), why.tolist(), strict=True):
+        p_on, p_off, q_on, q_off, t_pk, t_off = (v if v >= 0 else None for v in row)
+        missing = tuple((name, reasons[k]) for name, k in zip(MARKS, w, strict=True) if k >= 0)
+        out.append(BeatMarks(b, p_on, p_off, q_on, q_off, t_pk, t_off, missing))
+    return tuple(out)
+
+
+def beat_marks(summary: Summary) -> tuple[BeatMarks, ...]:
+    """The per-beat marks a `Summary` carries, as `delineate` returns them."""
+    return _records(summary.beats, summary.beat_marks, summary.beat_mark_why,
+                    summary.beat_mark_reasons)
 
 
 def _rr_stats(rr: list[float]) -> tuple[float, float]:
@@ -178,7 +341,7 @@ def _rr_stats(rr: list[float]) -> tuple[float, float]:
 
 def _p_repeats(bp: np.ndarray, beats: np.ndarray, pre: int, p_on: int, p_off: int,
                vote: np.ndarray, fs: float) -> float:
-    """`delineate.wave_repeats` of the median beat's P span over ``beats``, the
+    """`waves.wave_repeats` of the median beat's P span over ``beats``, the
     voting leads together. A P wave lies below 10-15 Hz: a 40 ms moving average
     (first zero at 25 Hz) keeps it and the f waves of atrial fibrillation, and
     takes out most of the muscle noise that would make a sinus beat's P wave
@@ -186,16 +349,16 @@ def _p_repeats(bp: np.ndarray, beats: np.ndarray, pre: int, p_on: int, p_off: in
     w = p_off - p_on + 1
     starts = beats - pre + p_on
     starts = starts[(starts >= 0) & (starts + w <= bp.shape[1])]
-    return float(delineate.wave_repeats(bp, np.ascontiguousarray(starts, dtype=np.int64), w,
+    return float(waves.wave_repeats(bp, np.ascontiguousarray(starts, dtype=np.int64), w,
                                         np.flatnonzero(vote).astype(np.int64),
                                         max(round(0.04 * fs), 1)))
 
 
-def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, fs0: float,
-               lead_quality: tuple[LeadQuality, ...], vote: np.ndarray,
-               pulses: np.ndarray, no_beats: str, gaps: np.ndarray | None) -> Summary:
+def _summarise(prep: _Prepared, marks: np.ndarray, mark_why: np.ndarray) -> Summary:
+    beats, bp, names, fs, fs0 = prep.beats, prep.bp, prep.names, prep.fs, prep.fs0
+    vote, pulses, no_beats, gaps = prep.vote, prep.pulses, prep.no_beats, prep.gaps
     nb = beats.shape[0]
-    orig = beats.copy() if fs0 == fs else np.round(beats * (fs0 / fs)).astype(np.int64)
+    orig = _at_own_rate(beats, prep)
     pre, post = int(_PRE_S * fs), int(_POST_S * fs)
     classes = ["U"] * nb
     pairs = list(itertools.pairwise(beats.tolist()))
@@ -222,13 +385,11 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
         rr_s = 1.0
     normal = beats[np.array([c == "N" for c in classes], dtype=np.bool_)] if nb >= 2 else beats
     use = normal if normal.shape[0] >= 3 else beats
-    med = delineate.median_beats(np.ascontiguousarray(bp), use, pre, post)
-    if not vote.any():
-        vote = np.ones_like(vote)
+    med = waves.median_beats(bp, use, pre, post)
     complete = not np.isnan(med[:, 0]).any()  # a median beat is all NaN or none
     pace = pacer.paced_lag(pulses, use, fs)
-    fid = (delineate.fiducials(med, fs, pre, rr_s, vote, pace=pace) if complete
-           else np.full(5, -1, dtype=np.int64))
+    fid = (waves.fiducials(med, fs, pre, rr_s, vote, pace=pace) if complete
+           else np.full(6, -1, dtype=np.int64))
     to_ms = 1000.0 / fs
     no_median = "" if complete else "no complete beat for a median beat"
     no_p = "no P wave on the median beat (atrial fibrillation, flutter or P below noise)"
@@ -249,7 +410,7 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
         3: no_median or "QRS offset not found on the median beat",
         4: no_median or "T wave end not found on the median beat",
     }
-    fl = fid.tolist()
+    fl = fid[:5].tolist()
     pts = [_ms(fl[k] * to_ms if fl[k] >= 0 else None, reasons[k]) for k in range(5)]
     p_on, _, q_on, q_off, t_off = fl
     pr = _ms((q_on - p_on) * to_ms if p_on >= 0 and q_on >= 0 else None, reasons[0])
@@ -292,7 +453,10 @@ def _summarise(beats: np.ndarray, bp: np.ndarray, names: list[str], fs: float, f
         p_axis_deg=axes[0],
         qrs_axis_deg=axes[1],
         t_axis_deg=axes[2],
-        lead_quality=lead_quality,
+        lead_quality=prep.lead_quality,
+        beat_marks=marks,
+        beat_mark_why=mark_why,
+        beat_mark_reasons=_MARK_REASONS,
     )
 
 

@@ -338,6 +338,14 @@ class Summary:
     qrs_axis_deg: Measured
     t_axis_deg: Measured
     lead_quality: tuple[LeadQuality, ...] = ()
+    #: Per-beat wave boundaries (`waveform.analysis.MARKS` columns: P on, P off,
+    #: QRS on, QRS off, T peak, T off), int64 sample indices at
+    #: ``sampling_frequency``, a row per beat, -1 where absent; ``beat_mark_why``
+    #: (int8, same shape) indexes ``beat_mark_reasons`` for each absent mark, -1
+    #: for a present one.
+    beat_marks: np.ndarray = field(default_factory=lambda: np.empty((0, 6), dtype=np.int64))
+    beat_mark_why: np.ndarray = field(default_factory=lambda: np.empty((0, 6), dtype=np.int8))
+    beat_mark_reasons: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Flat columns: scalars, ``<name>_reason`` strings and lists (Arrow-friendly)."""
@@ -352,6 +360,9 @@ class Summary:
             "quality_leads": [q.lead for q in self.lead_quality],
             "quality": [q.quality for q in self.lead_quality],
             "quality_reasons": [q.reason for q in self.lead_quality],
+            "beat_marks": self.beat_marks.tolist(),
+            "beat_mark_why": self.beat_mark_why.tolist(),
+            "beat_mark_reasons": list(self.beat_mark_reasons),
         }
         for name in SUMMARY_MEASURES:
             m: Measured = getattr(self, name)
@@ -387,6 +398,9 @@ class Summary:
             median_fs=float(d["median_fs"]),
             median_beat=median,
             lead_quality=quality,
+            beat_marks=np.asarray(d.get("beat_marks") or [], dtype=np.int64).reshape(-1, 6),
+            beat_mark_why=np.asarray(d.get("beat_mark_why") or [], dtype=np.int8).reshape(-1, 6),
+            beat_mark_reasons=tuple(d.get("beat_mark_reasons") or ()),
             **measures,
         )
 

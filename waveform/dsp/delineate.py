@@ -48,12 +48,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from waveform.dsp.quality import noise_sigma
+from waveform.dsp.quality import mad_sigma
+from waveform.errors import InvalidArgument
 
-__all__ = ["FIDUCIALS", "fiducials", "median_beats", "wave_repeats"]
+__all__ = ["EDGE_S", "FIDUCIALS", "PARAMS", "beat_fiducials", "fiducials", "median_beats",
+           "wave_repeats"]
 
 #: Order of the points `fiducials` returns.
-FIDUCIALS: tuple[str, ...] = ("p_onset", "p_offset", "qrs_onset", "qrs_offset", "t_offset")
+FIDUCIALS: tuple[str, ...] = ("p_onset", "p_offset", "qrs_onset", "qrs_offset", "t_offset",
+                              "t_peak")
 
 # QRS: the fraction of the summed slope's rise above its PR-segment level that
 # bounds the onset, the fraction of a lead's QRS peak slope that bounds its
@@ -250,13 +253,19 @@ def _magnitude(med: np.ndarray, at: int, half: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _lead_noise(med: np.ndarray) -> np.ndarray:
-    # Each lead's noise sigma (µV), as the lead quality estimates it.
+def _lead_noise(med: np.ndarray, step: int) -> np.ndarray:
+    # Each lead's noise sigma (µV), as the lead quality estimates it
+    # (`quality.noise_sigma`), from every ``step``-th second difference.
     n_ch, n = med.shape
     out = np.zeros(n_ch)
-    d = np.empty(max(n - 2, 0))
+    d = np.empty(max((n - 2 + step - 1) // step, 0))
     for c in range(n_ch):
-        out[c] = noise_sigma(med[c], d)
+        x = med[c]
+        m = 0
+        for i in range(1, n - 1, step):
+            d[m] = abs(x[i + 1] - 2.0 * x[i] + x[i - 1])
+            m += 1
+        out[c] = mad_sigma(d[:m])
     return out
 
 
@@ -441,6 +450,14 @@ def _t_end(med: np.ndarray, q_on: int, q_off: int, fs: float, rr_s: float, use: 
     return _ranked(ends[:m], rank, True)
 
 
+#: `beat_fiducials` measures the leads' noise once per this many beats, from at
+#: most about this many second differences per lead.
+_NOISE_BEATS = 16
+_NOISE_SAMPLES = 1024
+#: A beat this close (s) to the start or end of the signal has no marks
+#: (`beat_fiducials`): the QRS onset is looked for up to 160 ms before it.
+EDGE_S = 0.2
+
 #: The constants above, in the order `fiducials` takes them.
 PARAMS: tuple[float, ...] = (
     _QRS_ON_FRACTION, _QRS_OFF_FRACTION, _QRS_GAP_S, _QRS_SNR, _RANK_QRS_OFF,
@@ -451,36 +468,41 @@ PARAMS: tuple[float, ...] = (
 
 def fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float,
               use: np.ndarray | None = None,
-              params: tuple[float, ...] = PARAMS, pace: int = -1) -> np.ndarray:
-    """int64 [P on, P off, QRS on, QRS off, T off] sample indices in the median beat.
+              params: tuple[float, ...] = PARAMS, pace: int = -1,
+              noise: np.ndarray | None = None) -> np.ndarray:
+    """int64 [P on, P off, QRS on, QRS off, T off, T peak] sample indices in the median beat.
 
     ``med`` is (leads, samples) µV aligned so that the QRS fiducial is at
     ``pre``; ``rr_s`` the mean RR interval (bounds the T wave search); ``use``
     marks the leads allowed to vote on the QRS and T boundaries (default all:
     leave out leads of poor quality); ``pace`` the samples from a pacemaker
     pulse to the fiducial when the median beat is paced
-    (`waveform.dsp.pacer.paced_lag`), else -1. -1 marks a point that could not
-    be found.
+    (`waveform.dsp.pacer.paced_lag`), else -1; ``noise`` each lead's noise
+    sigma (µV), by default estimated from ``med`` itself. -1 marks a point that
+    could not be found.
     """
     m = np.ascontiguousarray(med, dtype=np.float64)
     u = np.ones(m.shape[0], dtype=np.bool_) if use is None else np.asarray(use, dtype=np.bool_)
     if u.shape[0] != m.shape[0]:
-        raise ValueError(f"use has {u.shape[0]} entries for {m.shape[0]} leads")
-    return _fiducials(m, float(fs), int(pre), float(rr_s), u, int(pace),
+        raise InvalidArgument(f"use has {u.shape[0]} entries for {m.shape[0]} leads")
+    sigma = (_lead_noise(m, 1) if noise is None
+             else np.ascontiguousarray(noise, dtype=np.float64))
+    if sigma.shape != (m.shape[0],):
+        raise InvalidArgument(f"noise has shape {sigma.shape} for {m.shape[0]} leads")
+    return _fiducials(m, float(fs), int(pre), float(rr_s), u, int(pace), sigma,
                       *(float(p) for p in params))
 
 
 @numba.njit(cache=True, nogil=True)
 def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarray,
-               pace: int, f_on: float, f_off: float, gap_s: float, qrs_snr: float,
-               rank_off: float, t_window_s: float, t_min_uv: float, t_snr: float,
+               pace: int, noise: np.ndarray, f_on: float, f_off: float, gap_s: float,
+               qrs_snr: float, rank_off: float, t_window_s: float, t_min_uv: float, t_snr: float,
                rank_t: float, p_min_uv: float, p_snr: float, p_fraction: float) -> np.ndarray:
-    out = np.full(5, -1, dtype=np.int64)
+    out = np.full(6, -1, dtype=np.int64)
     n_ch, n = med.shape
     if n < 8 or np.isnan(med).any():
         return out
     v = _velocity(med)
-    noise = _lead_noise(med)
     # --- QRS: anchored on the spatial velocity peak near the fiducial ---
     w = int(0.06 * fs)
     lo = max(1, pre - w)
@@ -517,6 +539,14 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
     iso_half = max(int(0.01 * fs), 1)
     iso = max(on0 - iso_half, 0)
     mag = _magnitude(med, iso, iso_half)
+    if t_end >= 0:
+        # T peak: the largest spatial magnitude (from the PR level) between the
+        # ST segment and the T end, the leads together (one mark per beat).
+        tp = -1
+        for i in range(min(off0 + int(0.06 * fs), t_end), t_end + 1):
+            if tp < 0 or mag[i] > mag[tp]:
+                tp = i
+        out[5] = tp
     # --- P wave ---
     p_lo = max(1, on0 - int(0.35 * fs))
     # This beat's P wave comes after the previous beat's T wave, which ends one
@@ -570,3 +600,49 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
                 out[0] = on_p
                 out[1] = b
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def beat_fiducials(x: np.ndarray, beats: np.ndarray, fs: float, pre: int, post: int,
+                   rr_s: np.ndarray, use: np.ndarray, pace: np.ndarray,
+                   params: np.ndarray) -> np.ndarray:
+    """(beats, 6) int64 `FIDUCIALS` of each beat of ``x`` (leads, samples; finite µV),
+    as sample indices of ``x``, -1 where not found.
+
+    Each beat is delineated on its own samples ``x[:, b - pre:b + post]`` (cut
+    at the signal's ends) by the kernel `fiducials` applies to a median beat:
+    one implementation for the median beat and for every beat. ``rr_s`` is
+    each beat's RR interval (s) bounding its T wave search, ``pace`` each
+    beat's pacemaker lag or -1, ``params`` `PARAMS` as a float64 array. A beat
+    closer than `EDGE_S` to either end of ``x`` is not delineated (its QRS
+    onset search would start outside the signal).
+    """
+    nb = beats.shape[0]
+    n_ch, n = x.shape
+    out = np.full((nb, 6), -1, dtype=np.int64)
+    p = params
+    edge = int(EDGE_S * fs)
+    noise = np.zeros(n_ch)
+    for k in range(nb):
+        if k % _NOISE_BEATS == 0:
+            # The noise of the leads over this beat and the next ones (a single
+            # beat's 600 samples tell it no better, at several times the cost).
+            lo = min(max(beats[k] - pre, 0), n)
+            hi = max(min(beats[min(k + _NOISE_BEATS, nb) - 1] + post, n), lo)
+            noise = _lead_noise(x[:, lo:hi], max((hi - lo) // _NOISE_SAMPLES, 1))
+        b = beats[k]
+        a = max(b - pre, 0)
+        e = min(b + post, n)
+        if b < edge or b + edge > n:
+            continue
+        w = np.empty((n_ch, e - a))
+        for c in range(n_ch):
+            for i in range(e - a):
+                w[c, i] = x[c, a + i]
+        f = _fiducials(w, fs, b - a, rr_s[k], use, pace[k], noise, p[0], p[1], p[2], p[3], p[4],
+                       p[5], p[6], p[7], p[8], p[9], p[10], p[11])
+        for j in range(6):
+            if f[j] >= 0:
+                out[k, j] = f[j] + a
+    return out
+

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["paced_lag", "pulses"]
+__all__ = ["beat_lags", "lag_tolerance", "paced_lag", "pulses"]
 
 #: A lead votes when its step exceeds this multiple of the largest step in the
 #: window before it (plus the floor below).
@@ -165,6 +165,36 @@ def pulses(x: np.ndarray, fs: float) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
+def beat_lags(pulse: np.ndarray, beats: np.ndarray, fs: float) -> np.ndarray:
+    """int64 samples from the last pacemaker pulse at most 200 ms before each beat's
+    fiducial to that fiducial, -1 for a beat with none.
+
+    ``pulse`` from `pulses`, ``beats`` sorted fiducials at the same rate.
+    """
+    nb = beats.shape[0]
+    lags = np.full(nb, -1, dtype=np.int64)
+    max_lag = int(_MAX_LAG_S * fs)
+    k = 0
+    for j in range(nb):
+        b = beats[j]
+        while k < pulse.shape[0] and pulse[k] < b - max_lag:
+            k += 1
+        # The last pulse before the beat (a ventricular pulse follows an
+        # atrial one in dual-chamber pacing).
+        q = k
+        while q < pulse.shape[0] and pulse[q] <= b:
+            lags[j] = b - pulse[q]
+            q += 1
+    return lags
+
+
+@numba.njit(cache=True, nogil=True)
+def lag_tolerance(fs: float) -> int:
+    """Samples by which a beat's lag (`beat_lags`) may differ from the paced lag."""
+    return int(_LAG_TOLERANCE_S * fs + 0.5)
+
+
+@numba.njit(cache=True, nogil=True)
 def paced_lag(pulse: np.ndarray, beats: np.ndarray, fs: float) -> int:
     """Samples from the pacemaker pulse to the fiducial of a paced median beat, or -1.
 
@@ -174,26 +204,12 @@ def paced_lag(pulse: np.ndarray, beats: np.ndarray, fs: float) -> int:
     nb = beats.shape[0]
     if nb == 0 or pulse.shape[0] == 0:
         return -1
-    max_lag = int(_MAX_LAG_S * fs)
-    lags = np.full(nb, -1, dtype=np.int64)
-    k = 0
-    for j in range(nb):
-        b = beats[j]
-        while k < pulse.shape[0] and pulse[k] < b - max_lag:
-            k += 1
-        # The last pulse before the beat (a ventricular pulse follows an
-        # atrial one in dual-chamber pacing).
-        q = k
-        best = -1
-        while q < pulse.shape[0] and pulse[q] <= b:
-            best = b - pulse[q]
-            q += 1
-        lags[j] = best
+    lags = beat_lags(pulse, beats, fs)
     have = lags[lags >= 0]
     if have.shape[0] < _PACED_SHARE * nb:
         return -1
     lag = int(np.median(have))
-    tol = int(_LAG_TOLERANCE_S * fs + 0.5)
+    tol = lag_tolerance(fs)
     close = 0
     for v in have:
         if abs(v - lag) <= tol:

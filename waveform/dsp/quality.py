@@ -21,8 +21,8 @@ import numpy as np
 
 from waveform.dsp.arrays import as_channels
 
-__all__ = ["NOISE_FLOOR_SNR", "LeadQuality", "Reason", "assess", "features", "median_inplace",
-           "noise_sigma"]
+__all__ = ["NOISE_FLOOR_SNR", "LeadQuality", "Reason", "assess", "features", "mad_sigma",
+           "median_inplace", "noise_sigma"]
 
 
 class Reason(IntEnum):
@@ -244,12 +244,12 @@ def noise_sigma(x: np.ndarray, buf: np.ndarray) -> float:
     n = x.shape[0]
     for i in range(1, n - 1):
         buf[i - 1] = abs(x[i + 1] - 2.0 * x[i] + x[i - 1])
-    return _mad_sigma(buf[:max(n - 2, 0)])
+    return mad_sigma(buf[:max(n - 2, 0)])
 
 
 @numba.njit(cache=True, nogil=True)
-def _mad_sigma(d2: np.ndarray) -> float:
-    # The white-noise sigma from |second differences| ``d2`` (reordered).
+def mad_sigma(d2: np.ndarray) -> float:
+    """The white-noise sigma from absolute second differences ``d2`` (reordered)."""
     return 1.4826 * median_inplace(d2) / np.sqrt(6.0) if d2.shape[0] > 0 else 0.0
 
 
@@ -324,7 +324,7 @@ def features(x: np.ndarray, fs: float) -> np.ndarray:
             if not np.isnan(v):
                 d2[m] = abs(v)
                 m += 1
-        out[c, _F_NOISE] = _mad_sigma(d2[:m])
+        out[c, _F_NOISE] = mad_sigma(d2[:m])
     return out
 
 
