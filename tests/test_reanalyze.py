@@ -7,7 +7,6 @@ not depend on one another's summaries.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -28,6 +27,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import interruptible
 from waveform.analysis import ANALYSIS_VERSION
+from waveform.cli import main
+from waveform.cli.progress import Bar
 from waveform.dicom import decode
 from waveform.errors import InvalidArgument
 from waveform.reanalyze import (
@@ -41,12 +42,11 @@ from waveform.reanalyze import (
     plan,
     run,
 )
-from waveform.reanalyze.cli import register
 from waveform.reanalyze.compare import compare
 from waveform.reanalyze.job import JobResult
 from waveform.reanalyze.planning import UNIT_ROWS, _split
 from waveform.reanalyze.plot import bland_altman
-from waveform.reanalyze.progress import Bar, LogLines, progress_for
+from waveform.reanalyze.progress import LogLines, progress_for
 from waveform.reanalyze.testing import analyze_or_fail, marked_to_fail, objects
 from waveform.store import Store
 from waveform.store.lake import ALIAS
@@ -385,7 +385,7 @@ def test_runs_while_the_store_ingests(tmp_path: Path, local2: LocalEngine) -> No
 
 def _cli(archive: Path, *args: str, **popen: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        interruptible("waveform.reanalyze.cli", "--data", str(archive), *args),
+        interruptible("waveform.cli.reanalyze", "--data", str(archive), *args),
         cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
 
 
@@ -498,26 +498,15 @@ def test_compare_reports_differences_and_plots(store: Store, measured: JobResult
 # ------------------------------------------------------------------- cli
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="waveform")
-    register(p.add_subparsers(dest="command", required=True))
-    return p
-
-
 def test_cli_compare_and_argument_errors(archive: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    p = _parser()
-    args = p.parse_args(["reanalyze", "--data", str(archive), "--plot", "x.png"])
-    assert args.fn(args) == 2
+    assert main(["reanalyze", "--data", str(archive), "--plot", "x.png"]) == 2
     assert "--plot needs --compare" in capsys.readouterr().err
-    args = p.parse_args(["reanalyze", "--data", str(archive), "--compare", "t-none", "t-x"])
-    assert args.fn(args) == 1
+    assert main(["reanalyze", "--data", str(archive), "--compare", "t-none", "t-x"]) == 1
     assert "no ECG has a summary of both t-none and t-x" in capsys.readouterr().err
-    args = p.parse_args(["reanalyze", "--data", str(archive), "--where", "bogus"])
-    assert args.fn(args) == 1
+    assert main(["reanalyze", "--data", str(archive), "--where", "bogus"]) == 1
     assert "is not COLUMN OP VALUE" in capsys.readouterr().err
-    args = p.parse_args(["reanalyze", "--data", str(archive), "--scheduler", "tcp://x:1"])
-    assert args.fn(args) == 1
+    assert main(["reanalyze", "--data", str(archive), "--scheduler", "tcp://x:1"]) == 1
     assert "--scheduler tcp://x:1 needs --engine dask" in capsys.readouterr().err
 
 
@@ -525,8 +514,7 @@ def test_cli_dask_without_distributed_says_what_to_install(
         archive: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
-    args = _parser().parse_args(["reanalyze", "--data", str(archive), "--engine", "dask"])
-    assert args.fn(args) == 1
+    assert main(["reanalyze", "--data", str(archive), "--engine", "dask"]) == 1
     assert "pip install 'waveform[dask]'" in capsys.readouterr().err
 
 
@@ -539,8 +527,7 @@ def test_cli_explains_a_catalog_held_by_the_server(archive: Path,
         cwd=ROOT, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        args = _parser().parse_args(["reanalyze", "--data", str(archive)])
-        assert args.fn(args) == 1
+        assert main(["reanalyze", "--data", str(archive)]) == 1
     finally:
         holder.communicate("", timeout=60)
     err = capsys.readouterr().err
@@ -566,8 +553,7 @@ class _Stream:
         return self.tty
 
 
-def test_progress_lines_off_a_terminal_and_a_bar_on_one(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_progress_lines_off_a_terminal_and_a_bar_on_one() -> None:
     plain = _Stream(tty=False)
     lines = progress_for(plain)  # type: ignore[arg-type]
     assert isinstance(lines, LogLines)
@@ -575,18 +561,22 @@ def test_progress_lines_off_a_terminal_and_a_bar_on_one(
     lines.advance(10)
     assert plain.text.startswith("reanalyze: 10/10 ECGs (100%), ") and "left" in plain.text
     assert "\r" not in plain.text
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # the bar of our own
+    # The command line's display: the same lines off a terminal, a rich bar on one.
+    off = _Stream(tty=False)
+    quiet = Bar(off, "reanalyze", unit="ECGs")  # type: ignore[arg-type]
+    quiet.start(4)
+    quiet.advance(4)
+    assert off.text.startswith("reanalyze: 4/4 ECGs (100%), ") and "\r" not in off.text
     tty = _Stream(tty=True)
-    bar = progress_for(tty)  # type: ignore[arg-type]
-    assert isinstance(bar, Bar)
+    bar = Bar(tty, "reanalyze", unit="ECGs")  # type: ignore[arg-type]
     bar.note("planned")
     assert tty.text == "reanalyze: planned\n"
     bar.start(4)
     bar.advance(2)
     bar.note("a commit")
     bar.close()
-    assert "\rreanalyze [###############...............] 2/4" in tty.text
-    assert "reanalyze: a commit\n" in tty.text
+    assert "2/4" in tty.text and "reanalyze: a commit" in tty.text
+    assert "\x1b[" in tty.text  # drawn in place with terminal control sequences
 
 
 def test_job_result_report() -> None:

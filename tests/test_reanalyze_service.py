@@ -37,8 +37,8 @@ from waveform.reanalyze.compare import MEASUREMENTS, compare
 from waveform.reanalyze.testing import objects
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
+from waveform.service.convert import comparison_from_message
 from waveform.service.identity import Identity, TokenIdentities, add_token
-from waveform.service.reanalysis import comparison_from_message
 from waveform.service.server import Server, start
 from waveform.store import Store
 from waveform.store.lake import ALIAS
@@ -219,7 +219,8 @@ def test_failures_and_unread_ecgs_reach_the_command_line_report_in_full(tmp_path
     the job's own report from them."""
     import io
 
-    from waveform.reanalyze.cli import _Follower
+    from waveform.cli.reanalyze import Follower
+    from waveform.client._messages import reanalyze_status
     from waveform.reanalyze.engines import LocalEngine
     from waveform.reanalyze.job import JobResult
     from waveform.reanalyze.progress import LogLines
@@ -256,9 +257,9 @@ def test_failures_and_unread_ecgs_reach_the_command_line_report_in_full(tmp_path
     assert [m.final for m in messages].count(True) == 1 and messages[-1].final
 
     stream = io.StringIO()
-    follower = _Follower(LogLines(stream, every_s=3600), verbose=True)
+    follower = Follower(LogLines(stream, every_s=3600), verbose=True)
     for m in messages:
-        follower.show(m)
+        follower.show(reanalyze_status(m))
     assert follower.result is not None
     assert follower.result.failed == result.failed
     assert follower.result.unread == result.unread
@@ -421,7 +422,7 @@ def test_the_command_line_runs_the_job_in_the_server(svc: Service,
     # The folder the server holds, opened by another process: the message points
     # at --server.
     data = Path(svc.store.data_path).parent
-    r = subprocess.run([sys.executable, "-m", "waveform.reanalyze.cli", "--data", str(data)],
+    r = subprocess.run([sys.executable, "-m", "waveform.cli.reanalyze", "--data", str(data)],
                        cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE)
     assert r.returncode == 1
     assert "Could not set lock" in r.stderr
@@ -444,7 +445,7 @@ def test_the_command_line_runs_the_job_in_the_server(svc: Service,
 def test_ctrl_c_on_the_command_line_stops_the_job_and_a_rerun_finishes(svc: Service) -> None:
     org = "org-int"
     uids = _stored(svc.store, 20, org, seed=5)
-    cmd = interruptible("waveform.reanalyze.cli", "--server", svc.server.address,
+    cmd = interruptible("waveform.cli.reanalyze", "--server", svc.server.address,
                         "--token", svc.tokens["admin"], "--where", f"organisation={org}",
                         "--workers", "1", "--unit", "1", "--commit", "1", "-v")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

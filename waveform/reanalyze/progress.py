@@ -1,21 +1,22 @@
-"""How a running job shows where it is: a bar on a terminal, plain lines elsewhere.
+"""How a running job shows where it is: the `Progress` interface, and plain lines.
 
-The bar is tqdm's when tqdm is installed, else one line redrawn in place; off a
-terminal (a log file, a pipe, a scheduler's capture) a line is printed at most
-every few seconds and at the end, each complete on its own, with the count, the
-rate and the time left.
+`LogLines` prints a line at most every few seconds and at the end, each complete
+on its own, with the count, the rate and the time left (a log file, a pipe, a
+scheduler's capture). The command line's bar on a terminal is
+`waveform.cli.progress.Bar`, another `Progress`; the service streams progress as
+messages (`waveform.service.reanalysis`).
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import IO, Any
+from typing import IO
 
-__all__ = ["Bar", "LogLines", "Progress", "progress_for"]
+__all__ = ["LogLines", "Progress", "eta", "progress_for"]
 
 
-def _eta(done: int, total: int, elapsed: float) -> str:
+def eta(done: int, total: int, elapsed: float) -> str:
     if done <= 0 or elapsed <= 0:
         return "?"
     left = (total - done) * elapsed / done
@@ -67,62 +68,11 @@ class LogLines(Progress):
         self._last = now
         pct = 100 * self.done // max(self.total, 1)
         print(f"reanalyze: {self.done}/{self.total} ECGs ({pct}%), {self.rate:.0f} ECGs/s, "
-              f"{_eta(self.done, self.total, now - self._t0)} left",
+              f"{eta(self.done, self.total, now - self._t0)} left",
               file=self.stream, flush=True)
 
 
-class Bar(Progress):
-    """A bar redrawn in place: tqdm's if installed, else one line of our own."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        super().__init__(stream)
-        self._tqdm: Any = None
-
-    def start(self, total: int) -> None:
-        super().start(total)
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            self._tqdm = None
-        else:
-            self._tqdm = tqdm(total=total, unit="ECG", file=self.stream, desc="reanalyze",
-                              smoothing=0.1)
-
-    def advance(self, n: int) -> None:
-        if self._tqdm is not None:
-            self.done += n
-            self._tqdm.update(n)
-        else:
-            super().advance(n)
-
-    def _show(self) -> None:
-        width = 30
-        filled = width * self.done // max(self.total, 1)
-        line = (f"\rreanalyze [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
-                f" {self.rate:.0f} ECGs/s, "
-                f"{_eta(self.done, self.total, time.monotonic() - self._t0)} left ")
-        self.stream.write(line)
-        self.stream.flush()
-
-    def note(self, message: str) -> None:
-        if self._tqdm is not None:
-            self._tqdm.write(f"reanalyze: {message}", file=self.stream)
-        elif not self.total:  # before the bar is drawn
-            super().note(message)
-        else:
-            self.stream.write("\r\033[K")
-            super().note(message)
-            self._show()
-
-    def close(self) -> None:
-        if self._tqdm is not None:
-            self._tqdm.close()
-        elif self.total:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def progress_for(stream: IO[str]) -> Progress:
-    """A bar when ``stream`` is a terminal, plain lines otherwise."""
-    isatty = getattr(stream, "isatty", None)
-    return Bar(stream) if isatty is not None and isatty() else LogLines(stream)
+    """The display of a job run as a library call: plain lines on ``stream``. The
+    command line passes its own bar (`waveform.cli.progress.Bar`)."""
+    return LogLines(stream)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -15,9 +15,12 @@ from waveform.model import SUMMARY_MEASURES
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.store import SearchQuery, Trace, Visibility
 
+if TYPE_CHECKING:
+    from waveform.reanalyze.compare import Comparison
+
 __all__ = [
-    "TRACE_CHUNK_SAMPLES", "search_query", "search_response", "summary", "timestamp",
-    "trace_chunks",
+    "TRACE_CHUNK_SAMPLES", "comparison_from_message", "comparison_message", "search_query",
+    "search_response", "summary", "timestamp", "trace_chunks",
 ]
 
 #: Frames per TraceChunk when the caller does not choose: about 1 MB of float32 for
@@ -144,3 +147,38 @@ def trace_chunks(trace: Trace, samples_per_chunk: int = 0) -> Iterator[pb.TraceC
                 chunk.channel_units.extend(u or "" for u in trace.channel_units)
             first = False
         yield chunk
+
+
+def comparison_message(c: Comparison, plot_png: bytes = b"") -> pb.CompareVersionsResponse:
+    """``c`` as the `CompareVersions` answer (the pairs behind a plot stay here)."""
+    m = pb.CompareVersionsResponse(old_version=c.old_version, new_version=c.new_version,
+                                   old_ecgs=c.n_old, new_ecgs=c.n_new, common_ecgs=c.n_common,
+                                   plot_png=plot_png)
+    for d in c.differences:
+        x = m.differences.add(label=d.measurement.label, key=d.measurement.key,
+                              unit=d.measurement.unit, compared=d.n, became=d.became,
+                              stopped=d.stopped)
+        if d.mean == d.mean:  # NaN: nothing compared
+            x.mean = d.mean
+        if d.sd == d.sd:
+            x.sd = d.sd
+        x.largest.extend(pb.VersionChange(sop_instance_uid=uid, old_value=o, new_value=n)
+                         for uid, o, n in d.largest)
+    return m
+
+
+def comparison_from_message(m: pb.CompareVersionsResponse) -> Comparison:
+    """The `Comparison` a `CompareVersions` answer describes, for the same report as
+    a comparison made here (without the pairs: its `Difference.old`/``new`` are empty)."""
+    from waveform.reanalyze.compare import Comparison, Difference, Measurement
+
+    empty = np.empty(0)
+    diffs = tuple(
+        Difference(Measurement(d.label, d.key, d.unit, degrees=d.unit == "deg"), int(d.compared),
+                   d.mean if d.HasField("mean") else float("nan"),
+                   d.sd if d.HasField("sd") else float("nan"), int(d.became), int(d.stopped),
+                   tuple((c.sop_instance_uid, c.old_value, c.new_value) for c in d.largest),
+                   empty, empty)
+        for d in m.differences)
+    return Comparison(m.old_version, m.new_version, int(m.old_ecgs), int(m.new_ecgs),
+                      int(m.common_ecgs), diffs)

@@ -34,9 +34,9 @@ from waveform.model import Identity
 from waveform.reanalyze.progress import Progress
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.service.calls import Abort
+from waveform.service.convert import comparison_from_message, comparison_message
 
 if TYPE_CHECKING:
-    from waveform.reanalyze.compare import Comparison
     from waveform.reanalyze.engines import Engine
     from waveform.reanalyze.job import JobResult
     from waveform.reanalyze.planning import Filter
@@ -412,40 +412,3 @@ def compare_options(request: pb.CompareVersionsRequest) -> tuple[str, str, int]:
         raise InvalidArgument(f"top {request.top}: expected 0 (the default, {DEFAULT_TOP}) "
                               f"to {MAX_TOP}")
     return request.old_version, request.new_version, request.top or DEFAULT_TOP
-
-
-def comparison_message(c: Comparison, plot_png: bytes = b"") -> pb.CompareVersionsResponse:
-    """``c`` as the `CompareVersions` answer (the pairs behind a plot stay here)."""
-    m = pb.CompareVersionsResponse(old_version=c.old_version, new_version=c.new_version,
-                                   old_ecgs=c.n_old, new_ecgs=c.n_new, common_ecgs=c.n_common,
-                                   plot_png=plot_png)
-    for d in c.differences:
-        x = m.differences.add(label=d.measurement.label, key=d.measurement.key,
-                              unit=d.measurement.unit, compared=d.n, became=d.became,
-                              stopped=d.stopped)
-        if d.mean == d.mean:  # NaN: nothing compared
-            x.mean = d.mean
-        if d.sd == d.sd:
-            x.sd = d.sd
-        x.largest.extend(pb.VersionChange(sop_instance_uid=uid, old_value=o, new_value=n)
-                         for uid, o, n in d.largest)
-    return m
-
-
-def comparison_from_message(m: pb.CompareVersionsResponse) -> Comparison:
-    """The `Comparison` a `CompareVersions` answer describes, for the same report as
-    a comparison made here (without the pairs: its `Difference.old`/``new`` are empty)."""
-    import numpy as np
-
-    from waveform.reanalyze.compare import Comparison, Difference, Measurement
-
-    empty = np.empty(0)
-    diffs = tuple(
-        Difference(Measurement(d.label, d.key, d.unit, degrees=d.unit == "deg"), int(d.compared),
-                   d.mean if d.HasField("mean") else float("nan"),
-                   d.sd if d.HasField("sd") else float("nan"), int(d.became), int(d.stopped),
-                   tuple((c.sop_instance_uid, c.old_value, c.new_value) for c in d.largest),
-                   empty, empty)
-        for d in m.differences)
-    return Comparison(m.old_version, m.new_version, int(m.old_ecgs), int(m.new_ecgs),
-                      int(m.common_ecgs), diffs)
