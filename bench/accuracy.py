@@ -633,8 +633,8 @@ def cart_table() -> str | None:
                                 for name, cart, ours in rows]
     diffs: list[object] = ["mean ours - cart"]
     for m, _, _ in CART_MEASUREMENTS:
-        d = [ours[m] - cart[m] for _, cart, ours in rows
-             if cart[m] is not None and ours[m] is not None]
+        d = [o - c for _, cart, ours in rows
+             if (c := cart[m]) is not None and (o := ours[m]) is not None]
         if m.endswith("axis"):
             d = [(v + 180.0) % 360.0 - 180.0 for v in d]
         diffs.append(f"{np.mean(d):+.1f} (n={len(d)})" if d else "-")

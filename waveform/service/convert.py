@@ -47,7 +47,35 @@ def summary(uid: str, doc: Mapping[str, Any]) -> pb.Summary:
     for lead, q, why in zip(doc.get("quality_leads") or (), doc.get("quality") or (),
                             doc.get("quality_reasons") or (), strict=False):
         out.lead_quality.add(lead=str(lead), quality=float(q), reason=str(why or ""))
+    out.sampling_frequency = float(doc.get("sampling_frequency") or 0.0)
+    _beats(out, doc)
     return out
+
+
+#: The per-beat marks of a summary document's ``beat_marks`` rows, in column order
+#: (`waveform.analysis.MARKS`).
+_BEAT_MARKS = ("p_onset", "p_offset", "qrs_onset", "qrs_offset", "t_peak", "t_offset")
+
+
+def _beats(out: pb.Summary, doc: Mapping[str, Any]) -> None:
+    """``out.beats`` from a summary document's beats, classes and per-beat marks (a
+    document written before the marks existed gives the beats alone)."""
+    beats = doc.get("beats") or ()
+    classes = doc.get("beat_classes") or ()
+    marks = doc.get("beat_marks") or ()
+    why = doc.get("beat_mark_why") or ()
+    reasons = doc.get("beat_mark_reasons") or ()
+    for k, sample in enumerate(beats):
+        b = out.beats.add(sample=int(sample), beat_class=str(classes[k]) if k < len(classes)
+                          else "")
+        if k >= len(marks):
+            continue
+        for name, v, w in zip(_BEAT_MARKS, marks[k], why[k] if k < len(why) else (),
+                              strict=False):
+            if v is not None and v >= 0:
+                setattr(b, name, int(v))
+            elif 0 <= w < len(reasons):
+                b.reasons[name] = str(reasons[w])
 
 
 def timestamp(value: dt.datetime | None) -> Timestamp | None:

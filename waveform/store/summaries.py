@@ -9,6 +9,12 @@ document's ``median_leads`` (so its shape is the number of those leads by the
 blob's length over them). Rows written before that column existed hold the median
 beat in the document and are read as they always were.
 
+The per-beat marks (``beat_marks``: a row of six sample indices per beat, -1
+where absent, ``beat_mark_why`` indexing ``beat_mark_reasons``) stay in the
+document: small integers, about 30 bytes a beat as JSON (a 15-minute Holter
+excerpt's 1,100 beats: some 35 KB), read back by `Summary.from_dict` and served
+by GetSummary as they are.
+
 `summary_document` gives back what `Summary.to_dict()` gave, as the JSON of the
 older rows read: each median value as the shortest decimal that reads back as
 the same float32 (bit-exact through `Summary.from_dict`), keys in sorted order.

@@ -76,7 +76,35 @@ class LeadQuality(_message.Message):
     def __init__(self, lead: _Optional[str] = ..., quality: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Summary(_message.Message):
-    __slots__ = ("sop_instance_uid", "analysis_version", "heart_rate_bpm", "heart_rate_min_bpm", "heart_rate_max_bpm", "rr_mean_ms", "rr_sd_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qtc_fridericia_ms", "qtc_framingham_ms", "qtc_hodges_ms", "p_axis_deg", "qrs_axis_deg", "t_axis_deg", "beat_count", "lead_quality", "document_json")
+    __slots__ = ("sop_instance_uid", "analysis_version", "heart_rate_bpm", "heart_rate_min_bpm", "heart_rate_max_bpm", "rr_mean_ms", "rr_sd_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qtc_fridericia_ms", "qtc_framingham_ms", "qtc_hodges_ms", "p_axis_deg", "qrs_axis_deg", "t_axis_deg", "beat_count", "lead_quality", "document_json", "beats", "sampling_frequency")
+    class Beat(_message.Message):
+        __slots__ = ("sample", "beat_class", "p_onset", "p_offset", "qrs_onset", "qrs_offset", "t_peak", "t_offset", "reasons")
+        class ReasonsEntry(_message.Message):
+            __slots__ = ("key", "value")
+            KEY_FIELD_NUMBER: _ClassVar[int]
+            VALUE_FIELD_NUMBER: _ClassVar[int]
+            key: str
+            value: str
+            def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+        SAMPLE_FIELD_NUMBER: _ClassVar[int]
+        BEAT_CLASS_FIELD_NUMBER: _ClassVar[int]
+        P_ONSET_FIELD_NUMBER: _ClassVar[int]
+        P_OFFSET_FIELD_NUMBER: _ClassVar[int]
+        QRS_ONSET_FIELD_NUMBER: _ClassVar[int]
+        QRS_OFFSET_FIELD_NUMBER: _ClassVar[int]
+        T_PEAK_FIELD_NUMBER: _ClassVar[int]
+        T_OFFSET_FIELD_NUMBER: _ClassVar[int]
+        REASONS_FIELD_NUMBER: _ClassVar[int]
+        sample: int
+        beat_class: str
+        p_onset: int
+        p_offset: int
+        qrs_onset: int
+        qrs_offset: int
+        t_peak: int
+        t_offset: int
+        reasons: _containers.ScalarMap[str, str]
+        def __init__(self, sample: _Optional[int] = ..., beat_class: _Optional[str] = ..., p_onset: _Optional[int] = ..., p_offset: _Optional[int] = ..., qrs_onset: _Optional[int] = ..., qrs_offset: _Optional[int] = ..., t_peak: _Optional[int] = ..., t_offset: _Optional[int] = ..., reasons: _Optional[_Mapping[str, str]] = ...) -> None: ...
     SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     ANALYSIS_VERSION_FIELD_NUMBER: _ClassVar[int]
     HEART_RATE_BPM_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +125,8 @@ class Summary(_message.Message):
     BEAT_COUNT_FIELD_NUMBER: _ClassVar[int]
     LEAD_QUALITY_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    BEATS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FREQUENCY_FIELD_NUMBER: _ClassVar[int]
     sop_instance_uid: str
     analysis_version: str
     heart_rate_bpm: Measured
@@ -117,7 +147,9 @@ class Summary(_message.Message):
     beat_count: int
     lead_quality: _containers.RepeatedCompositeFieldContainer[LeadQuality]
     document_json: str
-    def __init__(self, sop_instance_uid: _Optional[str] = ..., analysis_version: _Optional[str] = ..., heart_rate_bpm: _Optional[_Union[Measured, _Mapping]] = ..., heart_rate_min_bpm: _Optional[_Union[Measured, _Mapping]] = ..., heart_rate_max_bpm: _Optional[_Union[Measured, _Mapping]] = ..., rr_mean_ms: _Optional[_Union[Measured, _Mapping]] = ..., rr_sd_ms: _Optional[_Union[Measured, _Mapping]] = ..., pr_ms: _Optional[_Union[Measured, _Mapping]] = ..., qrs_ms: _Optional[_Union[Measured, _Mapping]] = ..., qt_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_bazett_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_fridericia_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_framingham_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_hodges_ms: _Optional[_Union[Measured, _Mapping]] = ..., p_axis_deg: _Optional[_Union[Measured, _Mapping]] = ..., qrs_axis_deg: _Optional[_Union[Measured, _Mapping]] = ..., t_axis_deg: _Optional[_Union[Measured, _Mapping]] = ..., beat_count: _Optional[int] = ..., lead_quality: _Optional[_Iterable[_Union[LeadQuality, _Mapping]]] = ..., document_json: _Optional[str] = ...) -> None: ...
+    beats: _containers.RepeatedCompositeFieldContainer[Summary.Beat]
+    sampling_frequency: float
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., analysis_version: _Optional[str] = ..., heart_rate_bpm: _Optional[_Union[Measured, _Mapping]] = ..., heart_rate_min_bpm: _Optional[_Union[Measured, _Mapping]] = ..., heart_rate_max_bpm: _Optional[_Union[Measured, _Mapping]] = ..., rr_mean_ms: _Optional[_Union[Measured, _Mapping]] = ..., rr_sd_ms: _Optional[_Union[Measured, _Mapping]] = ..., pr_ms: _Optional[_Union[Measured, _Mapping]] = ..., qrs_ms: _Optional[_Union[Measured, _Mapping]] = ..., qt_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_bazett_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_fridericia_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_framingham_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_hodges_ms: _Optional[_Union[Measured, _Mapping]] = ..., p_axis_deg: _Optional[_Union[Measured, _Mapping]] = ..., qrs_axis_deg: _Optional[_Union[Measured, _Mapping]] = ..., t_axis_deg: _Optional[_Union[Measured, _Mapping]] = ..., beat_count: _Optional[int] = ..., lead_quality: _Optional[_Iterable[_Union[LeadQuality, _Mapping]]] = ..., document_json: _Optional[str] = ..., beats: _Optional[_Iterable[_Union[Summary.Beat, _Mapping]]] = ..., sampling_frequency: _Optional[float] = ...) -> None: ...
 
 class Range(_message.Message):
     __slots__ = ("measure", "low", "high")
