@@ -20,6 +20,14 @@ Tables:
    ECG exports in ../shared/data/other (their RestingECGMeasurements, from GE's
    12SL program; the rhythm waveforms they carry are what we measure).
 
+5. The QT Database (55 two-lead 15-minute Holter excerpts, 250 Hz): per beat,
+   `delineate`'s P onset/offset, QRS onset/offset, T peak and T end against
+   annotator 1 (``.q1c``: mean, SD, sensitivity, with bootstrap intervals over
+   records), beside ECGPUWAVE (``.pu``), neurokit2's ``ecg_delineate`` (dwt) and
+   annotator 2 (``.q2c``, the floor of agreement); global PR, QRS and QT on 10 s
+   windows; `delineate`'s time on a whole record. Tuning half: records whose
+   name's number is odd; report half: even.
+
 Tuning set and report set are kept apart: constants were set while looking at
 LUDB odd-numbered records only; the report set is the even-numbered LUDB
 records (../shared/data holds LUDB records 1-100 only, so both halves come

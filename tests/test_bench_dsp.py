@@ -23,6 +23,10 @@ def test_bench_accuracy_small(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "pooled" in out and "gqrs Se / +P" in out
     assert "PR" in out and "IEC limit" in out
+    if (accuracy.QTDB / "sel100.hea").exists():
+        assert "QT Database, report (QTDB even)" in out and "annotator 2 (floor)" in out
+        assert "ECGPUWAVE" in out and "neurokit2 dwt" in out and "10 s windows" in out
+        assert "delineate() of a whole 15-minute" in out
 
 
 def test_bootstrap_intervals_cover_the_truth_and_need_five_records() -> None:
