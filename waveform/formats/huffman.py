@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from waveform.errors import InvalidFile
@@ -119,48 +120,88 @@ def parse_tables(body: bytes) -> tuple[Table, ...]:
     return tuple(tables)
 
 
-def decode(data: bytes, tables: tuple[Table, ...], count: int, where: str) -> np.ndarray:
-    """``count`` values (int64) from the Huffman bit stream ``data``, table 1 first."""
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8)).tolist()
-    lookups = [{(c.prefix_bits, c.prefix): c for c in t} for t in tables]
-    longest = [max(c.prefix_bits for c in t) for t in tables]
+# Status codes of `_decode_bits`.
+_OK, _ENDS, _NO_CODE, _ENDS_IN_VALUE = 0, 1, 2, 3
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_bits(bits: np.ndarray, prefix_bits: np.ndarray, prefix: np.ndarray,
+                 total_bits: np.ndarray, mode: np.ndarray, value: np.ndarray,
+                 sizes: np.ndarray, count: int) -> tuple[np.ndarray, int, int, int, int]:
+    """(values, decoded, status, bit position, table) of a Huffman bit stream.
+
+    Tables are rows of the code arrays (``sizes[t]`` codes in row t); a code
+    matches when its prefix length and prefix equal the bits read so far.
+    """
+    out = np.zeros(count, dtype=np.int64)
     table = 0
-    out = np.empty(count, dtype=np.int64)
-    n = 0
     pos = 0
-    total = len(bits)
+    n = 0
+    total = bits.size
     while n < count:
-        code = 0
+        code = np.int64(0)
         length = 0
-        found = None
-        lookup, limit = lookups[table], longest[table]
-        while found is None:
+        found = -1
+        while found < 0:
             if pos >= total:
-                raise InvalidFile(FORMAT, where, f"the bit stream ends after {n} of {count} "
-                                  "samples")
-            if length >= limit:
-                raise InvalidFile(FORMAT, where, f"bits at {pos - length} match no code of "
-                                  f"Huffman table {table + 1}")
-            code = (code << 1) | bits[pos]
+                return out, n, _ENDS, pos, table
+            if length >= 32:
+                return out, n, _NO_CODE, pos - length, table
+            code = (code << 1) | np.int64(bits[pos])
             pos += 1
             length += 1
-            found = lookup.get((length, code))
-        if found.mode == 0:
-            table = found.value - 1
+            for i in range(sizes[table]):
+                if prefix_bits[table, i] == length and prefix[table, i] == code:
+                    found = i
+                    break
+        if mode[table, found] == 0:
+            table = value[table, found] - 1
             continue
-        extra = found.total_bits - found.prefix_bits
-        if extra:
+        extra = total_bits[table, found] - length
+        if extra > 0:
             if pos + extra > total:
-                raise InvalidFile(FORMAT, where, f"the bit stream ends inside a value after {n} "
-                                  f"of {count} samples")
-            value = 0
-            for b in bits[pos:pos + extra]:
-                value = (value << 1) | b
+                return out, n, _ENDS_IN_VALUE, pos, table
+            v = np.int64(0)
+            for k in range(extra):
+                v = (v << 1) | np.int64(bits[pos + k])
             pos += extra
-            if value >= 1 << (extra - 1):
-                value -= 1 << extra
-            out[n] = value
+            if v >= (np.int64(1) << (extra - 1)):
+                v -= np.int64(1) << extra
+            out[n] = v
         else:
-            out[n] = found.value
+            out[n] = value[table, found]
         n += 1
+    return out, n, _OK, pos, table
+
+
+def _arrays(tables: tuple[Table, ...]) -> tuple[np.ndarray, ...]:
+    width = max(len(t) for t in tables)
+    shape = (len(tables), width)
+    prefix_bits = np.zeros(shape, np.int64)
+    prefix = np.zeros(shape, np.int64)
+    total_bits = np.zeros(shape, np.int64)
+    mode = np.zeros(shape, np.int64)
+    value = np.zeros(shape, np.int64)
+    for t, table in enumerate(tables):
+        for i, c in enumerate(table):
+            prefix_bits[t, i], prefix[t, i] = c.prefix_bits, c.prefix
+            total_bits[t, i], mode[t, i], value[t, i] = c.total_bits, c.mode, c.value
+    sizes = np.array([len(t) for t in tables], np.int64)
+    return prefix_bits, prefix, total_bits, mode, value, sizes
+
+
+def decode(data: bytes, tables: tuple[Table, ...], count: int, where: str) -> np.ndarray:
+    """``count`` values (int64) from the Huffman bit stream ``data``, table 1 first."""
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    prefix_bits, prefix, total_bits, mode, value, sizes = _arrays(tables)
+    out, n, status, pos, table = _decode_bits(
+        bits, prefix_bits, prefix, total_bits, mode, value, sizes, count)
+    if status == _ENDS:
+        raise InvalidFile(FORMAT, where, f"the bit stream ends after {n} of {count} samples")
+    if status == _NO_CODE:
+        raise InvalidFile(FORMAT, where, f"bits at {pos} match no code of Huffman table "
+                          f"{table + 1}")
+    if status == _ENDS_IN_VALUE:
+        raise InvalidFile(FORMAT, where, f"the bit stream ends inside a value after {n} of "
+                          f"{count} samples")
     return out
