@@ -20,6 +20,7 @@ from waveform.model import Identity
 
 __all__ = [
     "CARE",
+    "PHRASES",
     "ROLES",
     "Decision",
     "Purpose",
@@ -59,11 +60,29 @@ def roles_for(action: str) -> tuple[str, ...]:
     return ROLES[action]
 
 
+#: How a refusal names an action whose name is not a verb ("may not read summaries",
+#: never "may not summary"); the others read as they are ("may not ingest").
+PHRASES: Mapping[str, str] = {
+    "summary": "read summaries",
+    "trace": "read traces",
+    "dicom": "export DICOM objects",
+    "render": "render printouts",
+    "search": "search ECGs",
+    "documents": "read documents",
+    "recent-examinations": "list a patient's recent examinations",
+    "my-examinations": "see a citizen's own examinations",
+    "consent-state": "read a citizen's consent",
+    "my-access-log": "read a citizen's access log",
+    "query-audit": "query the audit trail",
+}
+
+
 def require_role(identity: Identity, action: str) -> None:
     """`AccessDenied` unless ``identity``'s role may make a call of ``action``."""
     roles = ROLES[action]
     if identity.role not in roles:
-        raise AccessDenied(f"{identity.describe()} may not {action.replace('-', ' ')} "
+        what = PHRASES.get(action, action.replace("-", " "))
+        raise AccessDenied(f"{identity.describe()} may not {what} "
                            f"(role {' or '.join(roles)} only)")
 
 

@@ -201,12 +201,45 @@ def _meta(data: bytes | memoryview, buf: np.ndarray) -> tuple[int, dict[int, byt
     return pos, meta
 
 
-def _sniff(buf: np.ndarray, start: int) -> TransferSyntax:
+#: What a file that is not DICOM often is, by its first bytes (offset, signature).
+_NOT_DICOM: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (0, b"\xff\xd8\xff", "a JPEG image"),
+    (0, b"GIF8", "a GIF image"),
+    (0, b"%PDF-", "a PDF document"),
+    (0, b"PK\x03\x04", "a ZIP archive"),
+    (0, b"\x1f\x8b", "gzip data"),
+    (0, b"\xef\xbb\xbf<", "XML (a cart's XML export? MUSE, Sierra and HL7 aECG are not DICOM)"),
+    (0, b"<", "XML (a cart's XML export? MUSE, Sierra and HL7 aECG are not DICOM)"),
+    (0, b"{", "JSON"),
+    (16, b"SCPECG", "an SCP-ECG file (EN 1064), not DICOM"),
+)
+
+
+def _not_dicom(data: bytes | memoryview) -> InvalidDicom:
+    head = bytes(data[:32])
+    what = next((name for at, sig, name in _NOT_DICOM if head[at:at + len(sig)] == sig), None)
+    shown = " ".join(f"{b:02X}" for b in head[:8])
+    return InvalidDicom(
+        "not a DICOM object" + (f": it looks like {what}" if what else "") + " "
+        + f"(it starts with {shown}: no DICM preamble, no File Meta Information and no "
+        "data set element of group 0008 or below, where every DICOM object begins)")
+
+
+def _sniff(buf: np.ndarray, start: int, data: bytes | memoryview = b"") -> TransferSyntax:
     """Transfer syntax of a data set without File Meta Information (PS3.10 allows
-    only implicit VR LE there; explicit VR and big endian are recognised too)."""
+    only implicit VR LE there; explicit VR and big endian are recognised too).
+    Every object holds SOP Class UID (0008,0016), so its first element is of group
+    0008 or below: anything else is not DICOM, and is said to be so."""
     if buf.size < start + 8:
+        if buf.size and len(data) and any(bytes(data[at:at + len(sig)]) == sig
+                                          for at, sig, _ in _NOT_DICOM):
+            raise _not_dicom(data)
         raise InvalidDicom(f"the object is {buf.size} bytes long, too short to hold a data set")
     little_group = int(buf[start]) | int(buf[start + 1]) << 8
+    if start == 0 and (min(little_group, int(buf[0]) << 8 | int(buf[1])) > 0x0008
+                       or any(bytes(data[at:at + len(sig)]) == sig for at, sig, _ in _NOT_DICOM)):
+        raise _not_dicom(data)
     explicit = 65 <= buf[start + 4] <= 90 and 65 <= buf[start + 5] <= 90
     if little_group > 0x00FF and (int(buf[start]) << 8 | int(buf[start + 1])) <= 0x00FF:
         return EXPLICIT_BE
@@ -248,7 +281,7 @@ def locate(data: bytes | memoryview) -> tuple[bytes | memoryview, np.ndarray, Tr
                 "in Implicit VR LE, Explicit VR LE, Deflated Explicit VR LE and Explicit VR BE"
             )
     else:
-        ts = _sniff(buf, start)
+        ts = _sniff(buf, start, data)
     if ts.deflated:
         data = _inflate(data[start:])
         buf = np.frombuffer(data, np.uint8)
