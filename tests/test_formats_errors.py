@@ -72,7 +72,14 @@ CASES: list[tuple[str, Callable[[], bytes], str]] = [
      r"ge-muse-xml: RestingECG/Waveform: no Rhythm waveform"),
     ("muse-date", lambda: _edit(MUSE, r"<AcquisitionDate>[^<]*", "<AcquisitionDate>13-45-2024"),
      r"ge-muse-xml: TestDemographics/AcquisitionDate: '13-45-2024' is not a date"),
+    ("muse-exponent", lambda: _edit(MUSE, r"<SampleExponent>0", "<SampleExponent>400"),
+     r"ge-muse-xml: .*SampleBase: sampling rate 500.0 x 10\^400 is not a rate"),
+    ("muse-nan", lambda: _edit(MUSE, r"<QTInterval>380", "<QTInterval>nan"),
+     r"ge-muse-xml: RestingECG/RestingECGMeasurements/QTInterval: 'nan' is not a finite"),
     # Philips Sierra XML (UTF-16)
+    ("sierra-rate", lambda: _edit(SIERRA, 'samplespersecond="500"', 'samplespersecond="fast"',
+                                  encoding="utf-16"),
+     r"philips-sierra-xml: .*parsedwaveforms@samplespersecond: 'fast' is not a number"),
     ("sierra-lead-count", lambda: _edit(SIERRA, 'numberofleads="12"', 'numberofleads="11"',
                                         encoding="utf-16"),
      r"philips-sierra-xml: .*parsedwaveforms@numberofleads: numberofleads says 11, "
@@ -128,6 +135,9 @@ CASES: list[tuple[str, Callable[[], bytes], str]] = [
     ("scp-spans", lambda: _scp_edit(lambda b: b.__setitem__(
         3, b[3][:2] + struct.pack("<IIB", 1, 4000, 1) + b[3][11:])),
      r"scp-ecg: Section 3 leads: recorded over different spans \[\(1, 4000\), \(1, 5000\)\]"),
+    ("scp-absurd-length", lambda: _scp_edit(lambda b: b.__setitem__(3, b[3][:2] + b"".join(
+        struct.pack("<IIB", 1, 9_000_000, code) for code in b[3][10:110:9]))),
+     r"scp-ecg: Section 6 lead 1: \d+ bytes of Huffman codes cannot hold 9000000 samples"),
     ("scp-no-rhythm", lambda: _scp_edit(lambda b: b.pop(6)),
      r"scp-ecg: Section 6: absent; it holds the rhythm data"),
     ("scp-date", lambda: _scp_edit(lambda b: b.__setitem__(1, b[1].replace(

@@ -174,6 +174,8 @@ def _annotations(series: Node) -> tuple[tuple[Measurement, ...], tuple[str, ...]
                 number = float(value.get("value", ""))
             except ValueError:
                 continue  # a measurement the cart could not make
+            if not np.isfinite(number):
+                continue
             units = _UNITS.get(value.get("unit", ""), value.get("unit", "") or "1")
             measures[code] = measurement(code, number, units, _CONCEPTS.get(code))
     return tuple(measures.values()), tuple(s for s in statements if s)

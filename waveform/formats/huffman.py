@@ -192,6 +192,9 @@ def _arrays(tables: tuple[Table, ...]) -> tuple[np.ndarray, ...]:
 
 def decode(data: bytes, tables: tuple[Table, ...], count: int, where: str) -> np.ndarray:
     """``count`` values (int64) from the Huffman bit stream ``data``, table 1 first."""
+    if count > 8 * len(data):  # every code is at least one bit
+        raise InvalidFile(FORMAT, where, f"{len(data)} bytes of Huffman codes cannot hold "
+                          f"{count} samples")
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
     prefix_bits, prefix, total_bits, mode, value, sizes = _arrays(tables)
     out, n, status, pos, table = _decode_bits(

@@ -95,8 +95,8 @@ def _lead(node: Node) -> tuple[str, np.ndarray, Channel]:
 def _group(waveform: Node, kind: str) -> WaveformGroup:
     label, originality = _GROUPS[kind]
     rate = waveform.number("SampleBase")
-    exponent = waveform.number("SampleExponent", int) or 0
-    if rate is None or not 0 < rate * 10.0**exponent <= 1e6:
+    exponent = int(waveform.number("SampleExponent", int) or 0)
+    if rate is None or not -6 <= exponent <= 6 or not 0 < rate * 10.0**exponent <= 1e6:
         raise waveform.fail(f"sampling rate {rate!r} x 10^{exponent} is not a rate",
                             "/SampleBase")
     leads = [_lead(n) for n in waveform.all("LeadData")]

@@ -13,6 +13,7 @@ leads (16 for 12 leads in the files we have); the leads named are the first ones
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import numpy as np
 
@@ -94,9 +95,10 @@ def _labels(waveforms: Node, signal: Node) -> list[str]:
 def _rhythm(root: Node) -> WaveformGroup:
     signal = root.need("dataacquisition/signalcharacteristics")
     waveforms = root.need("waveforms/parsedwaveforms")
-    rate = float(waveforms.attr("samplespersecond", "") or signal.integer("samplingrate"))
-    resolution = float(waveforms.attr("resolution", "") or signal.text("signalresolution")
-                       or "nan")
+    rate = waveforms.attr_number("samplespersecond") or signal.integer("samplingrate")
+    resolution = waveforms.attr_number("resolution") or signal.number("signalresolution") or 0
+    if not 0 < rate <= 1e6:
+        raise waveforms.fail(f"sampling rate {rate!r} is not a rate", "@samplespersecond")
     if not 0 < resolution < 1e6:
         raise signal.fail(f"resolution {resolution!r} µV is not a positive scale",
                           "/signalresolution")
@@ -146,8 +148,8 @@ def _median(root: Node) -> WaveformGroup | None:
     beats = root.find("waveforms/repbeats")
     if beats is None:
         return None
-    rate = float(beats.attr("samplespersec", "0") or 0)
-    resolution = float(beats.attr("resolution", "0") or 0)
+    rate = beats.attr_number("samplespersec", 0) or 0
+    resolution = beats.attr_number("resolution", 0) or 0
     if rate <= 0 or resolution <= 0:
         return None  # 1.03 may omit both: such beats cannot be scaled
     if beats.attr("dataencoding", "Base64") != "Base64":
@@ -185,6 +187,8 @@ def _measurements(interpretation: Node | None) -> tuple[Measurement, ...]:
                 value = float(text)
             except ValueError:
                 continue  # the cart writes "Failed" where it could not measure
+            if not math.isfinite(value):
+                continue
             concept, units = _MEASUREMENTS[child.tag]
             out.append(measurement(child.tag, value, units, concept))
     return tuple(out)

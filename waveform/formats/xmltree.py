@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import math
 import re
 import xml.etree.ElementTree as ET
 
@@ -110,10 +111,27 @@ class Node:
         if not text:
             return None
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
             raise InvalidFile(self.fmt, f"{self.path}/{path}",
                               f"{text[:40]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise InvalidFile(self.fmt, f"{self.path}/{path}",
+                              f"{text[:40]!r} is not a finite number")
+        return value
+
+    def attr_number(self, name: str, default: float | None = None) -> float | None:
+        """An attribute as a finite number, ``default`` when absent or empty."""
+        text = self.el.get(name, "").strip()
+        if not text:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise self.fail(f"{text[:40]!r} is not a number", f"@{name}") from None
+        if not math.isfinite(value):
+            raise self.fail(f"{text[:40]!r} is not a finite number", f"@{name}")
+        return value
 
     def integer(self, path: str) -> int:
         """A required integer element (or attribute, as ``@name``)."""
