@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 from pathlib import Path
@@ -18,7 +19,8 @@ from pydicom.uid import (
 from pydicom.waveforms.numpy_handler import multiplex_array
 
 from tests.conftest import SHARED_DICOM
-from waveform.dicom import decode, join, split
+from waveform.dicom import decode, encode, join, split
+from waveform.dicom.synthetic import synthetic_ecg
 from waveform.errors import InvalidDicom, UnsupportedObject
 
 PYDICOM_ECG = Path(str(get_testdata_file("waveform_ecg.dcm")))
@@ -57,9 +59,12 @@ def test_samples_equal_pydicom(real: tuple[bytes, pydicom.Dataset]) -> None:
         phys = group.physical()
         ref_phys = multiplex_array(ds, i, as_raw=False).T
         pad = item.get("WaveformPaddingValue")
-        if pad is not None:
+        if pad is not None and group.channels[0].padding is not None:
             padval = np.frombuffer(pad, ref.dtype)[0]
             assert np.array_equal(np.isnan(phys), ref == padval)
+        elif pad is not None:  # a value the signal takes: samples, and said so
+            assert not np.isnan(phys).any()
+            assert any("lies inside the signal" in w for w in ecg.warnings)
         keep = ~np.isnan(phys)
         if group.interpretation == "MB":
             # pydicom scales the mu-law codes themselves; the standard means G.711.
@@ -218,14 +223,36 @@ def test_memoryview_input_is_viewed_not_copied() -> None:
     assert not raw.flags.writeable
 
 
-def test_padding_is_nan_in_physical() -> None:
+def test_a_padding_value_the_signal_takes_is_a_sample() -> None:
+    """ECG Toolkit's example declares padding 0, and its leads cross zero: those
+    1,269 zeros are measurements, the decoder says so, and nothing is NaN."""
     path = Path(__file__).resolve().parents[2] / "shared/data/dicom/ecgtoolkit_Example.dcm"
     if not path.exists():
         pytest.skip("../shared/data is absent")
-    rhythm = decode(path.read_bytes()).groups[0]
-    pad = rhythm.channels[0].padding
-    assert pad is not None
-    assert np.array_equal(np.isnan(rhythm.physical()), rhythm.raw == pad)
+    ecg = decode(path.read_bytes())
+    rhythm = ecg.groups[0]
+    assert all(c.padding is None for c in rhythm.channels)
+    [note] = [w for w in ecg.warnings if "Waveform Padding Value" in w]
+    assert note.startswith("multiplex group 1: Waveform Padding Value (5400,100A) 0 lies "
+                           "inside the signal (1,269 samples hold it")
+    assert int((rhythm.raw == 0).sum()) == 1269
+    assert not np.isnan(rhythm.physical()).any()
+    assert not np.isnan(rhythm.microvolts()).any()
+
+
+def test_padding_at_the_types_extreme_is_nan_everywhere() -> None:
+    ecg = synthetic_ecg(seed=7, duration_s=1.0)
+    g = ecg.groups[0]
+    raw = np.array(g.raw)
+    raw[:, :50] = -32768  # the start not recorded
+    channels = tuple(dataclasses.replace(c, padding=-32768) for c in g.channels)
+    group = dataclasses.replace(g, raw=raw, channels=channels)
+    back = decode(encode(ecg.replace(groups=(group,))))
+    rhythm = back.groups[0]
+    assert {c.padding for c in rhythm.channels} == {-32768}
+    assert not any("Padding" in w for w in back.warnings)
+    assert np.array_equal(np.isnan(rhythm.physical()), raw == -32768)
+    assert np.array_equal(np.isnan(rhythm.microvolts()), raw == -32768)
 
 
 def test_refuses_images_naming_the_class() -> None:

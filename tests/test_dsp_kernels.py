@@ -40,6 +40,52 @@ def test_scale_padding_is_nan() -> None:
     assert np.isnan(got[0, 1]) and not np.isnan(got[1, 0])
 
 
+def test_twelve_bit_samples_in_int16_are_sign_extended_everywhere() -> None:
+    """A 12-bit cart that stores 0x0FFF (-1), 0x0800 (-2048) and 1 in int16 without
+    sign extension: the printout's physical values and the analysis' microvolts
+    come from one kernel and agree."""
+    from waveform.model import Channel, WaveformGroup
+
+    raw = np.array([[0x0FFF, 0x0800, 1, 0x07FF]], dtype=np.int16)
+    got = scale.to_physical(raw, [1.0], interpretation="SS", bits_stored=12)
+    assert got.tolist() == [[-1.0, -2048.0, 1.0, 2047.0]]
+    group = WaveformGroup("RHYTHM", 500.0, (Channel(lead="II", units="uV", bits_stored=12),),
+                          raw, "SS")
+    assert group.physical().tolist() == [[-1.0, -2048.0, 1.0, 2047.0]]
+    assert group.microvolts().tolist() == [[-1.0, -2048.0, 1.0, 2047.0]]
+    # Unsigned samples are masked to their stored bits instead.
+    u = scale.to_physical(np.array([[0xF0FF]], np.uint16), [1.0], bits_stored=12)
+    assert u.tolist() == [[0x00FF]]  # the high nibble is not part of the sample
+
+
+@pytest.mark.parametrize(("interpretation", "table"), [("MB", "ULAW"), ("AB", "ALAW")])
+def test_companded_codes_are_expanded_by_g711(interpretation: str, table: str) -> None:
+    codes = np.arange(256, dtype=np.uint8).reshape(1, -1)
+    got = scale.to_physical(codes, [0.5], [2.0], [1.0], interpretation=interpretation)
+    expanded = getattr(scale, table)
+    np.testing.assert_array_equal(got[0], expanded * 0.5 * 2.0 + 1.0)
+    # G.711 reference points: the largest magnitudes and the two smallest steps.
+    if interpretation == "MB":
+        assert (expanded[0x00], expanded[0x80], expanded[0xFF]) == (-32124, 32124, 0)
+    else:
+        assert (expanded[0x55], expanded[0xD5], expanded[0x2A]) == (-8, 8, -32256)
+
+
+def test_padding_compared_before_the_storage_form() -> None:
+    raw = np.array([[0x0FFF, 0x0800, 5]], dtype=np.int16)
+    got = scale.to_physical(raw, [2.0], padding=[0x0800], bits_stored=12)
+    assert got[0, 0] == -2.0 and np.isnan(got[0, 1]) and got[0, 2] == 10.0
+
+
+def test_padding_inside_the_signal_is_named() -> None:
+    signal = np.array([[-5, 0, 3, 0, -1], [2, 2, 2, 2, 2]], dtype=np.int16)
+    note = scale.padding_note(signal, 0)
+    assert note is not None and "2 samples hold it" in note
+    edges = np.array([[-32768, -32768, 3, -2, 4]], dtype=np.int16)
+    assert scale.padding_note(edges, -32768) is None
+    assert scale.padding_note(np.array([[0, 0, 3, 4]], np.int16), 0) is None  # below all
+
+
 def test_scale_rejects_non_voltage() -> None:
     with pytest.raises(InvalidArgument, match=r"'mm\[Hg\]' are not a voltage"):
         scale.to_microvolts(np.zeros((1, 4), np.int16), [1.0], units=["mm[Hg]"])

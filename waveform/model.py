@@ -151,11 +151,36 @@ class WaveformGroup:
         + baseline`` after undoing the storage form of the samples: mu-law (MB)
         and A-law (AB) codes are expanded to linear values (ITU-T G.711), samples
         are sign-extended (or masked) from Waveform Bits Stored, and samples equal
-        to the padding value are NaN (they carry no measurement).
+        to the padding value are NaN (they carry no measurement). The one
+        scaling kernel, `waveform.dsp.scale`, does it for every consumer.
         """
-        from waveform.dicom.samples import physical
+        from waveform.dsp.scale import to_physical
 
-        return physical(self)
+        ch = self.channels
+        return to_physical(self.raw, [c.sensitivity for c in ch], [c.correction for c in ch],
+                           [c.baseline for c in ch], padding=[c.padding for c in ch],
+                           interpretation=self.interpretation, bits_stored=self.bits_stored)
+
+    def microvolts(self, rows: Sequence[int] | None = None) -> np.ndarray:
+        """float32 (channels, samples) in µV of the channels ``rows`` (default all,
+        which must be in voltage units): `physical` in one unit, for the analysis
+        and traces, from the same kernel."""
+        from waveform.dsp.scale import to_microvolts
+
+        idx = list(range(self.n_channels)) if rows is None else list(rows)
+        ch = [self.channels[i] for i in idx]
+        raw = self.raw if rows is None else self.raw[idx]
+        return to_microvolts(raw, [c.sensitivity for c in ch], [c.correction for c in ch],
+                             [c.baseline for c in ch], [c.units for c in ch],
+                             [c.padding for c in ch], interpretation=self.interpretation,
+                             bits_stored=self.bits_stored)
+
+    @property
+    def bits_stored(self) -> int | None:
+        """Waveform Bits Stored. It is per channel in the standard but one value in
+        practice; the narrowest declared width applies to the whole group."""
+        stored = [c.bits_stored for c in self.channels if c.bits_stored]
+        return min(stored) if stored else None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, WaveformGroup):

@@ -43,6 +43,7 @@ from waveform.dicom.values import (
     text_decoder,
     wanted,
 )
+from waveform.dsp.scale import padding_note
 from waveform.errors import InvalidDicom, LimitExceeded, UnsupportedObject
 from waveform.model import SAMPLE_DTYPES, Annotation, Channel, Ecg, WaveformGroup
 
@@ -489,6 +490,12 @@ def _group(r: Reader, tokens: Tokens, f: Fields, gi: int, sop: SopClass) -> Wave
         else:
             r.warnings.append(f"{where}: Waveform Padding Value (5400,100A) has {n[kp]} bytes, "
                               f"fewer than a {size}-byte sample; ignored")
+    if padding is not None:
+        # A declared padding value the signal itself takes is a sample (dsp.scale).
+        note = padding_note(raw, padding)
+        if note is not None:
+            r.warnings.append(f"{where}: {note}")
+            padding = None
     channels = _channels(r, tokens, ch_seq, ch_items, fs, padding, where, sop.ecg)
     offset_ms = r.ds(o[_G["time_offset"]], n[_G["time_offset"]],
                         f"{where}: Multiplex Group Time Offset", 0.0)
