@@ -224,6 +224,12 @@ def test_header_carries_patient_context_and_measurements() -> None:
     words = "\n".join(_svg_texts(render(ecg, summary=summary, fmt="svg")))
     assert ecg.patient_id in words
     assert "Central Hospital" in words and "Acme Cart 9" in words
+    # The patient's name beside the ID, and the organisation the archive knows
+    # (the one that sent the ECG) over the object's Institution Name.
+    named = ecg.replace(patient_name="Virtanen^Aino^M^Dr")
+    words_named = "\n".join(_svg_texts(render(named, fmt="svg", organisation="org-north")))
+    assert f"Virtanen, Dr Aino M  ID {ecg.patient_id}" in words_named
+    assert "Organisation org-north" in words_named and "Central Hospital" not in words_named
     assert ecg.acquisition_datetime is not None
     assert ecg.acquisition_datetime.strftime("%Y-%m-%d %H:%M:%S") in words
     assert re.search(r"Rate 7\d bpm", words)

@@ -305,14 +305,20 @@ class Archive:
             metas = self._linked_documents(ref)
             linked.update(m.document_id for m in metas)
             views = self._released(metas, now)
-            performer, reporting = _people([ref], metas)
+            # The reporting physician comes with a released statement only: one
+            # inside its release delay reveals neither its author nor (in its
+            # place) the ECG's reader. The performer is the ECG's own.
+            performer, reporting = _people([ref], [v.meta for v in views])
+            if (any(m.kind == "statement" for m in metas)
+                    and not any(v.meta.kind == "statement" for v in views)):
+                reporting = ""
             out.append((ref, views, performer, reporting))
         loose = [m for m in (self.documents.latest(d) for d in
                              self.documents.for_patient(patient))
                  if m is not None and m.document_id not in linked]
         views = self._released(loose, now)
         if views:
-            out.append((None, views, "", _people([], loose)[1]))
+            out.append((None, views, "", _people([], [v.meta for v in views])[1]))
         for _, vs, _, _ in out:
             acc.objects(*(v.meta.document_id for v in vs))
         return out

@@ -35,6 +35,7 @@ def render(
     fmt: str = "png",
     dpi: float = 150,
     qtc: str = "Bazett",
+    organisation: str | None = None,
 ) -> bytes:
     """The printout of ``ecg`` as ``fmt`` bytes.
 
@@ -42,7 +43,9 @@ def render(
     ``paper`` one of `PAPERS` (landscape), ``speed_mm_s`` 25 or 50, ``gain_mm_mv``
     5, 10 or 20, ``fmt`` "png", "svg" or "pdf"; ``dpi`` sets the PNG's resolution
     (SVG and PDF are vector, sized to the paper). ``qtc`` names the QTc formula
-    printed ("Bazett", "Fridericia", "Framingham", "Hodges"). Raises
+    printed ("Bazett", "Fridericia", "Framingham", "Hodges"). ``organisation`` is
+    the organisation that archived the ECG (the archive knows it; default the
+    object's Institution Name). Raises
     `InvalidArgument` for any other choice and `UnsupportedObject` for an
     object without ECG leads.
     """
@@ -63,7 +66,7 @@ def render(
     page_geometry(layout, paper, speed_mm_s, gain_mm_mv)  # the arguments, before decoding
     sig = signals.lead_signals(ecg)
     page = page_geometry(layout, paper, speed_mm_s, gain_mm_mv, sig.duration_s)
-    header = text.header_blocks(ecg, summary, qtc)
+    header = text.header_blocks(ecg, summary, qtc, organisation)
     footer = text.footer(sig.group, summary, page.speed_mm_s, page.gain_mm_mv, sig.derived)
     return draw.draw_page(page, sig, header, footer, fmt, dpi_f)
 

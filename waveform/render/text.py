@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from waveform.model import Ecg, Measured, Summary, WaveformGroup
 
-__all__ = ["ABSENT", "QTC_FORMULAS", "footer", "header_blocks"]
+__all__ = ["ABSENT", "QTC_FORMULAS", "footer", "header_blocks", "person_name"]
 
 #: How an absent measurement reads.
 ABSENT = "\u2014"
@@ -45,22 +45,35 @@ def _value(m: Measured | None, unit: str, nd: int = 0) -> str:
     return f"{m.value:.{nd}f}{unit}"
 
 
-def _patient(ecg: Ecg) -> str:
+def person_name(pn: str) -> str:
+    """A DICOM person name (PS3.5 6.2: family^given^middle^prefix^suffix, its first
+    component group) as printed: "Family, Given Middle"."""
+    family, given, middle, prefix, suffix = (pn.split("=")[0].split("^") + [""] * 5)[:5]
+    first = " ".join(p.strip() for p in (prefix, given, middle) if p.strip())
+    name = ", ".join(p for p in (family.strip(), first) if p)
+    return f"{name} {suffix.strip()}".strip()
+
+
+def _patient(ecg: Ecg, organisation: str | None) -> str:
     sex = _SEX.get(ecg.sex.strip().upper(), "sex unknown")
     when = ecg.acquisition_datetime
     acquired = when.strftime("%Y-%m-%d %H:%M:%S") if when else "acquisition time unknown"
     device = " ".join(p for p in (ecg.manufacturer.strip(), ecg.model.strip()) if p)
     return "\n".join([
-        f"ID {_clip(ecg.patient_id, 30) or ABSENT}",
+        f"{_clip(person_name(ecg.patient_name), 30) or 'Name ' + ABSENT}  "
+        f"ID {_clip(ecg.patient_id, 20) or ABSENT}",
         f"{sex}, {_age(ecg.birth_date, when)}",
         f"Acquired {acquired}",
-        f"Organisation {_clip(ecg.institution) or ABSENT}",
+        f"Organisation {_clip(organisation or ecg.institution) or ABSENT}",
         f"Device {_clip(device) or ABSENT}",
     ])
 
 
-def header_blocks(ecg: Ecg, summary: Summary | None, qtc: str = "Bazett") -> tuple[str, ...]:
-    """Three blocks of lines: patient and context, intervals, QTc and axes."""
+def header_blocks(ecg: Ecg, summary: Summary | None, qtc: str = "Bazett",
+                  organisation: str | None = None) -> tuple[str, ...]:
+    """Three blocks of lines: patient and context, intervals, QTc and axes.
+    ``organisation`` is the one that archived the ECG, as the archive knows it
+    (the object's Institution Name is what the cart was told, and may be absent)."""
     s = summary
     intervals = "\n".join([
         f"Rate {_value(s.heart_rate_bpm if s else None, ' bpm')}",
@@ -78,7 +91,7 @@ def header_blocks(ecg: Ecg, summary: Summary | None, qtc: str = "Bazett") -> tup
         f"Axes P/QRS/T {axes}",
         "" if s else "Not analysed",
     ]).rstrip()
-    return _patient(ecg), intervals, others
+    return _patient(ecg, organisation), intervals, others
 
 
 def _filters(group: WaveformGroup) -> str:
