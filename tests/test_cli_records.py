@@ -43,7 +43,7 @@ def exam(archive: Archive) -> tuple[str, str]:
 
 def test_documents_attach_list_release(archive: Archive, exam: tuple[str, str],
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    sop, study = exam
+    _, study = exam
     code, out, err = _run(capsys, archive, "dr_a", "documents", "attach", "--kind", "statement",
                           "--patient", PATIENT, "--study", study, "--title", "Statement",
                           "--text", "Sinus rhythm, normal ECG.", "--author", "Stat^Ida",

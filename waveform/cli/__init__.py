@@ -30,7 +30,19 @@ from waveform.cli.local import demo_objects
 __all__ = ["cli", "command_paths", "demo_objects", "main", "run_command"]
 
 
-@click.group("waveform", help=__doc__.split("\n\n")[0],
+class _PipeClosed(Exception):
+    """The reader of standard output went away (click would exit 1 on it)."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise _PipeClosed from None
+
+
+@click.group("waveform", cls=_Group, help=__doc__.split("\n\n")[0],
              context_settings={"help_option_names": ["-h", "--help"],
                                "max_content_width": 100})
 @click.version_option(package_name="waveform", prog_name="waveform")
@@ -91,7 +103,7 @@ def run_command(command: click.Command, argv: Sequence[str] | None,
     except click.Abort:
         click.echo("Aborted.", err=True)
         return EXIT_REFUSED
-    except BrokenPipeError:
+    except (BrokenPipeError, _PipeClosed):
         return quiet_broken_pipe()
     try:
         sys.stdout.flush()
