@@ -69,6 +69,9 @@ def test_demo_server_serves_and_stops_cleanly(tmp_path: Path) -> None:
         lines = _read_until(proc, r"Ctrl-C stops")
         port = int(re.search(r"on 127\.0\.0\.1:(\d+)", lines[0]).group(1))  # type: ignore[union-attr]
         token = next(line.split()[-1] for line in lines if "clinician:demo-clinic" in line)
+        # The dev tokens are kept for the data folder, and it says where.
+        assert any(line.startswith("dev tokens (new; kept for this data folder in ")
+                   for line in lines), lines
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert health.status == health_pb2.HealthCheckResponse.SERVING
