@@ -161,8 +161,7 @@ def error_comment(message: str) -> str:
     """``message`` as an Error Comment (0000,0902), LO: at most 64 characters of
     printable ASCII without backslash, cut at a word with "..." when longer."""
     text = "".join(c if 0x20 <= ord(c) < 0x7F and c != "\\" else "/" if c == "\\" else "?"
-                   for c in message)
-    text = " ".join(text.split())
+                   for c in " ".join(message.split()))
     if len(text) <= _LO_MAX:
         return text
     cut = text[:_LO_MAX - 3]
@@ -480,7 +479,7 @@ class DicomServer:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         ae.add_requested_context(STORAGE_COMMITMENT)
         role = build_role(STORAGE_COMMITMENT, scp_role=True)
-        tls = (self._client_ssl, "") if self._client_ssl is not None else None
+        tls = (self._client_ssl, host) if self._client_ssl is not None else None
         assoc = ae.associate(host, device.port, ae_title=device.ae_title, ext_neg=[role],
                              tls_args=tls)
         if not assoc.is_established:
