@@ -385,7 +385,7 @@ def test_runs_while_the_store_ingests(tmp_path: Path, local2: LocalEngine) -> No
 
 def _cli(archive: Path, *args: str, **popen: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        interruptible("waveform.cli.reanalyze", "--data", str(archive), *args),
+        interruptible("waveform.cli", "reanalyze", "--data", str(archive), *args),
         cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
 
 

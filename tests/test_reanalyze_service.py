@@ -422,7 +422,7 @@ def test_the_command_line_runs_the_job_in_the_server(svc: Service,
     # The folder the server holds, opened by another process: the message points
     # at --server.
     data = Path(svc.store.data_path).parent
-    r = subprocess.run([sys.executable, "-m", "waveform.cli.reanalyze", "--data", str(data)],
+    r = subprocess.run([sys.executable, "-m", "waveform.cli", "reanalyze", "--data", str(data)],
                        cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE)
     assert r.returncode == 1
     assert "Could not set lock" in r.stderr
@@ -445,7 +445,7 @@ def test_the_command_line_runs_the_job_in_the_server(svc: Service,
 def test_ctrl_c_on_the_command_line_stops_the_job_and_a_rerun_finishes(svc: Service) -> None:
     org = "org-int"
     uids = _stored(svc.store, 20, org, seed=5)
-    cmd = interruptible("waveform.cli.reanalyze", "--server", svc.server.address,
+    cmd = interruptible("waveform.cli", "reanalyze", "--server", svc.server.address,
                         "--token", svc.tokens["admin"], "--where", f"organisation={org}",
                         "--workers", "1", "--unit", "1", "--commit", "1", "-v")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -24,9 +24,7 @@ rest); --compare with --server compares the versions' summaries in that server
 
 from __future__ import annotations
 
-import logging
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -40,7 +38,7 @@ if TYPE_CHECKING:
     from waveform.reanalyze.job import JobResult
     from waveform.reanalyze.progress import Progress
 
-__all__ = ["COMMANDS", "Follower", "main"]
+__all__ = ["COMMANDS", "Follower"]
 
 _LOCKED = "Could not set lock"
 
@@ -264,15 +262,4 @@ def _compared(comparison: Comparison, plot: str | None, png: bytes | None = None
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m waveform.cli.reanalyze ...``: the command on its own."""
-    from waveform.cli import run_command
-
-    return run_command(reanalyze, sys.argv[1:] if argv is None else list(argv), "reanalyze")
-
-
 COMMANDS = (reanalyze,)
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    sys.exit(main())
