@@ -688,8 +688,8 @@ def test_bench_dimse_small(capsys: pytest.CaptureFixture[str]) -> None:
 
     dimse.main(small=True)
     out = capsys.readouterr().out
-    for row in ("C-STORE", "gRPC Ingest", "gRPC IngestStream"):
-        line = next(x for x in out.splitlines() if x.startswith(row))
-        rate = float(line.split()[-3].replace(",", ""))
-        assert rate > 0, line
-    assert "C-STORE / IngestStream" in out
+    for door in ("C-STORE", "gRPC Ingest", "gRPC IngestStream"):
+        line = next(x for x in out.splitlines() if x.startswith(door + " "))
+        rate, errors = line.split()[-2:]
+        assert float(rate.replace(",", "")) > 0 and errors == "0", line
+    assert "C-STORE / IngestStream" in out and "C-STORE / Ingest " in out
