@@ -223,34 +223,37 @@ def median_beats(x: np.ndarray, beats: np.ndarray, pre: int, post: int) -> np.nd
 
 
 @numba.njit(cache=True, nogil=True)
-def _velocity(med: np.ndarray) -> np.ndarray:
+def _velocity(med: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    # Summed absolute slope of the leads over [lo, hi) (1 <= lo, hi <= n - 1;
+    # zero elsewhere: only the QRS search reads it).
     n_ch, n = med.shape
     v = np.zeros(n)
     for c in range(n_ch):
-        for i in range(1, n - 1):
+        for i in range(lo, hi):
             v[i] += abs(med[c, i + 1] - med[c, i - 1]) * 0.5
-    v[0] = v[1]
-    v[n - 1] = v[n - 2]
     return v
 
 
 @numba.njit(cache=True, nogil=True)
-def _magnitude(med: np.ndarray, at: int, half: int) -> np.ndarray:
-    # Spatial magnitude of the leads after subtracting each lead's level
-    # averaged over [at - half, at + half] (the isoelectric reference).
+def _magnitude(med: np.ndarray, at: int, half: int, a: int, b: int) -> np.ndarray:
+    # Spatial magnitude of the leads over [a, b) (zero elsewhere: only the P
+    # and T searches read it) after subtracting each lead's level averaged over
+    # [at - half, at + half] (the isoelectric reference).
     n_ch, n = med.shape
     lo = max(0, at - half)
     hi = min(n, at + half + 1)
+    a = max(a, 0)
+    b = min(b, n)
     mag = np.zeros(n)
     for c in range(n_ch):
         base = 0.0
         for i in range(lo, hi):
             base += med[c, i]
         base /= max(hi - lo, 1)
-        for i in range(n):
+        for i in range(a, b):
             d = med[c, i] - base
             mag[i] += d * d
-    for i in range(n):
+    for i in range(a, b):
         mag[i] = np.sqrt(mag[i])
     return mag
 
@@ -554,7 +557,6 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
     n_ch, n = med.shape
     if n < 8 or np.isnan(med).any():
         return out
-    v = _velocity(med)
     # --- QRS: anchored on the spatial velocity peak near the fiducial ---
     w = int(0.06 * fs)
     lo = max(1, pre - w)
@@ -568,6 +570,7 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
     # (A beat too short for these spans still gets an answer, not a stray read.)
     lo = min(lo, n - 2)
     hi = min(max(hi, lo + 1), n - 1)
+    v = _velocity(med, lo, hi)
     peak = lo
     for i in range(lo, hi):
         if v[i] > v[peak]:
@@ -590,7 +593,9 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
         out[4] = t_end
     iso_half = max(int(0.01 * fs), 1)
     iso = max(on0 - iso_half, 0)
-    mag = _magnitude(med, iso, iso_half)
+    # The P search reads from 350 ms before the QRS onset, the T peak's up to
+    # the T end.
+    mag = _magnitude(med, iso, iso_half, on0 - int(0.35 * fs) - 1, max(on0, t_end) + 2)
     if t_end >= 0:
         # T peak: the largest spatial magnitude (from the PR level) between the
         # ST segment and the T end, the leads together (one mark per beat).
