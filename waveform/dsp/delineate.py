@@ -622,9 +622,25 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
         # the second differences of the whole beat) summed over the leads.
         p_noise = noise[0] * np.sqrt(n_ch)
         amp = mag[pp]
-        # A real P peak stands inside the window, not at its edge (a T wave
-        # of the previous beat or the QRS upstroke reaching in).
-        if amp > p_min_uv and amp > p_snr * p_noise and pp > p_lo + 2 and pp < p_hi - 2:
+        rise = amp
+        inside = pp > p_lo + 2 and pp < p_hi - 2
+        if not inside:
+            # The largest magnitude is at the window's edge: a T wave of the
+            # previous beat or the QRS upstroke reaching in, or a TP segment far
+            # off the PR level (a Holter's baseline). A P wave may still stand
+            # inside: the local maximum that rises most above the lowest
+            # magnitude before it.
+            low = mag[p_lo]
+            best = 0.0
+            for i in range(p_lo + 3, p_hi - 2):
+                low = min(low, mag[i - 1])
+                if mag[i] >= mag[i - 1] and mag[i] > mag[i + 1] and mag[i] - low > best:
+                    best = mag[i] - low
+                    pp = i
+            inside = best > 0.0
+            amp = mag[pp]
+            rise = best
+        if rise > p_min_uv and rise > p_snr * p_noise and inside:
             cut = p_fraction * amp
             # Walk out from the peak to the cut, or to the trough where the
             # P wave meets a neighbouring wave (the T wave at fast rates, a
@@ -653,7 +669,9 @@ def _fiducials(med: np.ndarray, fs: float, pre: int, rr_s: float, use: np.ndarra
             while b < on0 and mag[b] > cut and not (
                     mag[b] < 0.5 * amp and mag[b + 1] >= mag[b]):
                 b += 1
-            if a > p_lo and b < on0:
+            # (With a TP segment above the P wave, the walk to the cut runs
+            # out of the window; the onset's walk to the floor does not.)
+            if (a > p_lo or (rise < amp and on_p > p_lo)) and b < on0:
                 out[0] = on_p
                 out[1] = b
     return out
