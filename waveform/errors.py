@@ -72,6 +72,11 @@ class InvalidFile(InvalidArgument):
         super().__init__(f"{format}: {field}: {problem}")
         self.format = format
         self.field = field
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type[InvalidFile], tuple[str, str, str]]:
+        # copy.copy and pickle rebuild an exception from its args (the message alone).
+        return type(self), (self.format, self.field, self.problem)
 
 
 class UnknownFormat(InvalidArgument):

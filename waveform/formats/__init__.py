@@ -7,6 +7,16 @@ DICOM object the archive keeps beside the original file (see docs/formats.md).
 from __future__ import annotations
 
 from waveform.formats.base import Measurement, Reader, Reading
-from waveform.formats.registry import FORMATS, Converted, convert, recognise
+from waveform.formats.registry import (
+    DICOM,
+    FORMATS,
+    Converted,
+    StatedFormat,
+    cart_format,
+    convert,
+    recognise,
+    stated_format,
+)
 
-__all__ = ["FORMATS", "Converted", "Measurement", "Reader", "Reading", "convert", "recognise"]
+__all__ = ["DICOM", "FORMATS", "Converted", "Measurement", "Reader", "Reading", "StatedFormat",
+           "cart_format", "convert", "recognise", "stated_format"]

@@ -18,7 +18,8 @@ from waveform.formats.base import Measurement, Reader, assemble
 from waveform.formats.xmltree import root_name
 from waveform.model import Ecg
 
-__all__ = ["FORMATS", "Converted", "convert", "recognise"]
+__all__ = ["DICOM", "FORMATS", "Converted", "StatedFormat", "cart_format", "convert",
+           "recognise", "stated_format"]
 
 DICOM = "dicom"
 
@@ -66,6 +67,37 @@ def recognise(data: bytes) -> str:
     raise UnknownFormat(f"the content is no ECG format we read ({_looks_like(data)}); "
                         f"expected {DICOM} (Part 10, 'DICM' at byte 128) or "
                         + ", ".join(f"{r.title} ({n})" for n, r in FORMATS.items()))
+
+
+def cart_format(data: bytes | memoryview) -> str | None:
+    """The cart format (a name in `FORMATS`) of ``data`` by its content, or None: a
+    DICOM object (Part 10 or a bare data set) or anything else, which the DICOM
+    decoder then accepts or refuses with its own message. Reads at most 4 KiB."""
+    if len(data) >= 132 and bytes(data[128:132]) == b"DICM":
+        return None
+    head = bytes(data[:4096])
+    for name, reader in FORMATS.items():
+        if reader.recognises(head):
+            return name
+    return None
+
+
+class StatedFormat(bytes):
+    """The bytes of a file whose sender stated its format (an `IngestRequest`'s
+    ``format``): they travel as bytes through the intake to the store, which reads
+    them as that format (`stated_format`) instead of recognising it."""
+
+    format: str
+
+    def __new__(cls, data: bytes | memoryview, format: str) -> StatedFormat:
+        out = super().__new__(cls, data)
+        out.format = format
+        return out
+
+
+def stated_format(data: bytes | memoryview) -> str | None:
+    """The format stated for ``data`` (`StatedFormat`), or None."""
+    return data.format if isinstance(data, StatedFormat) else None
 
 
 def _looks_like(data: bytes) -> str:

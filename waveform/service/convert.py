@@ -36,9 +36,11 @@ def measured(value: Any, reason: str = "") -> pb.Measured:
     return m
 
 
-def summary(uid: str, doc: Mapping[str, Any]) -> pb.Summary:
-    """A `Summary` message from a stored summary document (`Summary.to_dict()`)."""
+def summary(uid: str, doc: Mapping[str, Any], source_format: str | None = None) -> pb.Summary:
+    """A `Summary` message from a stored summary document (`Summary.to_dict()`) and the
+    format the ECG came in (the ``ecg`` row's ``source_format``; NULL: DICOM)."""
     out = pb.Summary(sop_instance_uid=uid, analysis_version=str(doc.get("analysis_version", "")),
+                     source_format=source_format or "dicom",
                      beat_count=len(doc.get("beats") or ()),
                      document_json=json.dumps(doc, default=str, separators=(",", ":")))
     for name in SUMMARY_MEASURES:
@@ -133,6 +135,7 @@ def search_response(rows: list[dict[str, Any]], next_cursor: str | None) -> pb.S
             accession_number=row.get("accession_number") or "",
             manufacturer=row.get("manufacturer") or "", model=row.get("model") or "",
             analysis_version=row.get("analysis_version") or "",
+            source_format=row.get("source_format") or "dicom",
         )
         acquired = timestamp(row.get("acquisition_datetime"))
         if acquired is not None:

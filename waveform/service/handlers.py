@@ -23,6 +23,7 @@ from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
 from waveform.service.calls import Abort, Call, Servicer, job, remaining, rpc, stream
 from waveform.service.intake import oversized, request_error
+from waveform.service.originals import original_chunks, payload, stated
 from waveform.service.reanalysis import (
     Reanalysis,
     compare_options,
@@ -61,7 +62,8 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
             self.store.wait_for_summary(result.sop_instance_uid, self.summary_timeout_s)
             doc = self.store.get_summary(result.sop_instance_uid)
             if doc is not None:
-                out.summary.CopyFrom(convert.summary(result.sop_instance_uid, doc))
+                source = self.store.ecg_context(result.sop_instance_uid).get("source_format")
+                out.summary.CopyFrom(convert.summary(result.sop_instance_uid, doc, source))
         return out
 
     @rpc
@@ -76,7 +78,7 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
             if not budget.try_acquire(size):
                 raise budget.refusal(size)
             try:
-                future = self.intake.submit(request.dicom, call.identity)
+                future = self.intake.submit(payload(request), call.identity)
                 result, controls = self.intake.settle(acc, future, remaining(context))
             except TimeoutError:
                 acc.event.outcome, acc.event.rule = "failed", "deadline"
@@ -98,7 +100,7 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
         # and a lock-step client is not starved); responses follow in order, each
         # after its audit event is durable. Every request read is answered; only the
         # transport (the client going away) ends the stream early.
-        reader = StreamReader(self, requests, call.identity)
+        reader = StreamReader(self, stated(requests), call.identity)
         idle = self.limits.stream_idle_s
         try:
             while True:
@@ -139,7 +141,8 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
             if doc is None:
                 version = request.analysis_version or "any version"
                 raise NotFound(f"ECG {request.sop_instance_uid} has no summary of {version} yet")
-        return convert.summary(request.sop_instance_uid, doc)
+        source = self.store.ecg_context(request.sop_instance_uid).get("source_format")
+        return convert.summary(request.sop_instance_uid, doc, source)
 
     @rpc
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext,
@@ -179,6 +182,16 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
                 chunk.total_bytes = len(data)
                 chunk.sha256 = digest
             yield chunk
+
+    @stream
+    def GetOriginal(self, request: pb.GetOriginalRequest, context: grpc.ServicerContext,
+                    call: Call) -> Iterator[pb.OriginalChunk]:
+        # The same access rules and audit as GetDicom, under their own action.
+        call.uid = request.sop_instance_uid
+        with self._access(call, "original", request.sop_instance_uid) as acc:
+            acc.ecg(request.sop_instance_uid)
+            fmt, data = self.store.get_original(request.sop_instance_uid)
+        yield from original_chunks(fmt, data)
 
     @stream
     def Render(self, request: pb.RenderRequest, context: grpc.ServicerContext,

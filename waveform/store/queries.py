@@ -142,7 +142,7 @@ class Trace:
 _ECG_RESULT = (
     "sop_instance_uid", "patient_id", "organisation", "sop_class_uid", "acquisition_datetime",
     "ingested_at", "manufacturer", "model", "institution", "study_instance_uid",
-    "accession_number",
+    "accession_number", "source_format",
 )
 SUMMARY_RESULT = ("analysis_version", *MEASURES)
 

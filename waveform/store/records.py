@@ -9,6 +9,7 @@ the same for a table of them (re-analysis workers), converting the table once.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -23,7 +24,8 @@ import pyarrow as pa
 from waveform.errors import InvalidDicom
 from waveform.model import Channel, Code, Ecg, WaveformGroup
 from waveform.store import codec as _codec
-from waveform.store.schema import ECG, HEADER, WAVEFORM
+from waveform.store.durable import WRITE_OPTIONS, ParquetOptions
+from waveform.store.schema import ECG, HEADER, ORIGINAL, WAVEFORM
 
 __all__ = [
     "GROUP_COLUMNS",
@@ -36,6 +38,13 @@ __all__ = [
     "sha256",
     "tables",
 ]
+
+
+# ``original`` rows are read one at a time by locator (`Store.get_original`): small
+# row groups, as ``header``'s, and no statistics of the files' bytes. Registered
+# here beside the rows it describes until `durable.WRITE_OPTIONS` lists it.
+WRITE_OPTIONS.setdefault("original", ParquetOptions(row_group_size=8,
+                                                    no_statistics=("original",)))
 
 
 def sha256(data: bytes | memoryview) -> str:
@@ -52,6 +61,8 @@ class Prepared:
     ecg_row: dict[str, Any]
     header_row: dict[str, Any]
     waveform_rows: list[dict[str, Any]]
+    #: The ``original`` row of an ECG that came in a cart's format (None: DICOM).
+    original_row: dict[str, Any] | None = None
 
 
 def _channel_row(c: Channel) -> dict[str, Any]:
@@ -70,8 +81,33 @@ def _channel_row(c: Channel) -> dict[str, Any]:
         "filter_high_hz": c.filter_high_hz,
         "notch_hz": c.notch_hz,
         "bits_stored": c.bits_stored,
-        "padding": c.padding,
+        "padding": _stored_padding(c.padding),
     }
+
+
+_U64 = 1 << 64
+
+
+def _stored_padding(padding: int | None) -> int | None:
+    """The ``padding`` cell (int64) of a channel's padding value: a 64-bit unsigned
+    (UV) value of 2**63 or more is kept as its bit pattern, a negative int64 (the
+    conventional UV padding is 2**64 - 1, which int64 cannot hold)."""
+    if padding is not None and padding >= 1 << 63:
+        return padding - _U64
+    return padding
+
+
+def _unsigned_64(dtype: Any) -> bool:
+    d = np.dtype(dtype)
+    return d.kind == "u" and d.itemsize == 8
+
+
+@functools.lru_cache(maxsize=256)
+def _padding_unsigned(channels: tuple[Channel, ...]) -> tuple[Channel, ...]:
+    """``channels`` of a 64-bit unsigned group with their padding values read back
+    from the int64 bit pattern `_stored_padding` keeps."""
+    return tuple(dataclasses.replace(c, padding=c.padding + _U64)
+                 if c.padding is not None and c.padding < 0 else c for c in channels)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -85,13 +121,17 @@ def _channel_rows(channels: tuple[Channel, ...]) -> list[dict[str, Any]]:
 _CHANNEL_FIELDS: tuple[str, ...] = tuple(f.name for f in WAVEFORM.field("channels").type.value_type)
 
 
-def channels_from_row(rows: list[dict[str, Any]]) -> tuple[Channel, ...]:
-    """The channels of a stored ``channels`` cell. A device sends the same channel
-    definitions every time, so they are made once per distinct cell (a re-analysis
-    reads thousands of rows of the same few devices)."""
+def channels_from_row(rows: list[dict[str, Any]], dtype: Any = None) -> tuple[Channel, ...]:
+    """The channels of a stored ``channels`` cell of a group whose samples are of
+    ``dtype`` (the row's ``dtype``: a 64-bit unsigned group's padding is kept as its
+    int64 bit pattern). A device sends the same channel definitions every time, so
+    they are made once per distinct cell (a re-analysis reads thousands of rows of
+    the same few devices)."""
     if rows and tuple(rows[0]) == _CHANNEL_FIELDS:  # Arrow's order: the values are the key
-        return _channels(tuple(map(tuple, map(dict.values, rows))))
-    return _channels(tuple(tuple(r[k] for k in _CHANNEL_FIELDS) for r in rows))
+        out = _channels(tuple(map(tuple, map(dict.values, rows))))
+    else:
+        out = _channels(tuple(tuple(r[k] for k in _CHANNEL_FIELDS) for r in rows))
+    return _padding_unsigned(out) if dtype is not None and _unsigned_64(dtype) else out
 
 
 @functools.lru_cache(maxsize=1024)
@@ -119,16 +159,43 @@ def _group_bytes(g: WaveformGroup) -> bytes:
     return np.ascontiguousarray(g.raw.T).tobytes()
 
 
+def _as_dicom(data: bytes | memoryview, format: str | None
+              ) -> tuple[bytes | memoryview, dict[str, Any] | None, str]:
+    """``data`` as the DICOM object the archive keeps, the ``original`` row of a cart's
+    file, and the format it came in. ``format``: stated by the sender (None: the
+    content says; "dicom": decoded as DICOM whatever it looks like)."""
+    from waveform.formats import DICOM, cart_format, convert, stated_format
+
+    name = format or stated_format(data) or cart_format(data) or DICOM
+    if name == DICOM:
+        return data, None, DICOM
+    # A cart's file: our encoder's DICOM object (the same file always gives the
+    # same bytes, so idempotence by SOP Instance UID holds), the file kept as it is.
+    converted = convert(bytes(data), name)
+    original = converted.original
+    row = {"sop_instance_uid": converted.ecg.sop_instance_uid, "format": converted.format,
+           "sha256": sha256(original), "size": len(original), "original": original}
+    return converted.dicom, row, converted.format
+
+
 def prepare(
     data: bytes | memoryview,
     organisation: str,
     ingested_at: dt.datetime,
     *,
     codec: str = _codec.DEFAULT_CODEC,
+    format: str | None = None,
 ) -> Prepared:
-    """Decode, split and encode one object; raises `InvalidDicom`/`UnsupportedObject`."""
+    """Decode, split and encode one object; raises `InvalidDicom`/`UnsupportedObject`.
+
+    A cart's own file (GE MUSE XML, Philips Sierra XML, HL7 aECG, SCP-ECG: stated in
+    ``format`` or by a `waveform.formats.StatedFormat`, else recognised from the
+    content) is converted to DICOM first (`waveform.formats.convert`; a malformed
+    file raises `InvalidFile`), and kept byte for byte in the ``original`` row.
+    """
     from waveform.dicom import decode, split
 
+    data, original_row, source_format = _as_dicom(data, format)
     ecg: Ecg = decode(data)
     if not ecg.sop_instance_uid:
         raise InvalidDicom("SOP Instance UID (0008,0018) is empty; the archive keys on it")
@@ -175,13 +242,15 @@ def prepare(
         ingested_at=ingested_at,
         size=len(data),
         sha256=digest,
+        source_format=source_format,
     )
     if set(row) != set(ECG.names) or set(wf_rows[0] if wf_rows else WAVEFORM.names) != set(
         WAVEFORM.names
     ):  # pragma: no cover - a schema edit without this module
         raise AssertionError("records.prepare is out of step with store.schema")
     header_row = {"sop_instance_uid": ecg.sop_instance_uid, "header": bytes(header)}
-    return Prepared(ecg.sop_instance_uid, digest, len(data), row, header_row, wf_rows)
+    return Prepared(ecg.sop_instance_uid, digest, len(data), row, header_row, wf_rows,
+                    original_row)
 
 
 def _column(rows: Sequence[dict[str, Any]], field: pa.Field) -> pa.Array:
@@ -216,7 +285,8 @@ def _blob_column(rows: Sequence[dict[str, Any]], field: pa.Field) -> pa.ChunkedA
     ], type=field.type)
 
 
-_BUILDERS = {"channels": _channels_column, "samples": _blob_column, "header": _blob_column}
+_BUILDERS = {"channels": _channels_column, "samples": _blob_column, "header": _blob_column,
+             "original": _blob_column}
 
 
 def _table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -226,7 +296,8 @@ def _table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 
 
 def tables(items: Sequence[Prepared]) -> dict[str, pa.Table]:
-    """The ``ecg``, ``header`` and ``waveform`` rows of ``items`` as Arrow tables.
+    """The ``ecg``, ``header``, ``waveform`` and ``original`` rows of ``items`` as
+    Arrow tables (``original`` empty when every item was DICOM: no file is written).
 
     Built a column at a time (about 5x faster than ``Table.from_pylist`` on a
     batch of 256, most of it the channel definitions, converted once per distinct
@@ -236,6 +307,8 @@ def tables(items: Sequence[Prepared]) -> dict[str, pa.Table]:
         "ecg": _table([p.ecg_row for p in items], ECG),
         "header": _table([p.header_row for p in items], HEADER),
         "waveform": _table([r for p in items for r in p.waveform_rows], WAVEFORM),
+        "original": _table([p.original_row for p in items if p.original_row is not None],
+                           ORIGINAL),
     }
 
 
@@ -248,6 +321,8 @@ def decode_samples(row: Mapping[str, Any]) -> np.ndarray:
 
 
 def _group(row: Mapping[str, Any], channels: tuple[Channel, ...]) -> WaveformGroup:
+    if _unsigned_64(row["dtype"]):
+        channels = _padding_unsigned(channels)
     return WaveformGroup(
         label=row["label"] or "",
         sampling_frequency=row["sampling_frequency"],

@@ -8,8 +8,9 @@ different version is refused with a message rather than misread.
 
 Tables owned here: ``ecg`` (one row per SOP instance), ``header`` (its split
 header, for byte-exact reassembly), ``waveform`` (one row per
-multiplex group, the samples losslessly encoded, see `waveform.store.codec`) and
-``summary`` (one row per ECG and analysis version). `RESERVED` names tables that
+multiplex group, the samples losslessly encoded, see `waveform.store.codec`),
+``summary`` (one row per ECG and analysis version) and ``original`` (the file
+of an ECG that came in a cart's own format, byte for byte). `RESERVED` names tables that
 later modules (documents, consent, denials, audit) create in the same catalog.
 """
 
@@ -23,6 +24,7 @@ __all__ = [
     "ECG",
     "HEADER",
     "MEASURES",
+    "ORIGINAL",
     "RESERVED",
     "SCHEMA_VERSION",
     "SUMMARY",
@@ -72,6 +74,10 @@ ECG = pa.schema([
     ("ingested_at", _TS_UTC),
     ("size", pa.int64()),
     ("sha256", pa.string()),
+    # The format the ECG came in: "dicom", or the cart format its DICOM object was
+    # made from (`waveform.formats`: "ge-muse-xml", "scp-ecg", ...), whose file is
+    # kept in ``original``. NULL in rows written before this column: DICOM.
+    ("source_format", pa.string()),
 ])
 
 #: `waveform.dicom.split`'s header (the object minus each group's sample bytes),
@@ -81,6 +87,18 @@ ECG = pa.schema([
 HEADER = pa.schema([
     ("sop_instance_uid", pa.string()),
     ("header", pa.binary()),
+])
+
+#: The file a cart sent in its own format (MUSE XML, Sierra XML, aECG, SCP-ECG),
+#: byte for byte, beside the DICOM object made of it (one row per such ECG,
+#: committed with its ``ecg`` row; a DICOM-ingested ECG has none). Not a column
+#: of ``header``: most ECGs have no original, and ``get_dicom`` never reads it.
+ORIGINAL = pa.schema([
+    ("sop_instance_uid", pa.string()),
+    ("format", pa.string()),
+    ("sha256", pa.string()),
+    ("size", pa.int64()),
+    ("original", pa.binary()),
 ])
 
 _CHANNEL = pa.struct([
@@ -142,6 +160,7 @@ MEASURES: dict[str, tuple[str, ...]] = {
 SUMMARY_CONTEXT: tuple[str, ...] = (
     "patient_id", "organisation", "sop_class_uid", "acquisition_datetime", "ingested_at",
     "manufacturer", "model", "institution", "study_instance_uid", "accession_number",
+    "source_format",
 )
 
 SUMMARY = pa.schema([
@@ -161,6 +180,7 @@ SUMMARY = pa.schema([
 
 TABLES: dict[str, pa.Schema] = {
     "ecg": ECG, "header": HEADER, "waveform": WAVEFORM, "summary": SUMMARY,
+    "original": ORIGINAL,
 }
 
 #: Tables other modules own in the same catalog; the store never creates them.

@@ -380,19 +380,21 @@ class Store:
         self._index = index
 
     # --------------------------------------------------------------- writing
-    def submit(self, data: bytes | memoryview, organisation: str) -> Future[IngestResult]:
+    def submit(self, data: bytes | memoryview, organisation: str, *,
+               format: str | None = None) -> Future[IngestResult]:
         """Queue one object for the next group commit; the future answers after it.
 
         The future raises what concerns this object: `Conflict` (same SOP Instance
-        UID, other bytes), `InvalidDicom`/`UnsupportedObject`, or the commit's
-        `StorageError` (not stored, retry) / `DurabilityError`. The call itself
-        raises what concerns the service: `Overloaded` (queue full),
+        UID, other bytes), `InvalidDicom`/`UnsupportedObject`, `InvalidFile` (a
+        cart's file, see `records.prepare`: ``format`` or the content says which),
+        or the commit's `StorageError` (not stored, retry) / `DurabilityError`. The
+        call itself raises what concerns the service: `Overloaded` (queue full),
         `DurabilityError` (the writer has stopped), `StorageError` (closed).
         """
         try:
-            p = prepare(data, organisation, self._clock())
+            p = prepare(data, organisation, self._clock(), format=format)
             return self._enqueue([p])[0]
-        except (InvalidDicom, UnsupportedObject, Conflict) as e:
+        except (InvalidDicom, UnsupportedObject, InvalidArgument, Conflict) as e:
             f: Future[IngestResult] = Future()
             # Without its traceback: the frames would keep ``data`` alive (a cycle
             # through this frame's ``f``) until the collector runs.
@@ -825,6 +827,31 @@ class Store:
                                f"(SHA-256 {digest[:16]}...); the archive copy is damaged")
         return data
 
+    def get_original(self, uid: str) -> tuple[str, bytes]:
+        """The format and the file, byte for byte, of an ECG that came in a cart's own
+        format (its SHA-256 is checked). `NotFound` when no such ECG is stored, or
+        when it came as DICOM (then `get_dicom` is the original)."""
+        self._entry(uid)
+        for attempt in (1, 2):  # a file compaction replaced meanwhile: ask the catalog again
+            rows = self._sql(f"SELECT format, sha256, filename, file_row_number FROM "
+                             f"{ALIAS}.original WHERE sop_instance_uid = ?", [uid])
+            if not rows:
+                raise NotFound(f"ECG {uid} was ingested as DICOM; use GetDicom for its "
+                               "original object")
+            fmt, digest, path, row = rows[0]
+            try:
+                got = self._reader.read(path, row, ["sop_instance_uid", "original"])[0]
+                break
+            except (OSError, IndexError):
+                if attempt == 2:
+                    raise
+        data = bytes(got["original"])
+        if got["sop_instance_uid"] != uid or sha256(data) != digest:
+            raise StorageError(f"the original file of ECG {uid} reads back as other bytes than "
+                               f"were stored (SHA-256 {digest[:16]}...); the archive copy is "
+                               "damaged")
+        return str(fmt), data
+
     def get_trace(
         self,
         uid: str,
@@ -852,7 +879,7 @@ class Store:
 
         row: dict[str, Any] = self._read(uid, fetch)
         raw = decode_samples(row)
-        channels = channels_from_row(row["channels"])
+        channels = channels_from_row(row["channels"], row["dtype"])
         names = [c.name for c in channels]
         if leads:
             missing = [name for name in leads if name not in names]

@@ -18,12 +18,14 @@ UNITS_MICROVOLTS: Units
 UNITS_RAW: Units
 
 class IngestRequest(_message.Message):
-    __slots__ = ("dicom", "wait_for_summary")
+    __slots__ = ("dicom", "wait_for_summary", "format")
     DICOM_FIELD_NUMBER: _ClassVar[int]
     WAIT_FOR_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     dicom: bytes
     wait_for_summary: bool
-    def __init__(self, dicom: _Optional[bytes] = ..., wait_for_summary: _Optional[bool] = ...) -> None: ...
+    format: str
+    def __init__(self, dicom: _Optional[bytes] = ..., wait_for_summary: _Optional[bool] = ..., format: _Optional[str] = ...) -> None: ...
 
 class RequestError(_message.Message):
     __slots__ = ("code", "message")
@@ -76,7 +78,7 @@ class LeadQuality(_message.Message):
     def __init__(self, lead: _Optional[str] = ..., quality: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Summary(_message.Message):
-    __slots__ = ("sop_instance_uid", "analysis_version", "heart_rate_bpm", "heart_rate_min_bpm", "heart_rate_max_bpm", "rr_mean_ms", "rr_sd_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qtc_fridericia_ms", "qtc_framingham_ms", "qtc_hodges_ms", "p_axis_deg", "qrs_axis_deg", "t_axis_deg", "beat_count", "lead_quality", "document_json", "beats", "sampling_frequency")
+    __slots__ = ("sop_instance_uid", "analysis_version", "heart_rate_bpm", "heart_rate_min_bpm", "heart_rate_max_bpm", "rr_mean_ms", "rr_sd_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qtc_fridericia_ms", "qtc_framingham_ms", "qtc_hodges_ms", "p_axis_deg", "qrs_axis_deg", "t_axis_deg", "beat_count", "lead_quality", "document_json", "beats", "sampling_frequency", "source_format")
     class Beat(_message.Message):
         __slots__ = ("sample", "beat_class", "p_onset", "p_offset", "qrs_onset", "qrs_offset", "t_peak", "t_offset", "reasons")
         class ReasonsEntry(_message.Message):
@@ -127,6 +129,7 @@ class Summary(_message.Message):
     DOCUMENT_JSON_FIELD_NUMBER: _ClassVar[int]
     BEATS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FREQUENCY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     sop_instance_uid: str
     analysis_version: str
     heart_rate_bpm: Measured
@@ -149,7 +152,8 @@ class Summary(_message.Message):
     document_json: str
     beats: _containers.RepeatedCompositeFieldContainer[Summary.Beat]
     sampling_frequency: float
-    def __init__(self, sop_instance_uid: _Optional[str] = ..., analysis_version: _Optional[str] = ..., heart_rate_bpm: _Optional[_Union[Measured, _Mapping]] = ..., heart_rate_min_bpm: _Optional[_Union[Measured, _Mapping]] = ..., heart_rate_max_bpm: _Optional[_Union[Measured, _Mapping]] = ..., rr_mean_ms: _Optional[_Union[Measured, _Mapping]] = ..., rr_sd_ms: _Optional[_Union[Measured, _Mapping]] = ..., pr_ms: _Optional[_Union[Measured, _Mapping]] = ..., qrs_ms: _Optional[_Union[Measured, _Mapping]] = ..., qt_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_bazett_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_fridericia_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_framingham_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_hodges_ms: _Optional[_Union[Measured, _Mapping]] = ..., p_axis_deg: _Optional[_Union[Measured, _Mapping]] = ..., qrs_axis_deg: _Optional[_Union[Measured, _Mapping]] = ..., t_axis_deg: _Optional[_Union[Measured, _Mapping]] = ..., beat_count: _Optional[int] = ..., lead_quality: _Optional[_Iterable[_Union[LeadQuality, _Mapping]]] = ..., document_json: _Optional[str] = ..., beats: _Optional[_Iterable[_Union[Summary.Beat, _Mapping]]] = ..., sampling_frequency: _Optional[float] = ...) -> None: ...
+    source_format: str
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., analysis_version: _Optional[str] = ..., heart_rate_bpm: _Optional[_Union[Measured, _Mapping]] = ..., heart_rate_min_bpm: _Optional[_Union[Measured, _Mapping]] = ..., heart_rate_max_bpm: _Optional[_Union[Measured, _Mapping]] = ..., rr_mean_ms: _Optional[_Union[Measured, _Mapping]] = ..., rr_sd_ms: _Optional[_Union[Measured, _Mapping]] = ..., pr_ms: _Optional[_Union[Measured, _Mapping]] = ..., qrs_ms: _Optional[_Union[Measured, _Mapping]] = ..., qt_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_bazett_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_fridericia_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_framingham_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_hodges_ms: _Optional[_Union[Measured, _Mapping]] = ..., p_axis_deg: _Optional[_Union[Measured, _Mapping]] = ..., qrs_axis_deg: _Optional[_Union[Measured, _Mapping]] = ..., t_axis_deg: _Optional[_Union[Measured, _Mapping]] = ..., beat_count: _Optional[int] = ..., lead_quality: _Optional[_Iterable[_Union[LeadQuality, _Mapping]]] = ..., document_json: _Optional[str] = ..., beats: _Optional[_Iterable[_Union[Summary.Beat, _Mapping]]] = ..., sampling_frequency: _Optional[float] = ..., source_format: _Optional[str] = ...) -> None: ...
 
 class Range(_message.Message):
     __slots__ = ("measure", "low", "high")
@@ -196,7 +200,7 @@ class SearchRequest(_message.Message):
     def __init__(self, patient_id: _Optional[str] = ..., patient_id_issuer: _Optional[str] = ..., organisation: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., manufacturer: _Optional[str] = ..., model: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., accession_number: _Optional[str] = ..., acquired_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acquired_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ranges: _Optional[_Iterable[_Union[Range, _Mapping]]] = ..., order_by: _Optional[str] = ..., ascending: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("sop_instance_uid", "patient_id", "organisation", "sop_class_uid", "study_instance_uid", "accession_number", "acquired", "manufacturer", "model", "analysis_version", "heart_rate_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms")
+    __slots__ = ("sop_instance_uid", "patient_id", "organisation", "sop_class_uid", "study_instance_uid", "accession_number", "acquired", "manufacturer", "model", "analysis_version", "heart_rate_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "source_format")
     SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORGANISATION_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +216,7 @@ class SearchHit(_message.Message):
     QRS_MS_FIELD_NUMBER: _ClassVar[int]
     QT_MS_FIELD_NUMBER: _ClassVar[int]
     QTC_MS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     sop_instance_uid: str
     patient_id: str
     organisation: str
@@ -227,7 +232,8 @@ class SearchHit(_message.Message):
     qrs_ms: Measured
     qt_ms: Measured
     qtc_ms: Measured
-    def __init__(self, sop_instance_uid: _Optional[str] = ..., patient_id: _Optional[str] = ..., organisation: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., accession_number: _Optional[str] = ..., acquired: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., manufacturer: _Optional[str] = ..., model: _Optional[str] = ..., analysis_version: _Optional[str] = ..., heart_rate_bpm: _Optional[_Union[Measured, _Mapping]] = ..., pr_ms: _Optional[_Union[Measured, _Mapping]] = ..., qrs_ms: _Optional[_Union[Measured, _Mapping]] = ..., qt_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_ms: _Optional[_Union[Measured, _Mapping]] = ...) -> None: ...
+    source_format: str
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., patient_id: _Optional[str] = ..., organisation: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., accession_number: _Optional[str] = ..., acquired: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., manufacturer: _Optional[str] = ..., model: _Optional[str] = ..., analysis_version: _Optional[str] = ..., heart_rate_bpm: _Optional[_Union[Measured, _Mapping]] = ..., pr_ms: _Optional[_Union[Measured, _Mapping]] = ..., qrs_ms: _Optional[_Union[Measured, _Mapping]] = ..., qt_ms: _Optional[_Union[Measured, _Mapping]] = ..., qtc_ms: _Optional[_Union[Measured, _Mapping]] = ..., source_format: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "next_page_token")
@@ -302,6 +308,24 @@ class DicomChunk(_message.Message):
     total_bytes: int
     sha256: str
     def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class GetOriginalRequest(_message.Message):
+    __slots__ = ("sop_instance_uid",)
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    sop_instance_uid: str
+    def __init__(self, sop_instance_uid: _Optional[str] = ...) -> None: ...
+
+class OriginalChunk(_message.Message):
+    __slots__ = ("data", "total_bytes", "sha256", "format")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    total_bytes: int
+    sha256: str
+    format: str
+    def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
 
 class CompactRequest(_message.Message):
     __slots__ = ()

@@ -64,6 +64,11 @@ class EcgArchiveStub:
                 request_serializer=waveform_dot_v1_dot_archive__pb2.GetDicomRequest.SerializeToString,
                 response_deserializer=waveform_dot_v1_dot_archive__pb2.DicomChunk.FromString,
                 _registered_method=True)
+        self.GetOriginal = channel.unary_stream(
+                '/waveform.v1.EcgArchive/GetOriginal',
+                request_serializer=waveform_dot_v1_dot_archive__pb2.GetOriginalRequest.SerializeToString,
+                response_deserializer=waveform_dot_v1_dot_archive__pb2.OriginalChunk.FromString,
+                _registered_method=True)
         self.Render = channel.unary_stream(
                 '/waveform.v1.EcgArchive/Render',
                 request_serializer=waveform_dot_v1_dot_archive__pb2.RenderRequest.SerializeToString,
@@ -128,6 +133,17 @@ class EcgArchiveServicer:
 
     def GetDicom(self, request, context):
         """The original object, byte for byte, in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOriginal(self, request, context):
+        """The file of an ECG that came in a cart's own format (GE MUSE XML, Philips
+        Sierra XML, HL7 aECG, SCP-ECG), byte for byte, in chunks, with its format;
+        GetDicom returns the DICOM object the archive made of it. Access-checked and
+        audited as GetDicom. An ECG ingested as DICOM has no other original: NOT_FOUND
+        ("ingested as DICOM; use GetDicom").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -203,6 +219,11 @@ def add_EcgArchiveServicer_to_server(servicer, server):
                     servicer.GetDicom,
                     request_deserializer=waveform_dot_v1_dot_archive__pb2.GetDicomRequest.FromString,
                     response_serializer=waveform_dot_v1_dot_archive__pb2.DicomChunk.SerializeToString,
+            ),
+            'GetOriginal': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetOriginal,
+                    request_deserializer=waveform_dot_v1_dot_archive__pb2.GetOriginalRequest.FromString,
+                    response_serializer=waveform_dot_v1_dot_archive__pb2.OriginalChunk.SerializeToString,
             ),
             'Render': grpc.unary_stream_rpc_method_handler(
                     servicer.Render,
@@ -387,6 +408,33 @@ class EcgArchive:
             '/waveform.v1.EcgArchive/GetDicom',
             waveform_dot_v1_dot_archive__pb2.GetDicomRequest.SerializeToString,
             waveform_dot_v1_dot_archive__pb2.DicomChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOriginal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/waveform.v1.EcgArchive/GetOriginal',
+            waveform_dot_v1_dot_archive__pb2.GetOriginalRequest.SerializeToString,
+            waveform_dot_v1_dot_archive__pb2.OriginalChunk.FromString,
             options,
             channel_credentials,
             insecure,
