@@ -442,8 +442,9 @@ def test_cart_measurements_of_ge_muse_ecgs() -> None:
         assert s.median_leads[8:] == ("III", "aVR", "aVL", "aVF")  # derived from I and II
         assert s.heart_rate_bpm.value == pytest.approx(cart["VentricularRate"], abs=1.0)
         assert s.pr_ms.value == pytest.approx(cart["PRInterval"], abs=15.0)
-        d = (s.pr_ms.value - cart["PRInterval"], s.qrs_ms.value - cart["QRSDuration"],
-             s.qt_ms.value - cart["QTInterval"])
+        pr, qrs_d, qt = s.pr_ms.value, s.qrs_ms.value, s.qt_ms.value
+        assert pr is not None and qrs_d is not None and qt is not None
+        d = (pr - cart["PRInterval"], qrs_d - cart["QRSDuration"], qt - cart["QTInterval"])
         assert abs(d[1]) <= 20.0 and abs(d[2]) <= 20.0, (name, d)
         diffs.append(d)
     mean = np.mean(diffs, axis=0)
