@@ -5,6 +5,12 @@ diagnostic band (0.67-40 Hz zero-phase: AHA/ACCF/HRS recommendations,
 Kligfield et al., Circulation 115:1306, 2007), and that one signal feeds beat
 detection, the median beats, the fiducials and the measurements. Whatever
 cannot be measured is absent with a reason; nothing is guessed.
+
+`delineate` gives every beat's own boundaries (`BeatMarks`), found by the
+kernel that delineates the median beat, run on each beat's samples
+(`waveform.dsp.delineate.beat_fiducials`); `analyze` keeps the same marks in
+the summary (`Summary.beat_marks`), so both share one preparation (`_prepare`)
+and one per-beat path (`_marks`).
 Bump `ANALYSIS_VERSION` whenever a change can alter a stored summary: the
 archive re-measures every ECG whose summary carries another version.
 """
