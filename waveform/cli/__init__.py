@@ -7,6 +7,7 @@ needs no server (`local`, `serve`, `reanalyze --data`). One module per group:
     serve       the gRPC service (--demo: dev tokens and the demo ECGs)
     local       demo, info, import-wfdb, tokens add, audit verify
     archive     ingest, search, summary, trace, export, render, compact, health
+    carts       import (a cart's file to DICOM), original, devices add
     records     documents, consent, denials, recent, my, audit query
     reanalyze   re-measure the archive, compare analysis versions
 
@@ -23,7 +24,7 @@ from collections.abc import Iterator, Sequence
 
 import click
 
-from waveform.cli import archive, local, reanalyze, records, serve
+from waveform.cli import archive, carts, local, reanalyze, records, serve
 from waveform.cli._common import EXIT_REFUSED, quiet_broken_pipe
 from waveform.cli.local import demo_objects
 
@@ -71,7 +72,7 @@ def completion(shell: str) -> int:
     return 0
 
 
-for _module in (serve, local, archive, records, reanalyze):
+for _module in (serve, local, archive, carts, records, reanalyze):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 cli.add_command(audit)

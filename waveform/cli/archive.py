@@ -23,6 +23,7 @@ from waveform.cli._common import (
     fail,
     guarded,
 )
+from waveform.cli.carts import file_format_option
 from waveform.cli.output import Column, emit, emit_record, emit_stream, format_option
 
 if TYPE_CHECKING:
@@ -32,28 +33,35 @@ __all__ = ["COMMANDS"]
 
 
 # --------------------------------------------------------------------- ingest
-def _looks_like_dicom(path: Path) -> bool:
+def _looks_like_ecg(path: Path) -> bool:
+    """A DICOM file (``.dcm`` or a DICM preamble) or a cart's own file (GE MUSE XML,
+    Philips Sierra XML, HL7 aECG, SCP-ECG), by its first 4 KiB."""
+    from waveform.formats import cart_format
+
     if path.suffix.lower() == ".dcm":
         return True
     try:
         with path.open("rb") as f:
-            return f.read(132)[128:] == b"DICM"
+            head = f.read(4096)
     except OSError:
         return False
+    return head[128:132] == b"DICM" or cart_format(head) is not None
 
 
 def collect(paths: Sequence[str]) -> list[Path]:
-    """Files named, and DICOM files (``.dcm`` or a DICM preamble) under folders
-    named; a folder with none is an error (nothing would be sent)."""
+    """Files named, and ECG files (DICOM: ``.dcm`` or a DICM preamble; the carts'
+    MUSE, Sierra, aECG and SCP-ECG files by their content) under folders named; a
+    folder with none is an error (nothing would be sent)."""
     out: list[Path] = []
     for name in paths:
         p = Path(name)
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file()
-                           and not f.name.startswith(".") and _looks_like_dicom(f))
+                           and not f.name.startswith(".") and _looks_like_ecg(f))
             if not found:
-                raise CommandFailed("NOT_FOUND", f"{name}: no DICOM file in this folder "
-                                    "(looked for .dcm files and files with a DICM preamble)")
+                raise CommandFailed("NOT_FOUND", f"{name}: no ECG file in this folder "
+                                    "(looked for .dcm files, files with a DICM preamble, "
+                                    "and MUSE, Sierra, aECG and SCP-ECG files)")
             out.extend(found)
         elif p.exists():
             out.append(p)
@@ -91,15 +99,19 @@ _INGEST_COLUMNS = (Column("source", "file"), Column("outcome"), Column("sop_inst
               help="streams (or unary callers) at once (default 4)")
 @click.option("--unary", is_flag=True, help="one Ingest call per object instead of IngestStream")
 @click.option("-q", "--quiet", is_flag=True, help="no progress display")
+@file_format_option("the format of every file (default: the server recognises each)")
 @format_option()
 @connection_options()
 @guarded("ingest")
-def ingest(paths: tuple[str, ...], concurrency: int, unary: bool, quiet: bool, fmt: str,
-           conn: dict[str, Any]) -> int:
-    """Send DICOM objects to the archive; folders are walked recursively (.dcm files
-    and files with a DICM preamble). Exit status 0 when every file is stored (or
-    was already), 1 when some were refused: each is listed with why, and of two
-    files with one SOP Instance UID, which one this run stored."""
+def ingest(paths: tuple[str, ...], concurrency: int, unary: bool, quiet: bool,
+           file_format: str | None, fmt: str, conn: dict[str, Any]) -> int:
+    """Send ECGs to the archive: DICOM objects and the carts' own files (GE MUSE XML,
+    Philips Sierra XML, HL7 aECG, SCP-ECG; the archive converts each to DICOM and
+    keeps the file: `waveform original`). Folders are walked recursively (.dcm
+    files, files with a DICM preamble, and the carts' files by their content). Exit
+    status 0 when every file is stored (or was already), 1 when some were refused:
+    each is listed with why, and of two files with one SOP Instance UID, which one
+    this run stored."""
     from waveform.cli.progress import Bar
     from waveform.client import code_name
 
@@ -110,7 +122,8 @@ def ingest(paths: tuple[str, ...], concurrency: int, unary: bool, quiet: bool, f
     try:
         with client_of(conn) as client:
             results = client.ingest(files, concurrency=concurrency, stream=not unary,
-                                    on_progress=lambda r: bar.advance(1))
+                                    on_progress=lambda r: bar.advance(1),
+                                    format=file_format)
     finally:
         bar.close()
     elapsed = time.monotonic() - t0

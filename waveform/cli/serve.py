@@ -26,7 +26,11 @@ from waveform.errors import WaveformError
 __all__ = [
     "COMMANDS",
     "DEMO_CALLERS",
+    "DEMO_DEVICE",
+    "DEMO_DICOM_PORT",
     "ServeOptions",
+    "Service",
+    "demo_devices",
     "demo_tokens",
     "open_service",
     "serve_options",
@@ -45,6 +49,11 @@ DEMO_CALLERS = (
 
 #: How long `serve --demo` waits for its ECGs' measurements before going on.
 DEMO_MEASURE_S = 300.0
+
+#: `serve --demo`'s DICOM door (unless --dicom-port says otherwise): the port, and
+#: the cart its devices file admits (the README's storescu example uses them).
+DEMO_DICOM_PORT = 11112
+DEMO_DEVICE = ("CART1", "demo-clinic")
 
 
 @dataclass(slots=True)
@@ -91,9 +100,19 @@ def serve_options(fn: F) -> F:
         click.option("--release-delays", type=click.Path(path_type=Path), metavar="FILE",
                      help='JSON: {"default_days": 14, "organisations": {"org": '
                           '{"statement": 7}}} (days before a citizen sees a document)'),
+        click.option("--dicom-port", type=click.IntRange(0, 65535), metavar="N",
+                     help="also serve DICOM network storage (C-STORE, C-ECHO, storage "
+                          "commitment) on this port, same host and TLS as gRPC (0: any free "
+                          f"port; --demo: {DEMO_DICOM_PORT})"),
+        click.option("--dicom-ae", default="WAVEFORM", show_default=True, metavar="TITLE",
+                     help="the archive's called AE title"),
+        click.option("--devices", type=click.Path(path_type=Path), metavar="FILE",
+                     help="devices file: the carts' AE titles and organisations (waveform "
+                          "devices add); required with --dicom-port"),
         click.option("--demo", is_flag=True,
-                     help="dev tokens (printed, and kept for this data folder) and the demo "
-                          "ECGs loaded"),
+                     help="dev tokens (printed, and kept for this data folder), the demo "
+                          f"ECGs loaded, and DICOM on port {DEMO_DICOM_PORT} admitting "
+                          f"{DEMO_DEVICE[0]}"),
         click.option("-v", "--verbose", is_flag=True),
     ]):
         fn = option(fn)
@@ -126,14 +145,82 @@ def demo_tokens(data: Path) -> tuple[Path, dict[str, str], bool]:
     return hashes, tokens, False
 
 
+def demo_devices(data: Path) -> Path:
+    """The demo's devices file, ``data/dev-devices.json``, admitting `DEMO_DEVICE`
+    (from any address) to the demo organisation; created or completed if needed."""
+    from waveform.service.devices import Devices, add_device
+
+    path = data / "dev-devices.json"
+    title, organisation = DEMO_DEVICE
+    if path.exists() and any(d.ae_title == title and d.organisation == organisation
+                             and d.host is None for d in Devices.load(path)):
+        return path
+    add_device(path, title, organisation)
+    return path
+
+
+class Service:
+    """The gRPC server and the DICOM door beside it (None without --dicom-port).
+    `stop` stops the DICOM door first: it writes into the server's store. Anything
+    else is the gRPC server's."""
+
+    def __init__(self, server: Any, dicom: Any) -> None:
+        self.server = server
+        self.dicom = dicom
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)
+
+    def stop(self, grace: float | None = None) -> Any:
+        if self.dicom is not None:
+            self.dicom.stop(30.0 if grace is None else grace)
+        return self.server.stop(grace)
+
+
+def _open_dicom(server: Any, o: ServeOptions, tls: Any) -> Any:
+    """The DICOM door the options ask for (None: none). The demo's own door, on its
+    default port, is left out when the port is taken (``more["dicom_notice"]`` says
+    so)."""
+    from waveform.errors import StorageError
+    from waveform.service.dimse import start_dicom
+
+    port: int | None = o.more.get("dicom_port")
+    devices = o.more.get("devices")
+    if port is None and not o.demo:
+        if devices is not None:
+            raise ValueError("--devices is read by the DICOM door: give --dicom-port too")
+        return None
+    demo_default = port is None
+    if demo_default:
+        port = DEMO_DICOM_PORT
+        if devices is None:
+            devices = o.more["devices"] = demo_devices(o.data)
+            o.more["demo_devices"] = True
+    if devices is None:
+        raise ValueError("--dicom-port needs --devices FILE (the carts that may store: "
+                         "waveform devices add)")
+    try:
+        assert port is not None
+        return start_dicom(server, host=o.host, port=port,
+                           ae_title=o.more.get("dicom_ae") or "WAVEFORM", devices=devices,
+                           tls=tls)
+    except StorageError as exc:
+        if not demo_default:
+            raise
+        o.more["dicom_notice"] = (f"waveform: not serving DICOM: {exc}; --dicom-port N "
+                                  "serves it on another port")
+        return None
+
+
 def _refuse(message: str) -> int:
     print(f"waveform serve: {message}", file=sys.stderr)
     return EXIT_REFUSED
 
 
 def open_service(o: ServeOptions) -> Any:
-    """The started server for ``o``; a `WaveformError`, `OSError` or `ValueError`
-    names what is wrong (nothing is left open then)."""
+    """The started service for ``o`` (a `Service`: the gRPC server, and the DICOM
+    door when asked); a `WaveformError`, `OSError` or `ValueError` names what is
+    wrong (nothing is left open then)."""
     from waveform.archive import Archive, ReleaseDelays
     from waveform.service.identity import TokenIdentities
     from waveform.service.metrics import Metrics
@@ -167,9 +254,15 @@ def open_service(o: ServeOptions) -> Any:
         archive.close()
         store.close()
         raise
+    try:
+        dicom = _open_dicom(server, o, tls)
+    except BaseException:
+        server.stop(0)
+        archive.close()
+        raise
     if o.metrics_port:
         metrics.serve(o.metrics_port, o.host)
-    return server
+    return Service(server, dicom)
 
 
 @click.command("serve")
@@ -200,6 +293,15 @@ def serve(**options: Any) -> int:
     print(f"waveform: serving {o.data.resolve()} on {where}"
           + (f", metrics on http://{o.host}:{o.metrics_port}/metrics"
              if o.metrics_port else ""), flush=True)
+    if o.more.get("dicom_notice"):
+        print(o.more["dicom_notice"], flush=True)
+    if server.dicom is not None:
+        dicom = server.dicom
+        print(f"waveform: DICOM storage (C-STORE, C-ECHO, storage commitment) on "
+              f"{dicom.address} as AE title {dicom.ae_title}, devices from "
+              f"{shown(Path(o.more['devices']))}"
+              + (f" (the demo's: {DEMO_DEVICE[0]} of {DEMO_DEVICE[1]} from any address)"
+                 if o.more.get("demo_devices") else ""), flush=True)
     try:
         if o.demo:
             _load_demo(server, where, tokens, kept, o.data)

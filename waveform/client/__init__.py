@@ -52,6 +52,7 @@ from waveform.client.types import (
     DocumentList,
     DocumentRef,
     IngestResult,
+    OriginalFile,
     ReanalyzeStatus,
     RecentExaminations,
     SearchPage,
@@ -65,7 +66,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SERVER", "SERVICE_CONFIG", "Cancelled", "Client", "DeadlineExceeded",
-    "FailedPrecondition", "IngestResult", "SearchPage", "ServerError", "Trace", "code_name",
+    "FailedPrecondition", "IngestResult", "OriginalFile", "SearchPage", "ServerError", "Trace",
+    "code_name",
 ]
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -213,10 +215,14 @@ class Client:
     # --------------------------------------------------------------- ingest
     def ingest(self, objects: Source | Iterable[Source], *, wait_for_summary: bool = False,
                concurrency: int = 4, stream: bool = True,
-               on_progress: ProgressCallback | None = None) -> list[IngestResult]:
-        """Send DICOM objects (file paths or bytes); one `IngestResult` per object, in
-        the order given. An object the server refuses has ``error`` set (the others
-        are stored all the same); nothing is raised for it.
+               on_progress: ProgressCallback | None = None,
+               format: str | None = None) -> list[IngestResult]:
+        """Send DICOM objects or the carts' own files (GE MUSE XML, Philips Sierra XML,
+        HL7 aECG, SCP-ECG: the server converts them and keeps the file, `original`)
+        as file paths or bytes; one `IngestResult` per object, in the order given. An
+        object the server refuses has ``error`` set (the others are stored all the
+        same); nothing is raised for it. ``format`` states the format of every object
+        ("dicom", "ge-muse-xml", ...; default: the server recognises each).
 
         ``concurrency`` streams (``stream``, the default: IngestStream) or callers of
         the unary Ingest run at once; ``on_progress`` is called (from those threads)
@@ -243,8 +249,8 @@ class Client:
         n = max(1, min(concurrency, len(items)))
         if items:
             with ThreadPoolExecutor(n, thread_name_prefix="ingest") as pool:
-                for f in [pool.submit(worker, items, names, work, done, wait_for_summary)
-                          for _ in range(n)]:
+                for f in [pool.submit(worker, items, names, work, done, wait_for_summary,
+                                      format or "") for _ in range(n)]:
                     f.result()
         return [r for r in results if r is not None]
 
@@ -267,7 +273,8 @@ class Client:
                             tuple(r.warnings), s)
 
     def _ingest_unary(self, items: list[Source], names: list[str], work: queue.Queue[int],
-                      done: Callable[[int, IngestResult], None], wait: bool) -> None:
+                      done: Callable[[int, IngestResult], None], wait: bool,
+                      fmt: str) -> None:
         pb = self._pb()
         while True:
             try:
@@ -280,14 +287,16 @@ class Client:
                 continue
             try:
                 r = self._unary(self._archive.Ingest,
-                                pb.IngestRequest(dicom=data, wait_for_summary=wait))
+                                pb.IngestRequest(dicom=data, wait_for_summary=wait,
+                                                 format=fmt))
             except WaveformError as exc:
                 done(i, IngestResult(names[i], error=exc))
             else:
                 done(i, self._result(names[i], r))
 
     def _ingest_stream(self, items: list[Source], names: list[str], work: queue.Queue[int],
-                       done: Callable[[int, IngestResult], None], wait: bool) -> None:
+                       done: Callable[[int, IngestResult], None], wait: bool,
+                       fmt: str) -> None:
         """One IngestStream fed from the shared queue; responses come in order."""
         pb = self._pb()
         sent: collections.deque[int] = collections.deque()
@@ -310,7 +319,7 @@ class Client:
                         done(i, data)
                         continue
                     sent.append(i)
-                yield pb.IngestRequest(dicom=data, wait_for_summary=wait)
+                yield pb.IngestRequest(dicom=data, wait_for_summary=wait, format=fmt)
 
         failure: WaveformError | None = None
         try:
@@ -459,6 +468,16 @@ class Client:
         return self._bytes(self._stream(self._archive.GetDicom,
                                         pb.GetDicomRequest(sop_instance_uid=uid)),
                            f"object {uid}", sha=True)
+
+    def original(self, uid: str) -> OriginalFile:
+        """The file a cart sent in its own format (MUSE, Sierra, aECG, SCP-ECG), byte
+        for byte, with its format (size and SHA-256 checked as `dicom`'s). `NotFound`
+        for an ECG that came as DICOM: `dicom` is its original."""
+        pb = self._pb()
+        chunks = list(self._stream(self._archive.GetOriginal,
+                                   pb.GetOriginalRequest(sop_instance_uid=uid)))
+        data = self._bytes(iter(chunks), f"original file of {uid}", sha=True)
+        return OriginalFile(chunks[0].format, data, chunks[0].sha256)
 
     def render(self, uid: str, format: Literal["png", "svg", "pdf"] = "png", *,
                layout: str = "3x4+1", paper: str = "A4", dpi: float = 150.0,

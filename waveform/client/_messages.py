@@ -16,7 +16,7 @@ __all__ = ["HIT_FIELDS", "MEASURES", "audit_page", "citizen_examination", "conse
 MEASURES = ("heart_rate_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms")
 HIT_FIELDS = ("sop_instance_uid", "patient_id", "organisation", "sop_class_uid",
               "study_instance_uid", "accession_number", "acquired", "manufacturer", "model",
-              "analysis_version", *MEASURES)
+              "analysis_version", *MEASURES, "source_format")
 KINDS = {0: "", 1: "referral", 2: "examination_note", 3: "statement"}
 KIND_VALUES = {v: k for k, v in KINDS.items() if v}
 

@@ -31,6 +31,7 @@ __all__ = [
     "DocumentRef",
     "Examination",
     "IngestResult",
+    "OriginalFile",
     "ReanalyzeStatus",
     "RecentExaminations",
     "SearchPage",
@@ -54,6 +55,16 @@ class IngestResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class OriginalFile:
+    """The file a cart sent in its own format, byte for byte (`Client.original`):
+    ``format`` is "ge-muse-xml", "philips-sierra-xml", "hl7-aecg" or "scp-ecg"."""
+
+    format: str
+    data: bytes
+    sha256: str
 
 
 @dataclass(frozen=True, slots=True)
