@@ -57,8 +57,9 @@ def test_ingest_of_a_folder_without_dicom_fails(archive: Archive, tmp_path: Path
     (tmp_path / "notes.txt").write_text("no ECG here")
     code, out, err = _run(capsys, archive, "cart_a", "ingest", str(tmp_path))
     assert code == 1 and out == ""
-    assert err == (f"waveform: ingest: NOT_FOUND: {tmp_path}: no DICOM file in this folder "
-                   "(looked for .dcm files and files with a DICM preamble)\n")
+    assert err == (f"waveform: ingest: NOT_FOUND: {tmp_path}: no ECG file in this folder "
+                   "(looked for .dcm files, files with a DICM preamble, and MUSE, Sierra, "
+                   "aECG and SCP-ECG files)\n")
 
 
 def test_ingest_names_which_of_two_files_with_one_uid_was_stored(
