@@ -205,11 +205,11 @@ def _line(proc: subprocess.Popen[str], pattern: str, timeout: float = 120.0) -> 
     raise AssertionError(f"no {pattern!r} in {seen}; stderr: {proc.communicate()[1]}")
 
 
-def _echo(port: int, calling: str) -> int | None:
+def _echo(port: int, calling: str, called: str = "ARCHIVE") -> int | None:
     """The C-ECHO status (None: the association was rejected)."""
     ae = AE(ae_title=calling)
     ae.add_requested_context(VERIFICATION)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVE")
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
         return None
     try:
@@ -260,3 +260,37 @@ def test_serve_refuses_half_a_dicom_door(tmp_path: Path, extra: list[str], messa
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert f"waveform serve: {message}" in err
+
+
+def test_demo_serves_dicom_to_the_readme_s_cart(tmp_path: Path) -> None:
+    """`serve --demo` admits the cart the README's storescu example calls as, and the
+    README's commands name the demo's port, AE titles and file."""
+    from tests.conftest import ROOT
+    from waveform.cli.serve import DEMO_DEVICE, DEMO_DICOM_PORT
+
+    readme = (ROOT / "README.md").read_text().split("## Getting ECGs in", 1)[1]
+    title, organisation = DEMO_DEVICE
+    assert (f"storescu -R -aet {title} -aec WAVEFORM 127.0.0.1 {DEMO_DICOM_PORT} "
+            "../shared/data/dicom/") in readme
+    assert f"echoscu -aet {title} -aec WAVEFORM 127.0.0.1 {DEMO_DICOM_PORT}" in readme
+    assert "waveform ingest ../shared/data/other/introecg_MUSE_" in readme
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "waveform.cli", "serve", "--data", str(tmp_path / "data"),
+         "--port", "0", "--demo", "--dicom-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        m = _line(proc, r"DICOM storage .* on 127\.0\.0\.1:(\d+) as AE title WAVEFORM, "
+                        rf"devices from \S+dev-devices\.json \(the demo's: {title} of "
+                        rf"{organisation} from any address\)$")
+        assert _echo(int(m.group(1)), title, "WAVEFORM") == 0x0000
+        assert [(d.ae_title, d.organisation, d.host) for d in Devices.load(
+            tmp_path / "data" / "dev-devices.json")] == [(title, organisation, None)]
+        _line(proc, r"Ctrl-C stops")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

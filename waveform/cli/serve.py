@@ -193,9 +193,9 @@ def _open_dicom(server: Any, o: ServeOptions, tls: Any) -> Any:
     demo_default = port is None
     if demo_default:
         port = DEMO_DICOM_PORT
-        if devices is None:
-            devices = o.more["devices"] = demo_devices(o.data)
-            o.more["demo_devices"] = True
+    if devices is None and o.demo:
+        devices = o.more["devices"] = demo_devices(o.data)
+        o.more["demo_devices"] = True
     if devices is None:
         raise ValueError("--dicom-port needs --devices FILE (the carts that may store: "
                          "waveform devices add)")
