@@ -176,13 +176,22 @@ def test_malformed_muse_names_the_format_and_field(site: Site) -> None:
 @pytest.mark.parametrize(("data", "fmt", "message"), [
     (b"not an ecg", "png", r"format 'png' is not one we read; expected dicom or ge-muse-xml"),
     (b"<?xml version='1.0'?><RestingECG/>", "scp-ecg", r"scp-ecg: "),
-    (b"\x89PNG\r\n\x1a\n....", "", r"Preamble|DICM|DICOM|data set"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(200), "",
+     r"^not a DICOM object: it looks like a PNG image"),
 ], ids=["unknown-format", "stated-other-format", "a-picture"])
 def test_refusals_are_invalid_argument(site: Site, data: bytes, fmt: str, message: str) -> None:
     with pytest.raises(grpc.RpcError) as err:
         site.ingest(data, format=fmt)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert re.search(message, err.value.details()), err.value.details()
+
+
+def test_dicom_with_or_without_its_preamble_is_no_cart_format() -> None:
+    from waveform.dicom.synthetic import synthetic_ecg
+
+    data = encode(synthetic_ecg(seed=942, duration_s=1.0))
+    assert cart_format(data) is None and cart_format(data[132:]) is None
+    assert cart_format(memoryview(synthetic_scp())) == "scp-ecg"
 
 
 def test_dicom_ingested_ecg_has_no_other_original(site: Site) -> None:
