@@ -9,15 +9,35 @@ compaction that must free space.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
+from tests.conftest import CALLERS
+from waveform.dicom import decode, encode
+from waveform.dicom.synthetic import synthetic_ecg
 from waveform.errors import InvalidArgument
 from waveform.model import Identity
+from waveform.service._proto.waveform.v1 import archive_pb2 as pb
+from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
+from waveform.service.calls import Limits
 from waveform.service.identity import TokenIdentities, add_token, hash_token
+from waveform.service.intake import InflightBudget, Intake, request_error
+from waveform.service.server import start
+from waveform.store import Store
 
 
 # ------------------------------------------------------------------ tokens file
@@ -73,3 +93,313 @@ def test_serve_refuses_a_bad_tokens_file_at_start(tmp_path: Path,
                  "--tokens", str(path)])
     assert code != 0
     assert "writable by every user" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ a served archive
+_SEED = iter(range(910_000, 990_000))
+
+
+def _ecg(duration_s: float = 1.0, **options: Any) -> bytes:
+    return encode(synthetic_ecg(seed=next(_SEED), duration_s=duration_s, **options))
+
+
+class _Served:
+    """An in-process server of the test's own (`start`), with the callers' tokens."""
+
+    def __init__(self, root: Path, **options: Any) -> None:
+        tokens_file = root / "tokens.json"
+        self.tokens = {who: add_token(tokens_file, ident) for who, ident in CALLERS.items()}
+        self.store = Store.open(root / "data", analyze=None)
+        self.server = start(self.store, TokenIdentities.load(tokens_file), port=0,
+                            owns_store=True, **options)
+        self.channel = grpc.insecure_channel(
+            self.server.address, options=[("grpc.max_send_message_length", 512 << 20)])
+        self.stub = pb_grpc.EcgArchiveStub(self.channel)
+
+    def auth(self, who: str) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.tokens[who]}")]
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(5)
+
+
+@pytest.fixture()
+def served(tmp_path: Path) -> Iterator[Callable[..., _Served]]:
+    made: list[_Served] = []
+
+    def make(**options: Any) -> _Served:
+        s = _Served(tmp_path, **options)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+def test_a_stream_answers_every_request_after_malformed_big_endian_objects(
+        served: Callable[..., _Served]) -> None:
+    # A malformed big-endian object raised OverflowError, which ended the stream:
+    # every later request went unanswered.
+    s = served()
+    big = _ecg(transfer_syntax_uid="1.2.840.10008.1.2.2")
+    goods = [_ecg() for _ in range(3)]
+    sent = [goods[0], big[:5000], goods[1], big[:len(big) // 2], goods[2]]
+    answers = list(s.stub.IngestStream(iter([pb.IngestRequest(dicom=d) for d in sent]),
+                                       metadata=s.auth("cart_a"), timeout=60))
+    assert len(answers) == len(sent)
+    assert [a.error.code for a in answers] == [0, _INVALID, 0, _INVALID, 0]
+    assert "element (" in answers[1].error.message
+    assert answers[1].sha256 == hashlib.sha256(sent[1]).hexdigest()
+    for data, answer in zip(goods, (answers[0], answers[2], answers[4]), strict=True):
+        assert s.store.get_dicom(answer.sop_instance_uid) == data
+
+
+class _BrokenStore:
+    """A store whose decoding has a defect (an exception outside the error tree)."""
+
+    def submit(self, data: bytes, organisation: str) -> Any:
+        raise OverflowError("Python integer 21504 out of bounds for uint8")
+
+
+def test_a_defect_while_submitting_is_one_requests_internal_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    intake = Intake(_BrokenStore(), None, InflightBudget(1 << 20))  # type: ignore[arg-type]
+    future = intake.submit(b"x", CALLERS["cart_a"])
+    err = future.exception(0)
+    assert isinstance(err, OverflowError) and err.__traceback__ is None
+    code, message = request_error(err)
+    assert code == grpc.StatusCode.INTERNAL.value[0]
+    assert re.fullmatch(r"internal error \(log reference [0-9a-f]{12}\)", message)
+    assert "21504" not in message  # never a library's text
+
+
+def test_an_oversized_request_in_a_stream_is_answered_and_the_stream_goes_on(
+        served: Callable[..., _Served]) -> None:
+    s = served(max_message_bytes=1 << 20, max_inflight_bytes=8 << 20)
+    small = [_ecg() for _ in range(2)]
+    over = _ecg(duration_s=1.0) + b"\0" * (1 << 20)  # over 1 MiB, under gRPC's 2 MiB
+    answers = list(s.stub.IngestStream(
+        iter([pb.IngestRequest(dicom=d) for d in (small[0], over, small[1])]),
+        metadata=s.auth("cart_a"), timeout=60))
+    assert [a.error.code for a in answers] == [0, _INVALID, 0]
+    assert re.search(r"request 2 of this stream carries a 1\.\d MiB object; the limit is 1 MiB",
+                     answers[1].error.message)
+    assert answers[1].sha256 == hashlib.sha256(over).hexdigest()
+    assert all(s.store.contains(a.sop_instance_uid) for a in (answers[0], answers[2]))
+    # Unary: the same answer, as the call's status.
+    with pytest.raises(grpc.RpcError) as e:
+        s.stub.Ingest(pb.IngestRequest(dicom=over), metadata=s.auth("cart_a"), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the request carries a 1." in e.value.details()
+    # Beyond twice the limit gRPC itself ends the stream, naming the size.
+    with pytest.raises(grpc.RpcError) as e:
+        list(s.stub.IngestStream(iter([pb.IngestRequest(dicom=b"\0" * (3 << 20))]),
+                                 metadata=s.auth("cart_a"), timeout=30))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_one_device_cannot_lock_everyone_out(served: Callable[..., _Served]) -> None:
+    # 256 idle streams of one device token used to take every slot: other
+    # organisations' ingests and clinicians' reads were RESOURCE_EXHAUSTED.
+    limits = Limits(max_concurrent=16, read_reserve=4, per_identity=6, streams_per_identity=3,
+                    stream_idle_s=2.0)
+    s = served(limits=limits, workers=4)
+    stored = s.stub.Ingest(pb.IngestRequest(dicom=_ecg()), metadata=s.auth("cart_b"),
+                           timeout=30)
+    release = threading.Event()
+
+    def idle() -> Iterator[pb.IngestRequest]:
+        release.wait(30)
+        return
+        yield
+
+    streams = [s.stub.IngestStream(idle(), metadata=s.auth("cart_a"), timeout=60)
+               for _ in range(12)]
+    try:
+        outcomes: list[str] = []
+
+        def drain(call: Any) -> None:
+            try:
+                list(call)
+                outcomes.append("OK")
+            except grpc.RpcError as exc:
+                outcomes.append(f"{exc.code().name}: {exc.details()}")
+
+        threads = [threading.Thread(target=drain, args=(c,)) for c in streams]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        # Others are served while the device holds all it may.
+        other = s.stub.Ingest(pb.IngestRequest(dicom=_ecg()), metadata=s.auth("cart_b"),
+                              timeout=10)
+        assert not other.already_stored
+        chunks = list(s.stub.GetDicom(pb.GetDicomRequest(
+            sop_instance_uid=stored.sop_instance_uid), metadata=s.auth("dr_b"), timeout=10))
+        assert chunks[0].total_bytes > 0
+        for t in threads:
+            t.join(20)
+        refused = [o for o in outcomes if o.startswith("RESOURCE_EXHAUSTED")]
+        idled = [o for o in outcomes if o.startswith("DEADLINE_EXCEEDED")]
+        assert len(refused) == 9 and len(idled) == 3, outcomes
+        assert all("has 3 ingest streams open (limit 3 a caller)" in o for o in refused)
+        assert all("sent no request for 2 s (the idle limit)" in o for o in idled)
+    finally:
+        release.set()
+    # The idle streams gave their slots back: the device may send again.
+    again = s.stub.Ingest(pb.IngestRequest(dicom=_ecg()), metadata=s.auth("cart_a"), timeout=10)
+    assert not again.already_stored
+
+
+def test_ingest_calls_leave_the_read_reserve_free(served: Callable[..., _Served]) -> None:
+    limits = Limits(max_concurrent=4, read_reserve=2, per_identity=4, streams_per_identity=4)
+    s = served(limits=limits, workers=4)
+    release = threading.Event()
+
+    def held() -> Iterator[pb.IngestRequest]:
+        release.wait(30)
+        return
+        yield
+
+    busy = [s.stub.IngestStream(held(), metadata=s.auth(who), timeout=60)
+            for who in ("cart_a", "cart_b")]
+    try:
+        time.sleep(0.5)
+        with pytest.raises(grpc.RpcError) as e:
+            s.stub.Ingest(pb.IngestRequest(dicom=_ecg()), metadata=s.auth("cart_b"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 slots are kept for reads" in e.value.details()
+        page = s.stub.Search(pb.SearchRequest(), metadata=s.auth("dr_a"), timeout=10)
+        assert len(page.hits) == 0
+    finally:
+        release.set()
+        for b in busy:
+            list(b)
+
+
+def test_a_conflict_in_a_race_names_nothing_of_the_other_organisations_object(
+        served: Callable[..., _Served]) -> None:
+    # While the first copy's commit ran, the second organisation's answer carried
+    # the winner's SHA-256 prefix.
+    s = served()
+    base = synthetic_ecg(seed=next(_SEED), duration_s=1.0)
+    first = encode(base)
+    other = encode(dataclasses.replace(base, patient_id="SOMEONE-ELSE"))
+    assert decode(first).sop_instance_uid == decode(other).sop_instance_uid
+    for _ in range(8):  # both in one group commit: the second sees the first pending
+        with ThreadPoolExecutor(2) as pool:
+            a = pool.submit(s.stub.Ingest, pb.IngestRequest(dicom=first),
+                            metadata=s.auth("cart_a"), timeout=30)
+            b = pool.submit(s.stub.Ingest, pb.IngestRequest(dicom=other),
+                            metadata=s.auth("cart_b"), timeout=30)
+        results = []
+        for f in (a, b):
+            try:
+                results.append(f.result())
+            except grpc.RpcError as exc:
+                results.append(exc)
+        errors = [r for r in results if isinstance(r, grpc.RpcError)]
+        assert len(errors) == 1 and errors[0].code() == grpc.StatusCode.ALREADY_EXISTS
+        text = errors[0].details()
+        winner = first if errors[0] is results[1] else other
+        assert hashlib.sha256(winner).hexdigest()[:16] not in text
+        assert "already in use in the archive by another object" in text
+        base = synthetic_ecg(seed=next(_SEED), duration_s=1.0)
+        first = encode(base)
+        other = encode(dataclasses.replace(base, patient_id="SOMEONE-ELSE"))
+
+
+# ------------------------------------------------- memory held by rejected objects
+_SERVE_BOUNDED = """
+import sys, time
+from waveform.service.identity import TokenIdentities
+from waveform.service.server import start
+from waveform.store import Store
+store = Store.open(sys.argv[1], analyze=None)
+server = start(store, TokenIdentities.load(sys.argv[2]), port=0,
+               max_message_bytes=64 << 20, max_inflight_bytes=int(sys.argv[3]))
+print(server.port, flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+_REJECTED_MB = 60
+_BUDGET = 256 << 20
+_STREAMS = 2
+#: The stated ceiling (README, "Limits"): resident memory grows by at most the
+#: in-flight budget plus, for each ingest call receiving, eight times the largest
+#: object (gRPC's receive buffer, the parsed message, the object's bytes, and the
+#: decoder's working set, transiently).
+_CEILING = _BUDGET + _STREAMS * 8 * (64 << 20)
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_rejected_objects_do_not_pile_up_in_memory(tmp_path: Path) -> None:
+    # 36 rejected 60 MB objects sent one at a time added 1.7 GiB (kept by reference
+    # cycles through futures and tracebacks), four streams of them passed 7 GB.
+    tokens_file = tmp_path / "tokens.json"
+    tokens = {who: add_token(tokens_file, ident) for who, ident in CALLERS.items()}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE_BOUNDED, str(tmp_path / "data"), str(tokens_file),
+         str(_BUDGET)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}",
+                                        options=[("grpc.max_send_message_length", 128 << 20)])
+        stub = pb_grpc.EcgArchiveStub(channel)
+        auth = [("authorization", f"Bearer {tokens['cart_a']}")]
+        stub.Ingest(pb.IngestRequest(dicom=_ecg()), metadata=auth, timeout=60)
+        baseline = _rss(proc.pid)
+        peak = [baseline]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _rss(proc.pid))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        junk = b"\0" * 128 + b"DICM" + b"\x02\x00" * ((_REJECTED_MB << 19) - 2)
+        sent = 0
+        for _ in range(20):  # one at a time
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Ingest(pb.IngestRequest(dicom=junk), metadata=auth, timeout=60)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            sent += len(junk)
+
+        def stream(n: int) -> list[int]:
+            answers = stub.IngestStream(iter([pb.IngestRequest(dicom=junk)] * n),
+                                        metadata=auth, timeout=120)
+            return [a.error.code for a in answers]
+
+        with ThreadPoolExecutor(_STREAMS) as pool:  # streams at once
+            codes = list(pool.map(stream, [10] * _STREAMS))
+        sent += 10 * _STREAMS * len(junk)
+        assert codes == [[_INVALID] * 10] * _STREAMS
+        time.sleep(0.5)
+        done.set()
+        sampler.join()
+        after = _rss(proc.pid)
+        channel.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+    grew, held = (peak[0] - baseline) >> 20, (after - baseline) >> 20
+    print(f"sent {sent >> 20} MiB; resident {baseline >> 20} MiB, peak +{grew} MiB, "
+          f"after +{held} MiB")
+    assert sent >= 1 << 30
+    ceiling = _CEILING >> 20
+    assert grew < ceiling, f"resident memory grew by {grew} MiB (ceiling {ceiling} MiB)"
+    assert held < 200, f"{held} MiB still held after every rejected object was answered"

@@ -54,11 +54,11 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
                                    patient_id=patient_id)
 
     # ------------------------------------------------------------- ingest
-    def _response(self, request: pb.IngestRequest, result: IngestResult, controller: bool
+    def _response(self, wait_for_summary: bool, result: IngestResult, controller: bool
                   ) -> pb.IngestResponse:
         out = pb.IngestResponse(sop_instance_uid=result.sop_instance_uid,
                                 already_stored=result.already_stored, sha256=result.sha256)
-        if request.wait_for_summary and controller:
+        if wait_for_summary and controller:
             self.store.wait_for_summary(result.sop_instance_uid, self.summary_timeout_s)
             doc = self.store.get_summary(result.sop_instance_uid)
             if doc is not None:
@@ -69,7 +69,8 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
     @rpc
     def Ingest(self, request: pb.IngestRequest, context: grpc.ServicerContext,
                call: Call) -> pb.IngestResponse:
-        size = len(request.dicom)
+        data = request.dicom  # each read of a protobuf bytes field is a copy: once
+        size = len(data)
         budget = self.intake.budget
         with self._access(call, "ingest") as acc:
             too_large = oversized(size, self.max_message_bytes, "the request")
@@ -78,7 +79,7 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
             if not budget.try_acquire(size):
                 raise budget.refusal(size)
             try:
-                future = self.intake.submit(payload(request), call.identity)
+                future = self.intake.submit(payload(data, request.format), call.identity)
                 result, controls = self.intake.settle(acc, future, remaining(context))
             except TimeoutError:
                 acc.event.outcome, acc.event.rule = "failed", "deadline"
@@ -90,7 +91,7 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
             finally:
                 budget.release(size)
         call.uid = result.sop_instance_uid
-        return self._response(request, result, controls)
+        return self._response(request.wait_for_summary, result, controls)
 
     @stream
     def IngestStream(self, requests: Iterator[pb.IngestRequest],
@@ -123,7 +124,7 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
         try:
             with self._access(call, "ingest") as acc:
                 result, controls = self.intake.settle(acc, item.future)
-            return self._response(item.request, result, controls)
+            return self._response(item.wait_for_summary, result, controls)
         except Exception as exc:
             code, message = request_error(exc)
             return pb.IngestResponse(error=pb.RequestError(code=code, message=message),

@@ -19,6 +19,7 @@ up by the gigabyte).
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import uuid
@@ -33,6 +34,7 @@ from waveform.errors import (
     without_traceback,
 )
 from waveform.model import Identity
+from waveform.service.memory import Trimmer
 from waveform.service.status import code_of, message_of
 
 if TYPE_CHECKING:
@@ -75,12 +77,14 @@ def request_error(exc: BaseException) -> tuple[int, str]:
 class InflightBudget:
     """Bytes of received objects not yet answered, across every call."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, trimmer: Trimmer | None = None) -> None:
         if max_bytes <= 0:
             raise ValueError(f"an in-flight budget of {max_bytes} bytes admits nothing")
         self.max_bytes = max_bytes
         self._used = 0
         self._cond = threading.Condition()
+        #: Told of every byte let go, so that the heap is given back (`memory`).
+        self.trimmer = trimmer
 
     @property
     def used(self) -> int:
@@ -110,6 +114,8 @@ class InflightBudget:
         with self._cond:
             self._used -= n
             self._cond.notify_all()
+        if self.trimmer is not None:
+            self.trimmer.released(n)
 
     def refusal(self, n: int) -> Overloaded:
         return Overloaded(
@@ -148,7 +154,10 @@ class Intake:
         if err is not None:
             if isinstance(err, Conflict):
                 raise self._conflict(acc, err) from None
-            raise err
+            # A copy is raised: the future keeps the original, and the original raised
+            # would take a traceback through frames that hold the future (a cycle that
+            # keeps the request's bytes until the collector runs).
+            raise copy.copy(err) from None
         result = future.result()
         acc.objects(result.sop_instance_uid)
         if result.already_stored:

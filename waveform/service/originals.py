@@ -20,11 +20,9 @@ __all__ = ["CHUNK_BYTES", "original_chunks", "payload", "stated"]
 CHUNK_BYTES = 1 << 20
 
 
-def payload(request: pb.IngestRequest) -> bytes:
-    """The bytes of ``request`` for the intake: with their format when it states one."""
-    if request.format:
-        return StatedFormat(request.dicom, request.format)
-    return request.dicom
+def payload(data: bytes, fmt: str) -> bytes:
+    """A request's object for the intake: with its format when the request states one."""
+    return StatedFormat(data, fmt) if fmt else data
 
 
 class _Stated:

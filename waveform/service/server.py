@@ -33,6 +33,7 @@ from waveform.service.calls import Admission, Limits
 from waveform.service.handlers import EcgArchive
 from waveform.service.identity import IdentityProvider
 from waveform.service.intake import InflightBudget, Intake
+from waveform.service.memory import Trimmer
 from waveform.service.metrics import Metrics
 from waveform.service.records import PatientRecords
 from waveform.store import Store
@@ -97,6 +98,9 @@ class Server:
         jobs = self.service.reanalysis
         jobs.stop("the server is shutting down")
         self.grpc.stop(grace_s).wait()
+        trimmer = self.service.intake.budget.trimmer
+        if trimmer is not None:
+            trimmer.close()
         # The job commits through the store: it must be over before the store closes.
         if not jobs.join(grace_s):
             logging.getLogger("waveform.service").warning(
@@ -181,7 +185,7 @@ def start(
     if archive is None:
         archive = Archive.open(store, Path(store.data_path).parent / "audit")
     admission = Admission(limits)
-    intake = Intake(store, archive, InflightBudget(max_inflight_bytes))
+    intake = Intake(store, archive, InflightBudget(max_inflight_bytes, Trimmer()))
     service = EcgArchive(store, archive, identities, metrics, admission=admission,
                          intake=intake, max_message_bytes=max_message_bytes)
     records = PatientRecords(store, archive, identities, metrics, admission=admission,

@@ -34,20 +34,24 @@ __all__ = ["STREAM_WINDOW", "Idle", "Pending", "StreamReader"]
 
 #: Requests of one IngestStream in flight at once (read ahead of the responses).
 STREAM_WINDOW = 512
-_EMPTY = pb.IngestRequest()
+#: Bytes of the budget a stream takes before reading its first request.
+_FIRST_RESERVE = 1 << 20
 
 
 @dataclass(slots=True)
 class Pending:
-    """A request read and submitted, waiting for its answer; ``held`` bytes of the
-    in-flight budget are its until `StreamReader.done`."""
+    """A request read and submitted, waiting for its answer: its object's bytes
+    (taken from the message once: each read of a protobuf bytes field is a copy)
+    and whether it asked for the summary; ``held`` bytes of the in-flight budget
+    are its until `StreamReader.done`."""
 
-    request: pb.IngestRequest
+    data: bytes
+    wait_for_summary: bool
     future: Future[IngestResult]
     held: int
 
     def sha256(self) -> str:
-        return hashlib.sha256(self.request.dicom).hexdigest()
+        return hashlib.sha256(self.data).hexdigest()
 
 
 class Idle:
@@ -73,29 +77,58 @@ class StreamReader:
 
     def _read(self) -> None:
         budget = self._service.intake.budget
+        requests = iter(self._requests)
+        # Room for a message like the previous one is taken before the next is read,
+        # so that what a stream holds is counted before it arrives (a client that
+        # turns from small objects to large ones overshoots by one message).
+        reserve = _FIRST_RESERVE
         try:
-            for req in self._requests:
+            while True:
+                if not self._acquire(reserve):
+                    return
+                try:
+                    req = next(requests)
+                except BaseException:
+                    budget.release(reserve)
+                    raise
                 self.count += 1
                 self.last_read = time.monotonic()
-                size = len(req.dicom)
+                data, wait = req.dicom, req.wait_for_summary
+                del req  # the message's own copy of the bytes goes now
+                size = len(data)
                 too_large = oversized(size, self._service.max_message_bytes,
                                       f"request {self.count} of this stream")
                 if too_large is not None:  # answered as its own error, its bytes let go
-                    digest = hashlib.sha256(req.dicom).hexdigest()
-                    del req
-                    self._put(_Refused(_EMPTY, failed(too_large), 0, digest))
+                    digest = hashlib.sha256(data).hexdigest()
+                    del data
+                    budget.release(reserve)
+                    self._put(_Refused(b"", False, failed(too_large), 0, digest))
                     continue
-                while not budget.acquire(size, timeout=0.25):
-                    if self._closed.is_set():
+                if size > reserve:
+                    if not self._acquire(size - reserve):
+                        budget.release(reserve)
                         return
-                if self._closed.is_set():
-                    budget.release(size)
-                    return
-                self._put(Pending(req, self._service.intake.submit(req.dicom, self._identity),
-                                  size))
+                else:
+                    budget.release(reserve - size)
+                future = self._service.intake.submit(data, self._identity)
+                self._put(Pending(data, wait, future, size))
+                del data
+                reserve = max(size, _FIRST_RESERVE)
+        except StopIteration:
             self._put(None)
         except BaseException as exc:
             self._put(without_traceback(exc))
+
+    def _acquire(self, n: int) -> bool:
+        """Wait for ``n`` bytes of the budget; False if the stream closed meanwhile."""
+        budget = self._service.intake.budget
+        while not budget.acquire(n, timeout=0.25):
+            if self._closed.is_set():
+                return False
+        if self._closed.is_set():
+            budget.release(n)
+            return False
+        return True
 
     def _put(self, item: Pending | BaseException | None) -> None:
         while not self._closed.is_set():
