@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -403,3 +404,35 @@ def test_rejected_objects_do_not_pile_up_in_memory(tmp_path: Path) -> None:
     ceiling = _CEILING >> 20
     assert grew < ceiling, f"resident memory grew by {grew} MiB (ceiling {ceiling} MiB)"
     assert held < 200, f"{held} MiB still held after every rejected object was answered"
+
+
+# ------------------------------------------------------------ trace parameters
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("start_s", math.nan, "start_s is nan; it must be a finite number"),
+    ("start_s", math.inf, "start_s is inf; it must be a finite number"),
+    ("start_s", -1.0, "start_s is -1.0 s; it must be 0 or more"),
+    ("duration_s", math.nan, "duration_s is nan"),
+    ("duration_s", -math.inf, "duration_s is -inf"),
+    ("sampling_frequency", math.nan, "sampling_frequency is nan"),
+    ("sampling_frequency", math.inf, "sampling_frequency is inf"),
+    ("sampling_frequency", 1e6, "sampling_frequency is 1000000.0 Hz; it must be above 0 and "
+                                "at most 20000 Hz"),
+    ("sampling_frequency", -250.0, "sampling_frequency is -250.0 Hz"),
+    ("samples_per_chunk", -5, "samples_per_chunk is -5"),
+], ids=lambda v: str(v))
+def test_trace_parameters_out_of_bounds_are_invalid_arguments(
+        archive: Any, field: str, value: float, says: str) -> None:
+    # NaN and infinity were INTERNAL, and 12 leads at 1 MHz streamed 480 MB.
+    data = _ecg()
+    uid = archive.stub.Ingest(pb.IngestRequest(dicom=data), metadata=archive.auth("cart_a"),
+                              timeout=30).sop_instance_uid
+    request = pb.GetTraceRequest(sop_instance_uid=uid, **{field: value})
+    with pytest.raises(grpc.RpcError) as e:
+        list(archive.stub.GetTrace(request, metadata=archive.auth("dr_a"), timeout=30))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert says in e.value.details()
+    # At the bound, the answer comes.
+    chunks = list(archive.stub.GetTrace(
+        pb.GetTraceRequest(sop_instance_uid=uid, sampling_frequency=20_000.0, leads=["II"]),
+        metadata=archive.auth("dr_a"), timeout=30))
+    assert sum(c.samples for c in chunks) == 20_000

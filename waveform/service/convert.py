@@ -158,6 +158,9 @@ def trace_chunks(trace: Trace, samples_per_chunk: int = 0) -> Iterator[pb.TraceC
         units = pb.UNITS_MICROVOLTS
     n_ch, n = data.shape
     per_frame = max(1, n_ch * data.dtype.itemsize)
+    if samples_per_chunk < 0:
+        raise InvalidArgument(f"samples_per_chunk is {samples_per_chunk}; it must be 0 (the "
+                              "service chooses) or positive")
     step = samples_per_chunk or TRACE_CHUNK_SAMPLES
     step = max(1, min(step, _MAX_CHUNK_BYTES // per_frame))
     first = True

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import gc
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -47,7 +48,7 @@ from waveform.store.lake import ALIAS, Lake, connect
 from waveform.store.records import Prepared, channels_from_row, decode_samples, prepare, sha256
 from waveform.store.writer import GroupCommitWriter
 
-__all__ = ["IngestResult", "Store"]
+__all__ = ["MAX_TRACE_RATE_HZ", "MAX_TRACE_VALUES", "IngestResult", "Store"]
 
 log = logging.getLogger(__name__)
 
@@ -862,7 +863,12 @@ class Store:
         fs: float | None = None,
         units: str = "uV",
     ) -> _q.Trace:
-        """Samples of multiplex group ``group``, sliced to ``leads`` and the window."""
+        """Samples of multiplex group ``group``, sliced to ``leads`` and the window.
+
+        Bounds (`MAX_TRACE_RATE_HZ`, `MAX_TRACE_VALUES`): every number must be finite,
+        the window non-negative, the rate positive and at most `MAX_TRACE_RATE_HZ`,
+        and the answer at most `MAX_TRACE_VALUES` samples over all its leads."""
+        _check_window(start_s, duration_s, fs)
         if units not in ("uV", "raw"):
             raise InvalidArgument(f"units {units!r}: expected 'uV' or 'raw'")
         if units == "raw" and fs is not None:
@@ -917,6 +923,12 @@ class Store:
             x, [c.sensitivity for c in sel], [c.correction for c in sel],
             [c.baseline for c in sel], [c.units for c in sel], [c.padding for c in sel],
         )
+        out_n = x.shape[1] if fs is None else math.ceil(x.shape[1] * float(fs) / rate)
+        if out_n * len(idx) > MAX_TRACE_VALUES:
+            raise InvalidArgument(
+                f"the trace asked for would hold {out_n * len(idx):,} samples ({len(idx)} leads "
+                f"x {out_n:,}); at most {MAX_TRACE_VALUES:,} are sent in one answer: ask for "
+                "fewer leads, a shorter window or a lower rate")
         if fs is not None and fs != rate:
             from waveform.dsp.resample import resample
 
@@ -1052,6 +1064,30 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: The highest rate a trace is resampled to (Hz): above any ECG or
+#: electrophysiology acquisition rate a viewer can use.
+MAX_TRACE_RATE_HZ = 20_000.0
+#: The most samples (over all leads) one trace answer holds: 12 leads of 10 minutes
+#: at 2 kHz.
+MAX_TRACE_VALUES = 16_000_000
+
+
+def _check_window(start_s: float, duration_s: float | None, fs: float | None) -> None:
+    """`Store.get_trace`'s numbers: finite, and within the stated bounds."""
+    named = (("start_s", start_s), ("duration_s", duration_s), ("sampling_frequency", fs))
+    for name, value in named:
+        if value is not None and not math.isfinite(value):
+            raise InvalidArgument(f"{name} is {value}; it must be a finite number")
+    if start_s < 0:
+        raise InvalidArgument(f"start_s is {start_s} s; it must be 0 or more")
+    if duration_s is not None and duration_s <= 0:
+        raise InvalidArgument(f"duration_s is {duration_s} s; it must be positive (or "
+                              "absent: to the end)")
+    if fs is not None and not 0 < fs <= MAX_TRACE_RATE_HZ:
+        raise InvalidArgument(f"sampling_frequency is {fs} Hz; it must be above 0 and at "
+                              f"most {MAX_TRACE_RATE_HZ:g} Hz")
 
 
 def _context_columns(columns: Sequence[str]) -> list[str]:
