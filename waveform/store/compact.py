@@ -41,7 +41,7 @@ from waveform.store.schema import TABLES
 if TYPE_CHECKING:
     from waveform.store.store import Store
 
-__all__ = ["CompactionReport", "compact", "compact_dir"]
+__all__ = ["GRACE_S", "CompactionReport", "compact", "compact_dir", "remove_replaced"]
 
 _META = f"__ducklake_metadata_{ALIAS}"
 
@@ -113,14 +113,25 @@ def _merge_table(store: Store, table: str, target_bytes: int, min_files: int) ->
     return merged, written
 
 
+#: How long a replaced file outlives the commit that replaced it: a reader that
+#: looked up a locator (or planned a query) just before still finds its file, and
+#: one that comes later asks the catalog again (`Store` retries a missing file).
+GRACE_S = 60.0
+
+
 def compact(
     store: Store,
     *,
     target_bytes: int = 64 << 20,
     min_files: int = 4,
-    grace_s: float = 600.0,
+    grace_s: float = GRACE_S,
 ) -> CompactionReport:
-    """Merge small files of every table and remove files no snapshot needs."""
+    """Merge small files of every table and remove files no snapshot needs.
+
+    The files a merge replaced are removed ``grace_s`` after its commit: now when
+    ``grace_s`` is 0 (no reader can hold them: the store is not serving), else by a
+    clean-up the store runs that long after (`Store.later`), so that space is freed
+    without another compaction."""
     merged = written = 0
     with store._compact_lock:
         for table in TABLES:
@@ -132,7 +143,15 @@ def compact(
         # while holding it, so no file seen here is in flight (others: grace_s).
         with store._commit_lock:
             orphans = _remove_orphans(store, grace_s)
+    if merged and grace_s > 0:
+        store.later(grace_s + 1.0, lambda: remove_replaced(store, grace_s))
     return CompactionReport(merged, written, removed, orphans)
+
+
+def remove_replaced(store: Store, grace_s: float = GRACE_S) -> int:
+    """Remove the data files replaced more than ``grace_s`` ago; how many."""
+    with store._compact_lock:
+        return _remove_expired(store, grace_s)
 
 
 def _remove_expired(store: Store, grace_s: float) -> int:
@@ -196,9 +215,12 @@ def compact_dir(
     *,
     catalog: str | None = None,
     data_path: str | None = None,
-    grace_s: float = 600.0,
+    grace_s: float = 0.0,
 ) -> CompactionReport:
-    """``waveform compact --data DIR``: open the store without measuring, compact, close."""
+    """``waveform compact --data DIR``: open the store without measuring, compact, close.
+
+    Nothing serves the store meanwhile (an embedded catalog admits one process), so
+    the replaced files go at once unless ``grace_s`` says otherwise."""
     from waveform.store.store import Store
 
     with Store.open(data_dir, catalog=catalog, data_path=data_path, analyze=None,

@@ -231,6 +231,7 @@ class Store:
         self.auto_compact_commits: int | None = None
         self._commits_since_compact = 0
         self._compactor: threading.Thread | None = None
+        self._timers: set[threading.Timer] = set()
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -1047,10 +1048,38 @@ class Store:
         demo); False if ``timeout`` ran out first."""
         return self._measure.join(timeout) if self._measure is not None else True
 
+    def later(self, delay_s: float, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on a background thread in ``delay_s`` seconds, unless the store
+        is closed first (maintenance: compaction's removal of replaced files). A
+        failure is logged; the next compaction tries again."""
+
+        def run() -> None:
+            with self._ids:
+                self._timers.discard(timer)
+            if self._closed:
+                return
+            try:
+                fn()
+            except (WaveformError, OSError, duckdb.Error) as e:
+                log.warning("background maintenance failed: %s", e)
+
+        timer = threading.Timer(delay_s, run)
+        timer.daemon = True
+        timer.name = "waveform-maintenance"
+        with self._ids:
+            if self._closed:
+                return
+            self._timers.add(timer)
+        timer.start()
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        with self._ids:
+            timers, self._timers = list(self._timers), set()
+        for t in timers:
+            t.cancel()
         if self._writer is not None:
             self._writer.close()
         if self._compactor is not None:
