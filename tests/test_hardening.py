@@ -482,3 +482,90 @@ def test_offline_compaction_frees_space_at_once(tmp_path: Path) -> None:
     with Store.open(root, analyze=None) as store:
         for data in objects:
             assert store.get_dicom(decode(data).sop_instance_uid) == data
+
+
+# ------------------------------------------------------------------- disk full
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MiB tmpfs (a real file system that fills up), mounted for the test."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root (CI runs as root)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _health(channel: grpc.Channel) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    r = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="waveform.v1.EcgArchive"), timeout=5)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(r.status))
+
+
+def _until(check: Callable[[], bool], timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def test_a_full_disk_is_not_serving_and_the_store_recovers_by_itself(
+        small_disk: Path) -> None:
+    # Calls answered UNAVAILABLE but health stayed SERVING, and nothing recovered
+    # after space was freed until a restart.
+    tokens_file = small_disk.parent / "tokens.json"
+    tokens = {who: add_token(tokens_file, ident) for who, ident in CALLERS.items()}
+    store = Store.open(small_disk / "data", analyze=None, auto_compact_commits=None)
+    server = start(store, TokenIdentities.load(tokens_file), port=0, owns_store=True,
+                   archive=None)
+    channel = grpc.insecure_channel(server.address)
+    stub = pb_grpc.EcgArchiveStub(channel)
+    auth = [("authorization", f"Bearer {tokens['cart_a']}")]
+    try:
+        kept = [_ecg() for _ in range(3)]
+        for data in kept:
+            stub.Ingest(pb.IngestRequest(dicom=data), metadata=auth, timeout=30)
+        ballast = small_disk / "ballast"
+        with open(ballast, "wb", buffering=0) as f:  # fill the disk to the last block
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+            except OSError:
+                pass
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+            except OSError:
+                pass
+        refused = 0
+        for _ in range(3):
+            try:
+                stub.Ingest(pb.IngestRequest(dicom=_ecg(duration_s=10.0)), metadata=auth,
+                            timeout=30)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                refused += 1
+        assert refused == 3
+        assert _until(lambda: _health(channel) == "NOT_SERVING")
+        ballast.unlink()  # space again: no restart
+        assert _until(lambda: _health(channel) == "SERVING")
+        data = _ecg()
+        r = stub.Ingest(pb.IngestRequest(dicom=data), metadata=auth, timeout=30)
+        assert store.get_dicom(r.sop_instance_uid) == data
+        for old in kept:
+            assert store.get_dicom(decode(old).sop_instance_uid) == old
+    finally:
+        channel.close()
+        server.stop(5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -90,6 +91,15 @@ def served(tmp_path: Path) -> Iterator[Any]:
 def _code(exc: BaseException) -> grpc.StatusCode:
     assert isinstance(exc, grpc.RpcError), exc
     return exc.code()
+
+
+def _eventually(check: Any, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return bool(check())
 
 
 def _healthy(channel: grpc.Channel) -> bool:
@@ -217,9 +227,11 @@ def test_a_failing_file_layer_answers_unavailable_and_stores_nothing(
     assert all(a.error.message.startswith("not stored, safe to retry: ") for a in answers)
     assert not store.contains(uid) and store.uids() == []
     assert _data_files(store) == []
-    assert _healthy(s.channel)
+    # While the store cannot write, health says so (load balancers stop sending).
+    assert _eventually(lambda: not _healthy(s.channel))
 
-    files.failures.clear()  # the disk is back: the same request now succeeds
+    files.failures.clear()  # the disk is back: the store recovers by itself
+    assert _eventually(lambda: _healthy(s.channel))
     r = s.stub.Ingest(pb.IngestRequest(dicom=data), metadata=s.auth("cart_a"), timeout=10)
     assert not r.already_stored and store.get_dicom(uid) == data
 
@@ -236,6 +248,13 @@ def test_a_failed_fsync_stops_the_writer_and_every_ingest_is_unavailable(
         assert _code(e.value) == grpc.StatusCode.UNAVAILABLE
         assert e.value.details().startswith("not stored, safe to retry: ")
     assert store.uids() == []
+    # The failed fsync's files are gone; a probe write passes, and the store starts
+    # a new writer by itself (a failed fsync is never retried: new data, new files).
+    assert _eventually(lambda: store.recoveries >= 1)
+    assert _eventually(lambda: _healthy(s.channel))
+    data = _ecg_bytes()
+    r = s.stub.Ingest(pb.IngestRequest(dicom=data), metadata=s.auth("cart_a"), timeout=10)
+    assert store.get_dicom(r.sop_instance_uid) == data
 
 
 # ------------------------------------------------------------ mutated objects
@@ -530,7 +549,7 @@ def test_mutual_tls_matches_the_certificate_organisation_to_the_token(
     tls = ["--server", address, "--tls-ca", str(certs["ca.pem"]), "--timeout", "10"]
     assert main(["health", *tls, "--tls-cert", str(certs["org-a.pem"]),
                  "--tls-key", str(certs["org-a.key"])]) == 0
-    assert "waveform.v1.EcgArchive: SERVING" in capsys.readouterr().out
+    assert re.search(r"^waveform\.v1\.EcgArchive\s+SERVING$", capsys.readouterr().out, re.M)
     assert main(["search", *tls, "--tls-cert", str(certs["org-b.pem"]), "--tls-key",
                  str(certs["org-b.key"]), "--token", s.tokens["dr_a"]]) == 1
     assert capsys.readouterr().err.startswith("waveform: search: PERMISSION_DENIED: ")

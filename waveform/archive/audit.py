@@ -19,6 +19,7 @@ DuckDB.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -44,6 +45,9 @@ log = logging.getLogger("waveform.audit")
 GENESIS = "0" * 64
 _SEGMENT_BYTES = 64 << 20
 _BATCH = 1024
+#: How often a trail stopped by a full disk tries to write again (seconds).
+RETRY_S = 0.5
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(slots=True)
@@ -119,6 +123,8 @@ class AuditTrail:
         self._clock = clock
         self._queue: queue.Queue[tuple[AuditEvent, Future[AuditEvent]] | None] = queue.Queue()
         self._failed: BaseException | None = None
+        #: The failure was a write refused for lack of space: retried every `RETRY_S`.
+        self._recoverable = False
         self._seq, self._prev = 0, GENESIS
         self._segment = self._recover()
         self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
@@ -170,7 +176,14 @@ class AuditTrail:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            if self._failed is not None and self._recoverable:
+                try:
+                    item = self._queue.get(timeout=RETRY_S)
+                except queue.Empty:
+                    self._reopen()
+                    continue
+            else:
+                item = self._queue.get()
             if item is None:
                 return
             batch = [item]
@@ -205,14 +218,23 @@ class AuditTrail:
             lines.append(json.dumps(rec, sort_keys=True, separators=(",", ":"),
                                     ensure_ascii=False))
         data = ("\n".join(lines) + "\n").encode()
+        fsync_failed = False
         try:
             if self._size and self._size + len(data) > self._segment_bytes:
                 self._rotate()
             os.write(self._fd, data)
-            self._fsync(self._fd)
+            try:
+                self._fsync(self._fd)
+            except OSError:
+                fsync_failed = True
+                raise
             self._size += len(data)
             self._write_head(seq, prev)
         except OSError as e:
+            # Space refused before or after the fsync (never a failed fsync, whose
+            # outcome cannot be known): once space is back, the trail reopens from
+            # what its file holds (`_reopen`).
+            self._recoverable = e.errno in _NO_SPACE and not fsync_failed
             self._failed = e
             err = DurabilityError(f"the audit trail could not be made durable ({e}); "
                                   "nothing is returned without its audit event")
@@ -224,6 +246,27 @@ class AuditTrail:
         self._seq, self._prev = seq, prev
         for ev, f in batch:
             f.set_result(ev)
+
+    def _reopen(self) -> None:
+        """After a write refused for lack of space (never after a failed fsync, whose
+        outcome cannot be known): find the chain's end again (a torn last line is
+        dropped), fsync it, and take events again."""
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+        try:
+            self._segment = self._recover()
+            self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            self._fsync(self._fd)
+            self._size = os.fstat(self._fd).st_size
+            self._write_head(self._seq, self._prev)
+        except OSError as e:
+            log.info("the audit trail still cannot be written: %s", e)
+            return
+        log.warning("the audit trail can be written again", extra={"seq": self._seq})
+        self._failed = None
+        self._recoverable = False
 
     def _rotate(self) -> None:
         os.close(self._fd)

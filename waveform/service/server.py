@@ -45,6 +45,8 @@ __all__ = [
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgArchive"].full_name
 RECORDS_SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["PatientRecords"].full_name
+#: The names health answers for: the server as a whole and each service.
+HEALTH_NAMES = ("", SERVICE_NAME, RECORDS_SERVICE_NAME)
 DEFAULT_MAX_MESSAGE = 64 << 20
 #: Bytes of received objects not yet answered, across every call (`Intake`).
 DEFAULT_MAX_INFLIGHT = 1 << 30
@@ -83,6 +85,29 @@ class Server:
         self._owns_store = owns_store
         self._owns_archive = owns_archive
         self._stopped = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def watch_health(self, interval_s: float = 0.25) -> None:
+        """Keep health in step with the store and the audit trail: NOT_SERVING while
+        either cannot write (a full disk, a failed fsync or commit), SERVING again
+        once both have recovered."""
+
+        def watch() -> None:
+            serving = True
+            while not self._stopped.wait(interval_s):
+                now = self.store.writable and self.archive.audit.failed is None
+                if now == serving:
+                    continue
+                serving = now
+                status = (health_pb2.HealthCheckResponse.SERVING if now
+                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+                for name in HEALTH_NAMES:
+                    self.health.set(name, status)
+                logging.getLogger("waveform.service").warning(
+                    "health", extra={"serving": now, "why": "" if now else "store cannot write"})
+
+        self._watcher = threading.Thread(target=watch, name="waveform-health", daemon=True)
+        self._watcher.start()
 
     @property
     def address(self) -> str:
@@ -94,6 +119,8 @@ class Server:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._watcher is not None:
+            self._watcher.join()
         self.health.enter_graceful_shutdown()
         jobs = self.service.reanalysis
         jobs.stop("the server is shutting down")
@@ -199,10 +226,12 @@ def start(
          health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server)
     server.start()
-    for name in ("", SERVICE_NAME, RECORDS_SERVICE_NAME):
+    for name in HEALTH_NAMES:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(server, bound, health_servicer, service, store, owns_store, archive,
-                  owns_archive)
+    running = Server(server, bound, health_servicer, service, store, owns_store, archive,
+                     owns_archive)
+    running.watch_health()
+    return running
 
 
 class _JsonLines(logging.Formatter):

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -232,6 +233,13 @@ class Store:
         self._commits_since_compact = 0
         self._compactor: threading.Thread | None = None
         self._timers: set[threading.Timer] = set()
+        #: A group failed to write (StorageError) and nothing has succeeded since.
+        self._write_failing = False
+        #: UIDs of a group whose catalog commit failed with an unknown outcome.
+        self._uncertain: set[str] = set()
+        self._writer_options: dict[str, Any] = {}
+        self._recovery: threading.Thread | None = None
+        self._recovered = 0
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -278,10 +286,12 @@ class Store:
             store._load_index()
             store.auto_compact_commits = auto_compact_commits
             _codec.warm_up()
-            store._writer = GroupCommitWriter(
-                stage=store._stage, max_objects=max_batch, max_delay_s=max_delay_ms / 1000,
-                max_queued=max_queued,
-            )
+            store._writer_options = dict(max_objects=max_batch,
+                                         max_delay_s=max_delay_ms / 1000, max_queued=max_queued)
+            store._writer = GroupCommitWriter(stage=store._stage, **store._writer_options)
+            store._recovery = threading.Thread(target=store._watch_writes,
+                                               name="waveform-recovery", daemon=True)
+            store._recovery.start()
             if analyze == "auto":
                 analyze, analysis_version = _default_analysis()
             if analysis_version is not None:
@@ -487,8 +497,12 @@ class Store:
         """Staging thread: a group's data files written and made durable (steps 1-4
         of the durability order), while the previous group commits."""
         tables = _records.tables(items)
-        with self._commit_lock.staging():
-            paths = stage_tables(self._files, self.data_path, tables)
+        try:
+            with self._commit_lock.staging():
+                paths = stage_tables(self._files, self.data_path, tables)
+        except StorageError:
+            self._write_failing = True  # a full disk, say: health says so until a probe passes
+            raise
         return _StagedIngest(self, items, paths)
 
     def _commit_staged(self, items: list[Prepared], paths: dict[str, str]) -> list[IngestResult]:
@@ -498,7 +512,17 @@ class Store:
         # sees a committed file whose locators are not in the index yet.
         try:
             with self._commit_lock.committing():
-                register(self._cursor(), self._files, paths)
+                try:
+                    register(self._cursor(), self._files, paths)
+                except DurabilityError:
+                    # Its outcome is unknown: recovery asks the catalog for them.
+                    with self._ids:
+                        self._uncertain.update(p.sop_instance_uid for p in items)
+                    raise
+                except StorageError:
+                    self._write_failing = True
+                    raise
+                self._write_failing = False
                 row = 0
                 with self._ids:
                     for i, p in enumerate(items):
@@ -1048,6 +1072,65 @@ class Store:
         demo); False if ``timeout`` ran out first."""
         return self._measure.join(timeout) if self._measure is not None else True
 
+    # ------------------------------------------------------------ recovery
+    @property
+    def writable(self) -> bool:
+        """False while the store cannot write: the writer stopped after a failed fsync
+        or commit, or the last group could not be written (a full disk), until a
+        probe write succeeds (checked every `PROBE_INTERVAL_S`) and the store has
+        recovered by itself."""
+        writer = self._writer
+        return not self._closed and not self._write_failing and (
+            writer is not None and writer.stopped is None)
+
+    @property
+    def recoveries(self) -> int:
+        """How many times the store has recovered from a write failure."""
+        return self._recovered
+
+    def _watch_writes(self) -> None:
+        while not self._closed:
+            time.sleep(PROBE_INTERVAL_S)
+            if self._closed or self.writable:
+                continue
+            try:
+                self._probe()
+                self._recover()
+            except (WaveformError, OSError, duckdb.Error) as e:
+                log.info("the store still cannot write: %s", e)
+
+    def _probe(self) -> None:
+        """A small file written, fsynced and removed where data files go, and a catalog
+        round trip: raises while either fails."""
+        directory = table_dir(self._files, self.data_path, "ecg")
+        path = self._files.join(directory, f".probe-{time.time_ns()}.tmp")
+        try:
+            self._files.write(path, b"\0" * 4096)
+            self._files.fsync(path)
+        finally:
+            with contextlib.suppress(OSError):
+                self._files.remove(path)
+        self._lake.cursor().execute("SELECT 1").fetchall()
+
+    def _recover(self) -> None:
+        """After a passing probe: the UIDs of a commit of unknown outcome are looked up
+        in the catalog (and indexed if it landed), and a stopped writer is replaced."""
+        with self._ids:
+            uncertain, self._uncertain = list(self._uncertain), set()
+        for uid in uncertain:
+            entry = self._lookup(uid)
+            if entry is not None:
+                with self._ids:
+                    self._index[uid] = entry
+        old = self._writer
+        if old is not None and old.stopped is not None and not self._closed:
+            old.close(5)
+            self._writer = GroupCommitWriter(stage=self._stage, **self._writer_options)
+        self._write_failing = False
+        self._recovered += 1
+        log.warning("the store can write again; ingest resumes",
+                    extra={"uncertain": len(uncertain)})
+
     def later(self, delay_s: float, fn: Callable[[], Any]) -> None:
         """Run ``fn`` on a background thread in ``delay_s`` seconds, unless the store
         is closed first (maintenance: compaction's removal of replaced files). A
@@ -1082,6 +1165,8 @@ class Store:
             t.cancel()
         if self._writer is not None:
             self._writer.close()
+        if self._recovery is not None:
+            self._recovery.join(2 * PROBE_INTERVAL_S)
         if self._compactor is not None:
             self._compactor.join()
         if self._measure is not None:
@@ -1094,6 +1179,9 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+#: How often a store that cannot write tries a probe write (seconds).
+PROBE_INTERVAL_S = 0.5
 
 #: The highest rate a trace is resampled to (Hz): above any ECG or
 #: electrophysiology acquisition rate a viewer can use.
