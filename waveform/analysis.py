@@ -33,7 +33,7 @@ from waveform.model import LeadQuality, Measured, Summary, WaveformGroup
 __all__ = ["ANALYSIS_FS", "ANALYSIS_VERSION", "MARKS", "BeatMarks", "analyze", "beat_marks",
            "delineate", "detect_beats"]
 
-ANALYSIS_VERSION = "2.1.0"
+ANALYSIS_VERSION = "2.1.1"
 #: Rate every rhythm group is analysed at (Hz).
 ANALYSIS_FS = 500.0
 #: The diagnostic filter every stage shares.
@@ -138,15 +138,9 @@ def _prepare(ecg: object) -> _Prepared:
     if not rows:
         raise InvalidArgument(f"group {g.label!r} has no channel in voltage units")
     chans = [g.channels[i] for i in rows]
-    raw = g.raw if len(rows) == g.n_channels else g.raw[rows]
-    uv = scale.to_microvolts(
-        raw,
-        [c.sensitivity for c in chans],
-        [c.correction for c in chans],
-        [c.baseline for c in chans],
-        [c.units for c in chans],
-        [c.padding for c in chans],
-    )
+    # The one scaling of the group (G.711, Waveform Bits Stored, padding), as the
+    # printout and GetTrace apply it.
+    uv = g.microvolts(None if len(rows) == g.n_channels else rows)
     fs0 = float(g.sampling_frequency)
     # Stretches where no lead recorded anything (every lead's padding value): an
     # interval between two beats across one is not an RR interval. Running

@@ -203,7 +203,7 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
 
         call.uid = request.sop_instance_uid
         with self._access(call, "render", request.sop_instance_uid) as acc:
-            acc.ecg(request.sop_instance_uid)
+            ref = acc.ecg(request.sop_instance_uid)
             ecg = decode(self.store.get_dicom(request.sop_instance_uid))
             doc = self.store.get_summary(request.sop_instance_uid)
             fmt = request.format or "png"
@@ -212,7 +212,8 @@ class EcgArchive(Servicer, pb_grpc.EcgArchiveServicer):
                               layout=request.layout or "3x4+1", paper=request.paper or "A4",
                               speed_mm_s=request.speed_mm_s or 25,
                               gain_mm_mv=request.gain_mm_mv or 10, fmt=fmt,
-                              dpi=request.dpi or 150, qtc=request.qtc_formula or "Bazett")
+                              dpi=request.dpi or 150, qtc=request.qtc_formula or "Bazett",
+                              organisation=ref.organisation)
         for i in range(0, max(len(data), 1), DICOM_CHUNK_BYTES):
             chunk = pb.RenderChunk(data=data[i:i + DICOM_CHUNK_BYTES])
             if i == 0:

@@ -944,9 +944,13 @@ class Store:
                             channel_units=tuple(c.units for c in sel))
         from waveform.dsp.scale import to_microvolts
 
+        stored = [c.bits_stored for c in channels if c.bits_stored]
+        # The same scaling as the printout and the analysis (`WaveformGroup.microvolts`):
+        # G.711 codes expanded and Waveform Bits Stored sign-extended.
         uv = to_microvolts(
             x, [c.sensitivity for c in sel], [c.correction for c in sel],
             [c.baseline for c in sel], [c.units for c in sel], [c.padding for c in sel],
+            interpretation=row["interpretation"] or "", bits_stored=min(stored, default=None),
         )
         out_n = x.shape[1] if fs is None else math.ceil(x.shape[1] * float(fs) / rate)
         if out_n * len(idx) > MAX_TRACE_VALUES:
