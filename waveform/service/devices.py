@@ -26,7 +26,6 @@ import ipaddress
 import json
 import logging
 import os
-import stat
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from waveform.errors import InvalidArgument
 from waveform.model import Identity
+from waveform.service.identity import read_private_list
 
 __all__ = ["Device", "Devices", "add_device", "check_ae_title"]
 
@@ -153,23 +153,8 @@ class Devices:
     def load(cls, path: str | os.PathLike[str]) -> Devices:
         """Read a devices file, refusing one anyone may write and a malformed one."""
         p = Path(path)
-        try:
-            mode = p.stat().st_mode
-            text = p.read_text()
-        except OSError as e:
-            raise InvalidArgument(f"devices file {p}: {e.strerror}") from None
-        if mode & stat.S_IWOTH:
-            raise InvalidArgument(
-                f"devices file {p} is writable by every user of this machine (mode "
-                f"{stat.S_IMODE(mode):o}); anyone could admit a device of any organisation. "
-                f"Restrict it: chmod 600 {p}")
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InvalidArgument(f"devices file {p} is not JSON: {e}") from None
-        items = doc.get("devices") if isinstance(doc, dict) else None
-        if not isinstance(items, list):
-            raise InvalidArgument(f"devices file {p} must hold an object {{\"devices\": [...]}}")
+        items = read_private_list(p, "devices", "anyone could admit a device of any "
+                                  "organisation")
         devices = [_device(item, f"devices file {p} entry {i + 1}")
                    for i, item in enumerate(items)]
         try:

@@ -25,7 +25,7 @@ import secrets
 import stat
 from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from waveform.errors import AccessDenied, InvalidArgument, Unauthenticated
 from waveform.model import ROLES, Identity
@@ -38,6 +38,7 @@ __all__ = [
     "add_token",
     "hash_token",
     "new_token",
+    "read_private_list",
 ]
 
 class IdentityProvider(Protocol):
@@ -45,10 +46,35 @@ class IdentityProvider(Protocol):
                      ) -> Identity: ...
 
 
-def _shape(doc: object) -> str:
-    """How a tokens document that is not ``{"tokens": [...]}`` looks, for the message."""
+def read_private_list(path: Path, key: str, risk: str) -> list[Any]:
+    """The ``key`` list of a JSON file that decides who may do what (tokens, devices),
+    refusing a file every user of the machine may write (``risk``: what anyone
+    could then do) and a document that is not ``{key: [...]}``."""
+    what = f"{key} file {path}"
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text()
+    except OSError as e:
+        raise InvalidArgument(f"{what}: {e.strerror}") from None
+    if mode & stat.S_IWOTH:
+        raise InvalidArgument(
+            f"{what} is writable by every user of this machine (mode "
+            f"{stat.S_IMODE(mode):o}); {risk}. Restrict it: chmod 600 {path}")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"{what} is not JSON: {e}") from None
+    items = doc.get(key) if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise InvalidArgument(
+            f"{what} must hold an object {{\"{key}\": [...]}}; it holds {_shape(doc, key)}")
+    return items
+
+
+def _shape(doc: object, key: str) -> str:
+    """How a document that is not ``{key: [...]}`` looks, for the message."""
     if isinstance(doc, dict):
-        return "an object without a 'tokens' list" if doc else "an empty object"
+        return f"an object without a '{key}' list" if doc else "an empty object"
     names: dict[type, str] = {list: "list", str: "string"}
     return "a JSON " + names.get(type(doc), type(doc).__name__)
 
@@ -76,25 +102,7 @@ class TokenIdentities:
         token, and a token hash listed twice (the later entry would decide who the
         caller is)."""
         p = Path(path)
-        try:
-            mode = p.stat().st_mode
-            text = p.read_text()
-        except OSError as e:
-            raise InvalidArgument(f"tokens file {p}: {e.strerror}") from None
-        if mode & stat.S_IWOTH:
-            raise InvalidArgument(
-                f"tokens file {p} is writable by every user of this machine (mode "
-                f"{stat.S_IMODE(mode):o}); anyone could make themselves admin. Restrict it: "
-                f"chmod 600 {p}")
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InvalidArgument(f"tokens file {p} is not JSON: {e}") from None
-        items = doc.get("tokens") if isinstance(doc, dict) else None
-        if not isinstance(items, list):
-            raise InvalidArgument(
-                f"tokens file {p} must hold an object {{\"tokens\": [...]}}; it holds "
-                f"{_shape(doc)}")
+        items = read_private_list(p, "tokens", "anyone could make themselves admin")
         if not items:
             raise InvalidArgument(f"tokens file {p} lists no tokens: no caller could be "
                                   "authenticated (add one with `waveform tokens add`)")
