@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -91,8 +92,13 @@ def test_serve_refuses_a_bad_tokens_file_at_start(tmp_path: Path,
     from waveform.cli import main
 
     path = _tokens_file(tmp_path, {"tokens": [_entry("t1", "device")]}, mode=0o666)
-    code = main(["serve", "--data", str(tmp_path / "data"), "--port", "0",
-                 "--tokens", str(path)])
+    root = logging.getLogger("waveform")
+    handlers, level, propagate = list(root.handlers), root.level, root.propagate
+    try:  # serve sets up logging to this test's captured stderr: put it back after
+        code = main(["serve", "--data", str(tmp_path / "data"), "--port", "0",
+                     "--tokens", str(path)])
+    finally:
+        root.handlers[:], root.level, root.propagate = handlers, level, propagate
     assert code != 0
     assert "writable by every user" in capsys.readouterr().err
 
