@@ -921,10 +921,6 @@ class Store:
         else:
             idx = list(range(len(channels)))
         rate = float(row["sampling_frequency"])
-        if start_s < 0 or (duration_s is not None and duration_s <= 0):
-            raise InvalidArgument(
-                f"window start {start_s} s, duration {duration_s} s is invalid"
-            )
         i0 = round(start_s * rate)
         n = raw.shape[1]
         i1 = n if duration_s is None else min(n, i0 + round(duration_s * rate))
