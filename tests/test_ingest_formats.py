@@ -39,10 +39,12 @@ from waveform.service.server import Server, start
 from waveform.store import Store
 
 OTHER = SHARED / "other"
-#: Real files that are no ECG we store: PixelMed's samples and readme, and its
-#: bimodally compressed SCP-ECG (refused by name, docs/formats.md).
-NOT_STORED = {"pixelmed_PFE105.dat", "pixelmed_PFE105.readme.txt", "pixelmed_PFE105_high.scp"}
-REAL = (sorted(p.name for p in OTHER.iterdir() if p.name not in NOT_STORED)
+#: Real files that are no ECG: PixelMed's samples and readme.
+NOT_ECG = {"pixelmed_PFE105.dat", "pixelmed_PFE105.readme.txt"}
+#: ECGs refused: the anonymised MUSE exports state no acquisition date (docs/formats.md).
+UNDATED = {"braveheart_gemuse_example1.xml", "braveheart_gemuse_example2.xml",
+           "braveheart_gemuse_example3.xml"}
+REAL = (sorted(p.name for p in OTHER.iterdir() if p.name not in NOT_ECG | UNDATED)
         if OTHER.is_dir() else [])
 
 SYNTHETIC: dict[str, Callable[[], bytes]] = {
@@ -279,6 +281,19 @@ def test_real_file_is_stored_with_its_original(site: Site, real_answers: dict[st
     check_stored(site, data, uid, converted.format)
     again = site.ingest(data)
     assert (again.sop_instance_uid, again.already_stored) == (uid, True)
+
+
+@pytest.mark.parametrize("name", sorted(UNDATED))
+def test_undated_real_file_is_refused_and_nothing_stored(site: Site, name: str) -> None:
+    path = OTHER / name
+    if not path.exists():
+        pytest.skip(f"reference data {OTHER} is absent (only ../shared/data has it)")
+    with pytest.raises(grpc.RpcError) as info:
+        site.ingest(path.read_bytes())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.details() or "").startswith(
+        "ge-muse-xml: TestDemographics/AcquisitionDate: absent: the file states no "
+        "acquisition date")
 
 
 def test_every_format_is_among_the_real_files() -> None:

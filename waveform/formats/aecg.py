@@ -227,4 +227,4 @@ def read(data: bytes) -> Reading:
     )
 
 
-READER = Reader(FORMAT, "HL7 aECG", recognises, read)
+READER = Reader(FORMAT, "HL7 aECG", recognises, read, "effectiveTime/low")

@@ -109,6 +109,8 @@ class Reader:
     title: str
     recognises: Callable[[bytes], bool]
     read: Callable[[bytes], Reading]
+    #: Where the format states the acquisition date: named when a file lacks it.
+    date_field: str
 
 
 def file_uid(root: str, extension: str = "") -> str:
@@ -196,14 +198,18 @@ def _st(text: str) -> str:
     return text.strip()[:1024]
 
 
-def assemble(fmt: str, data: bytes, reading: Reading) -> Ecg:
-    """The `Ecg` of ``reading``: SOP class, UIDs derived from ``data``, annotations."""
-    warnings = reading.warnings
+def assemble(fmt: str, data: bytes, reading: Reading, date_field: str) -> Ecg:
+    """The `Ecg` of ``reading``: SOP class, UIDs derived from ``data``, annotations.
+
+    A file without an acquisition date is refused (``date_field`` names where the
+    format keeps it): both ECG IODs require Acquisition DateTime and Content Date
+    and Time (PS3.3 C.10.8, Waveform Identification, all Type 1, so never empty),
+    and the archive neither invents one nor stores an object that does not validate.
+    """
     if reading.acquisition_datetime is None:
-        warnings += (
-            f"{fmt}: the file states no acquisition date and time; the DICOM object has no "
-            "Acquisition DateTime (Type 1) and does not validate",
-        )
+        raise InvalidFile(fmt, date_field, "absent: the file states no acquisition date, "
+                          "which the DICOM object needs (Acquisition DateTime, Content Date "
+                          "and Time are Type 1); export the ECG with its acquisition date")
     return Ecg(
         sop_class_uid=_sop_class(reading.groups),
         sop_instance_uid=reading.uid or derived_uid(data, "instance"),
@@ -221,5 +227,5 @@ def assemble(fmt: str, data: bytes, reading: Reading) -> Ecg:
         device_serial_number=_lo(reading.device_serial_number),
         annotations=_annotations(reading),
         groups=reading.groups,
-        warnings=warnings,
+        warnings=reading.warnings,
     )

@@ -180,4 +180,4 @@ def read(data: bytes) -> Reading:
     )
 
 
-READER = Reader(FORMAT, "GE MUSE XML", recognises, read)
+READER = Reader(FORMAT, "GE MUSE XML", recognises, read, "TestDemographics/AcquisitionDate")

@@ -126,5 +126,5 @@ def convert(data: bytes, format: str | None = None) -> Converted:
         raise InvalidArgument(f"format {name!r} is not one we read; expected {DICOM} or "
                               + ", ".join(FORMATS))
     reading = reader.read(data)
-    ecg = assemble(name, data, reading)
+    ecg = assemble(name, data, reading, reader.date_field)
     return Converted(name, ecg, encode(ecg), data, reading.measurements, reading.statements)

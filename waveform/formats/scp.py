@@ -7,14 +7,18 @@ Read here: 1 (patient and acquisition tags), 2 (Huffman tables), 3 (leads), 4
 (interpretation statements). Samples are Huffman decoded (`huffman`), then first
 or second differences are summed; when Section 3 says reference beat subtraction
 was used, the reference beat of type 0 is added back in each QRS's subtraction
-zone (Section 4), exactly, in integers. Bimodal compression (rhythm stored
-decimated outside the protected zones) is refused: rebuilding it needs the
-standard's interpolation and filter, which do not give the acquired samples.
+zone (Section 4), exactly, in integers (at the greatest common divisor of the
+two sections' amplitude units when they differ). With bimodal compression the
+rhythm residual is stored decimated outside Section 4's protected zones: it is
+rebuilt by the standard's interpolation and filter (`bimodal`) before the
+reference beat is added, and the rhythm group is then marked DERIVED, since the
+acquired samples cannot be recovered from it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import struct
 from dataclasses import dataclass
 
@@ -23,8 +27,9 @@ import numpy as np
 from waveform.dicom.codes import LEAD_CODES
 from waveform.errors import InvalidFile
 from waveform.formats.base import Measurement, Reader, Reading, int16_group, measurement
+from waveform.formats.bimodal import Zone, check_zones, expand, smooth, stored_count
 from waveform.formats.huffman import Table, decode, parse_tables
-from waveform.model import Channel, Code, WaveformGroup
+from waveform.model import Channel, Code
 
 __all__ = ["READER", "crc_ccitt"]
 
@@ -244,9 +249,9 @@ def _signals(body: bytes, section: int, counts: list[int], tables: tuple[Table, 
     if avm == 0 or interval == 0:
         raise InvalidFile(FORMAT, f"{where} header", f"amplitude {avm} nV, interval {interval} "
                           "µs: both must be positive")
-    if section == 6 and bimodal:
-        raise InvalidFile(FORMAT, "Section 6 bimodal compression", "used; its decimated "
-                          "rhythm cannot be rebuilt to the acquired samples, so it is refused")
+    if section == 5 and bimodal:
+        raise InvalidFile(FORMAT, "Section 5 header", f"byte 6 is {bimodal}; only Section 6 "
+                          "may use bimodal compression")
     sizes = struct.unpack_from(f"<{n}H", body, 6)
     offset = 6 + 2 * n
     if offset + sum(sizes) > len(body):
@@ -275,15 +280,31 @@ class _Qrs:
     end: int
 
 
-def _qrs(body: bytes) -> tuple[int, int, list[_Qrs]]:
+@dataclass(frozen=True, slots=True)
+class _Reference:
+    """Sections 4 and 5: the reference beats and where they were subtracted."""
+
+    avm: int
+    interval: int
+    beats: list[np.ndarray]
+    fiducial: int
+    complexes: list[_Qrs]
+    protected: list[Zone] | None  # absent from SCP-ECG 1.0 records
+
+
+def _qrs(body: bytes) -> tuple[int, int, list[_Qrs], list[Zone] | None]:
     if len(body) < 6:
         raise InvalidFile(FORMAT, "Section 4", f"{len(body)} bytes; its header needs 6")
     length_ms, fiducial, count = struct.unpack_from("<HHH", body, 0)
     if len(body) < 6 + 14 * count:
         raise InvalidFile(FORMAT, "Section 4 number of QRS complexes", f"{count} of 14 bytes; "
                           f"{len(body) - 6} bytes remain")
-    return length_ms, fiducial, [
-        _Qrs(*struct.unpack_from("<HIII", body, 6 + 14 * i)) for i in range(count)]
+    complexes = [_Qrs(*struct.unpack_from("<HIII", body, 6 + 14 * i)) for i in range(count)]
+    # After the subtraction zones, each QRS's protected zone: first and last sample.
+    zones = 6 + 14 * count
+    protected = [Zone(*struct.unpack_from("<II", body, zones + 8 * i)) for i in range(count)] \
+        if len(body) >= zones + 8 * count else None
+    return length_ms, fiducial, complexes, protected
 
 
 def _add_reference(rhythm: list[np.ndarray], beats: list[np.ndarray], fiducial: int,
@@ -362,6 +383,45 @@ def _statements(body: bytes | None) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _reference(bodies: dict[int, bytes], n: int, tables: tuple[Table, ...] | None,
+               ) -> _Reference:
+    length_ms, fiducial, complexes, protected = _qrs(bodies[4])
+    avm, interval = struct.unpack_from("<HH", bodies[5], 0) if len(bodies[5]) >= 4 else (0, 0)
+    if interval <= 0:
+        raise InvalidFile(FORMAT, "Section 5 header", f"sample interval {interval} µs")
+    samples = length_ms * 1000 // interval
+    beats: list[np.ndarray] = []
+    if samples > 0:
+        avm, interval, beats = _signals(bodies[5], 5, [samples] * n, tables)
+    return _Reference(avm, interval, beats, fiducial, complexes, protected)
+
+
+def _bimodal_rhythm(body: bytes, count: int, n: int, reference: _Reference | None,
+                    tables: tuple[Table, ...] | None) -> tuple[int, int, list[np.ndarray]]:
+    """(AVM nV, full-rate interval µs, residual per lead) of a bimodal Section 6."""
+    where = "Section 6 bimodal compression"
+    if reference is None or not reference.beats:
+        raise InvalidFile(FORMAT, where, "used, but Sections 4 and 5 (the protected zones "
+                          "and the full sampling rate) are not both present")
+    if reference.protected is None:
+        raise InvalidFile(FORMAT, "Section 4 protected zones", "absent; bimodal compression "
+                          "stores the rhythm at the full rate only inside them")
+    if len(body) < 4:
+        raise InvalidFile(FORMAT, "Section 6", f"{len(body)} bytes; its header needs 6")
+    (interval,) = struct.unpack_from("<H", body, 2)
+    factor, rest = divmod(interval, reference.interval)
+    if rest or not 1 <= factor <= 16:
+        raise InvalidFile(FORMAT, f"{where} sample interval", f"{interval} µs is not 1 to 16 "
+                          f"times Section 5's {reference.interval} µs")
+    zones = reference.protected
+    check_zones(count, zones)
+    avm, _, stored = _signals(body, 6, [stored_count(count, zones, factor)] * n, tables)
+    # The filter does not cross the edges of a type-0 subtraction zone.
+    cuts = [c for q in reference.complexes if q.kind == 0 for c in (q.start, q.end + 1)]
+    return avm, reference.interval, [
+        smooth(expand(values, count, zones, factor), zones, cuts) for values in stored]
+
+
 def read(data: bytes) -> Reading:
     sections = _sections(bytes(data))
     bodies = sections.bodies
@@ -377,34 +437,37 @@ def read(data: bytes) -> Reading:
         raise InvalidFile(FORMAT, "Section 3 leads", f"recorded over different spans {spans}; "
                           "only simultaneous leads fit a multiplex group")
     count = first.end - first.start + 1
-    avm, interval, rhythm = _signals(bodies[6], 6, [count] * len(leads), tables)
-
-    groups: list[WaveformGroup] = []
-    median = None
-    if 5 in bodies and 4 in bodies:
-        length_ms, fiducial, complexes = _qrs(bodies[4])
-        avm5, interval5 = struct.unpack_from("<HH", bodies[5], 0) if len(bodies[5]) >= 4 \
-            else (0, 0)
-        if interval5 <= 0:
-            raise InvalidFile(FORMAT, "Section 5 header", f"sample interval {interval5} µs")
-        samples = length_ms * 1000 // interval5
-        if samples > 0:
-            avm5, interval5, beats = _signals(bodies[5], 5, [samples] * len(leads), tables)
-            if subtracted:
-                if (avm5, interval5) != (avm, interval):
-                    raise InvalidFile(FORMAT, "Section 5 header", f"{avm5} nV at {interval5} "
-                                      f"µs; the rhythm is {avm} nV at {interval} µs")
-                _add_reference(rhythm, beats, fiducial, complexes)
-            median = int16_group(FORMAT, "Section 5", "MEDIAN BEAT", 1e6 / interval5,
-                                 [_channel(lead, avm5) for lead in leads], beats,
-                                 originality="DERIVED")
-    elif subtracted:
+    n = len(leads)
+    reference = _reference(bodies, n, tables) if 4 in bodies and 5 in bodies else None
+    if subtracted and reference is None:
         raise InvalidFile(FORMAT, "Section 3 flags", "say the reference beat was subtracted, "
                           "but Sections 4 and 5 are not both present")
-    groups.append(int16_group(FORMAT, "Section 6", "RHYTHM", 1e6 / interval,
-                              [_channel(lead, avm) for lead in leads], rhythm))
-    if median is not None:
-        groups.append(median)
+    bimodal = len(bodies[6]) >= 6 and bodies[6][5] != 0
+    if bimodal:
+        avm, interval, rhythm = _bimodal_rhythm(bodies[6], count, n, reference, tables)
+    else:
+        avm, interval, rhythm = _signals(bodies[6], 6, [count] * n, tables)
+    if subtracted and reference is not None and reference.beats:
+        if reference.interval != interval:
+            raise InvalidFile(FORMAT, "Section 5 header", f"sample interval "
+                              f"{reference.interval} µs; the rhythm's is {interval} µs")
+        # Both in integers of one unit: the greatest common divisor of the two.
+        unit = math.gcd(avm, reference.avm)
+        rhythm = [r * (avm // unit) for r in rhythm]
+        beats = [b * (reference.avm // unit) for b in reference.beats]
+        _add_reference(rhythm, beats, reference.fiducial, reference.complexes)
+        avm = unit
+
+    groups = [int16_group(FORMAT, "Section 6", "RHYTHM", 1e6 / interval,
+                          [_channel(lead, avm) for lead in leads], rhythm,
+                          originality="DERIVED" if bimodal else "ORIGINAL")]
+    if reference is not None and reference.beats:
+        groups.append(int16_group(FORMAT, "Section 5", "MEDIAN BEAT", 1e6 / reference.interval,
+                                  [_channel(lead, reference.avm) for lead in leads],
+                                  reference.beats, originality="DERIVED"))
+    warnings = (f"{FORMAT}: Section 6 uses bimodal compression: the rhythm is the standard's "
+                "reconstruction (interpolated and filtered outside the protected zones), not "
+                "the acquired samples",) if bimodal else ()
 
     tags = _tags(bodies.get(1, b""))
     day = _date(25, tags.get(25))
@@ -424,7 +487,8 @@ def read(data: bytes) -> Reading:
         institution=_text(tags.get(16)),
         measurements=_measurements(bodies.get(7)),
         statements=_statements(bodies.get(8)),
+        warnings=warnings,
     )
 
 
-READER = Reader(FORMAT, "SCP-ECG", recognises, read)
+READER = Reader(FORMAT, "SCP-ECG", recognises, read, "Section 1 tag 25 (date of acquisition)")

@@ -252,4 +252,4 @@ def read(data: bytes) -> Reading:
     )
 
 
-READER = Reader(FORMAT, "Philips Sierra XML", recognises, read)
+READER = Reader(FORMAT, "Philips Sierra XML", recognises, read, "dataacquisition@date")
