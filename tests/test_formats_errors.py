@@ -48,6 +48,19 @@ def _scp_edit(change: Callable[[dict[int, bytes]], object]) -> bytes:
     return scp_record(bodies)
 
 
+SCP_SUBTRACTED = synthetic_scp(subtract=True)
+
+
+def _bimodal(interval: int = 8000, section4: Callable[[bytes], bytes] = lambda b: b,
+             record: bytes = SCP_SUBTRACTED) -> bytes:
+    """``record`` with Section 6 flagged bimodal at ``interval`` µs, Section 4 edited."""
+    bodies = scp_bodies(record)
+    bodies[6] = bodies[6][:2] + struct.pack("<HBB", interval, 2, 1) + bodies[6][6:]
+    if 4 in bodies:
+        bodies[4] = section4(bodies[4])
+    return scp_record(bodies)
+
+
 def _set_lead_sizes(bodies: dict[int, bytes], sizes: list[int]) -> None:
     bodies[6] = bodies[6][:6] + struct.pack("<12H", *sizes) + bodies[6][30:]
 
@@ -147,6 +160,23 @@ CASES: list[tuple[str, Callable[[], bytes], str]] = [
     ("scp-difference", lambda: _scp_edit(lambda b: b.__setitem__(
         6, b[6][:4] + b"\x07" + b[6][5:])),
      r"scp-ecg: Section 6 difference encoding: difference encoding 7; expected 0, 1 or 2"),
+    ("scp-bimodal-without-reference", lambda: _bimodal(record=SCP),
+     r"scp-ecg: Section 6 bimodal compression: used, but Sections 4 and 5 \(the protected "
+     r"zones and the full sampling rate\) are not both present"),
+    ("scp-bimodal-interval", lambda: _bimodal(3000),
+     r"scp-ecg: Section 6 bimodal compression sample interval: 3000 µs is not 1 to 16 "
+     r"times Section 5's 2000 µs"),
+    ("scp-bimodal-no-protected-zones", lambda: _bimodal(section4=lambda b: b[:6 + 14 * 3]),
+     r"scp-ecg: Section 4 protected zones: absent; bimodal compression stores the rhythm "
+     r"at the full rate only inside them"),
+    ("scp-bimodal-zones-overlap", lambda: _bimodal(section4=lambda b: b[:-8] + struct.pack(
+        "<II", 2100, 3100)),
+     r"scp-ecg: Section 4 protected zone 3: samples 2100..3100; expected an ordered zone "
+     r"after sample 2150 and inside 1..5000"),
+    ("scp-bimodal-zone-outside", lambda: _bimodal(section4=lambda b: b[:-8] + struct.pack(
+        "<II", 4990, 5001)),
+     r"scp-ecg: Section 4 protected zone 3: samples 4990..5001; expected an ordered zone "
+     r"after sample 2150 and inside 1..5000"),
     ("scp-truncated", lambda: SCP[:1000],
      rf"scp-ecg: record length: says {len(SCP)} bytes, the file holds 1000"),
 ]
