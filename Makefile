@@ -26,6 +26,11 @@ tools:
 	  { [ "$$(id -u)" = 0 ] && (apt-get install -y -qq dcmtk >/dev/null 2>&1 || \
 	    (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dcmtk >/dev/null 2>&1)); } || \
 	  echo "warning: storescu (Debian package dcmtk) is not installed"
+	@# PostgreSQL's server binaries: the catalog of the cluster backend in the tests.
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+	    (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq postgresql >/dev/null 2>&1)); } || \
+	  echo "warning: initdb (Debian package postgresql) is not installed"
 
 lint: $(STAMP)
 	$(BIN)/ruff check waveform tests bench

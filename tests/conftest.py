@@ -1,19 +1,24 @@
-"""Shared fixtures: where the third-party reference data lives."""
+"""Shared fixtures: where the third-party reference data lives, a running archive,
+and the two storage backends (embedded; PostgreSQL + S3 started by the tests)."""
 
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from tests.servers import PostgresServer, S3Server, postgres_server, seaweedfs_server
 from waveform.service._proto.waveform.v1 import archive_pb2_grpc as pb_grpc
 from waveform.service.identity import Identity, TokenIdentities, add_token
 from waveform.service.server import start
 from waveform.store import Store
+from waveform.store.files import FileOps, files_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -80,3 +85,64 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     yield arch
     arch.channel.close()
     server.stop(5)
+
+
+# --------------------------------------------------------------------------------------
+# The storage backends. PostgreSQL and the S3 server start once per session, and only
+# when a test asks for them; each test gets its own database and its own S3 prefix.
+
+#: The bucket every test's S3 prefix lives in.
+S3_BUCKET = "waveform-test"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    with seaweedfs_server((S3_BUCKET,)) as server:
+        yield server
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """Where one test's store keeps its catalog and its data files."""
+
+    name: str
+    #: A DuckDB file, or ``postgres:`` and a DSN.
+    catalog: str
+    #: A directory ending in a separator, or ``s3://bucket/prefix/``.
+    data_path: str
+    #: A local directory of the test's own (what stays on the machine in any mode).
+    data_dir: Path
+
+    def files(self) -> FileOps:
+        return files_for(self.data_path)
+
+
+@pytest.fixture(params=["embedded", "cluster"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Backend:
+    """Each backend in turn. ``cluster``: a fresh PostgreSQL database and S3 prefix,
+    reached through the AWS_* environment (and no AWS files of the machine's)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    if request.param == "embedded":
+        return Backend("embedded", str(data_dir / "catalog.ducklake"),
+                       str(data_dir / "lake") + "/", data_dir)
+    pg: PostgresServer = request.getfixturevalue("postgres")
+    server: S3Server = request.getfixturevalue("s3")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    dsn = pg.create_database(name)
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN",
+                "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    for var, value in server.environment().items():
+        monkeypatch.setenv(var, value)
+    return Backend("cluster", "postgres:" + dsn, f"s3://{S3_BUCKET}/{name}/", data_dir)

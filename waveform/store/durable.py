@@ -6,7 +6,8 @@ DuckLake data file has been seen without its footer after a power loss
 in this order, every step through `FileOps`:
 
 1. each table's rows are written by pyarrow to a temporary name ``.<name>.tmp``,
-2. ``fsync`` the file, 3. ``rename`` it to its final name,
+2. ``fsync`` the file, 3. ``rename`` it to its final name (an object store, which
+   has no atomic rename but an atomic PUT, writes the final name at once: `publish`),
 4. ``fsync_dir`` each directory touched (the names are durable),
 5. one catalog transaction registers every file (``ducklake_add_data_files``),
 6. ``mark("commit")``, COMMIT, ``mark("committed")``; only then may a caller be
@@ -132,11 +133,25 @@ def _step(files: FileOps, op: str, *args: object) -> None:
 
 
 def publish(files: FileOps, directory: str, table: pa.Table, opts: ParquetOptions) -> str:
-    """Steps 1-3 for one file: write to a temporary name, fsync, rename. Returns the path."""
+    """Steps 1-3 for one file: write to a temporary name, fsync, rename. Returns the path.
+
+    Where ``files`` has no atomic rename (an object store) the file is written under
+    its final name instead, then fsynced (a no-op where a write is durable): an S3 PUT
+    is atomic, so no reader ever sees part of it, and it is invisible to the catalog
+    until `register` names it, like a temporary file.
+    """
     name = new_file_name()
-    tmp = files.join(directory, "." + name + ".tmp")
     final = files.join(directory, name)
     data = _parquet_bytes(table, opts)
+    if not files.atomic_rename:
+        try:
+            _step(files, "write", final, memoryview(data))
+            _step(files, "fsync", final)
+        except BaseException:
+            _discard(files, final)
+            raise
+        return final
+    tmp = files.join(directory, "." + name + ".tmp")
     _step(files, "write", tmp, memoryview(data))
     try:
         _step(files, "fsync", tmp)

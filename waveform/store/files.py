@@ -5,28 +5,57 @@ store (write to a temporary name, fsync, rename, fsync the directory, then commi
 the catalog, then acknowledge) is a sequence of calls on this interface, so a test
 can record that sequence, assert its order and inject a failure at any step, the
 way SQLite tests its VFS. Nothing else in the store touches a data file directly,
-so an object store can later stand behind the same interface (there, ``write`` is
-a PUT, ``fsync``/``fsync_dir`` are no-ops and ``rename`` a copy or a no-op).
+so an object store stands behind the same interface.
+
+Implementations differ in what a call guarantees, and say so in two class
+attributes that the durability order reads (`waveform.store.durable.publish`):
+
+==================  ================  =============
+implementation      durable_on_write  atomic_rename
+==================  ================  =============
+`LocalFiles`        no: ``fsync``     yes: rename(2)
+`S3Files`           yes: a PUT        no: copy + delete
+==================  ================  =============
+
+- ``durable_on_write``: a ``write`` that returned is durable by itself; ``fsync``
+  and ``fsync_dir`` are no-ops (S3 acknowledges a PUT once the object is stored).
+- ``atomic_rename``: ``rename`` replaces the destination atomically, so a file can
+  be written under a temporary name and published whole. Without it a file is
+  written directly under its final name, which is safe only where a write is
+  itself atomic (an S3 PUT: the object is there whole or not at all).
 
 `mark` is not a file operation: the writer calls it at the points of the order
 that are not file operations (``commit``, ``committed``, ``ack``), so a recording
 double sees the whole order in one log and can fail at those points too.
 
-Paths are strings (local paths here; URLs for other implementations).
+Paths are strings: local paths for `LocalFiles`, ``s3://bucket/key`` URLs (as
+DuckLake names its data files) for `S3Files`. `files_for` picks by the data path.
 """
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar
 
 import pyarrow as pa
 
-__all__ = ["FileOps", "LocalFiles"]
+from waveform.errors import StorageError
+from waveform.store.s3 import S3Settings, is_s3_url, split_s3_url
+
+if TYPE_CHECKING:
+    from pyarrow import fs as pafs
+
+__all__ = ["FileOps", "LocalFiles", "S3Files", "files_for"]
 
 
 class FileOps(ABC):
     """Write, make durable, publish, read and remove data files."""
+
+    #: A `write` that returned is durable: `fsync` and `fsync_dir` are no-ops.
+    durable_on_write: ClassVar[bool] = False
+    #: `rename` replaces its destination atomically (publish by temporary name + rename).
+    atomic_rename: ClassVar[bool] = True
 
     @abstractmethod
     def write(self, path: str, data: bytes | memoryview) -> None:
@@ -195,3 +224,91 @@ class LocalFiles(FileOps):
 
     def open_input(self, path: str) -> pa.NativeFile:
         return pa.OSFile(path, mode="r")
+
+
+class S3Files(FileOps):
+    """Objects in S3-compatible storage, through pyarrow's `S3FileSystem`.
+
+    ``write`` is one upload: the object appears whole when it returns, or not at all
+    (a multipart upload becomes visible only at its completion), and S3 acknowledges
+    it only once stored, so ``fsync``/``fsync_dir`` have nothing to do. There are no
+    directories: ``makedirs`` is a no-op and ``list`` lists the keys under a prefix.
+    ``rename`` is a copy then a delete, not atomic (``atomic_rename`` is False), so
+    the store publishes a file by writing it under its final name.
+    """
+
+    durable_on_write: ClassVar[bool] = True
+    atomic_rename: ClassVar[bool] = False
+
+    def __init__(
+        self, settings: S3Settings | None = None, *, filesystem: pafs.FileSystem | None = None
+    ) -> None:
+        if filesystem is None:
+            from pyarrow import fs as pafs
+
+            settings = S3Settings.from_environment() if settings is None else settings
+            try:
+                filesystem = pafs.S3FileSystem(**settings.pyarrow_options())
+            except (OSError, ValueError) as e:
+                raise StorageError(f"cannot set up the S3 client ({settings!r}): {e}") from e
+        self.settings = settings
+        self._fs = filesystem
+
+    @staticmethod
+    def _key(path: str) -> str:
+        """``s3://bucket/key`` -> ``bucket/key``, the path pyarrow takes."""
+        bucket, key = split_s3_url(path)
+        return f"{bucket}/{key}".rstrip("/")
+
+    def write(self, path: str, data: bytes | memoryview) -> None:
+        with self._fs.open_output_stream(self._key(path), metadata={}) as out:
+            out.write(data)
+
+    def fsync(self, path: str) -> None:
+        return None
+
+    def rename(self, src: str, dst: str) -> None:
+        self._fs.move(self._key(src), self._key(dst))
+
+    def fsync_dir(self, path: str) -> None:
+        return None
+
+    def remove(self, path: str) -> None:
+        try:
+            self._fs.delete_file(self._key(path))
+        except FileNotFoundError:
+            pass
+
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        with self._fs.open_input_file(self._key(path)) as f:
+            return f.read_at(max(0, min(length, f.size() - offset)), offset)
+
+    def size(self, path: str) -> int:
+        from pyarrow import fs as pafs
+
+        info = self._fs.get_file_info(self._key(path))
+        if info.type != pafs.FileType.File:
+            raise FileNotFoundError(2, "no such object", path)
+        return int(info.size)
+
+    def list(self, directory: str) -> list[str]:
+        from pyarrow import fs as pafs
+
+        selector = pafs.FileSelector(self._key(directory), allow_not_found=True)
+        return sorted(
+            "s3://" + info.path for info in self._fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+        )
+
+    def makedirs(self, path: str) -> None:
+        return None
+
+    def open_input(self, path: str) -> pa.NativeFile:
+        return self._fs.open_input_file(self._key(path))
+
+
+def files_for(data_path: str, s3: S3Settings | None = None) -> FileOps:
+    """The `FileOps` for ``data_path``: `S3Files` for ``s3://...``, else `LocalFiles`."""
+    if is_s3_url(data_path):
+        return S3Files(s3)
+    return LocalFiles()
