@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -90,24 +89,12 @@ def _merge_table(store: Store, table: str, target_bytes: int, min_files: int) ->
                 parts.append(pq.read_table(src, schema=TABLES[table]))
         merged_table = pa.concat_tables(parts)
         opts: ParquetOptions = WRITE_OPTIONS.get(table, ParquetOptions())
-        order = np.arange(merged_table.num_rows)
         if opts.sorting:
-            order = pc.sort_indices(
-                merged_table, sort_keys=[(k, "ascending", "at_end") for k in opts.sorting]
-            ).to_numpy()
-            merged_table = merged_table.take(order)
-        # new_row[i]: where the i-th row of the concatenated sources landed.
-        new_row = np.empty_like(order)
-        new_row[order] = np.arange(len(order))
-        moved: dict[tuple[str, int], int] = {}
-        pos = 0
-        for f, part in zip(g, parts, strict=True):
-            for r in range(part.num_rows):
-                moved[(f, r)] = int(new_row[pos + r])
-            pos += part.num_rows
+            merged_table = merged_table.take(pc.sort_indices(
+                merged_table, sort_keys=[(k, "ascending", "at_end") for k in opts.sorting]))
         directory = table_dir(files, store.data_path, table)
         new = publish(files, directory, merged_table, opts)
-        store._commit_replacement(table, g, new, moved)
+        store._commit_replacement(table, g, new, merged_table)
         merged += len(g)
         written += 1
     return merged, written

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import gc
 import logging
 import math
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from waveform.errors import (
     Conflict,
@@ -44,8 +45,9 @@ from waveform.store import schema as _schema
 from waveform.store.codec import EncodedSamples
 from waveform.store.codec import decode_samples as decode_encoded
 from waveform.store.durable import commit_tables, discard, register, stage_tables, table_dir
-from waveform.store.files import FileOps, LocalFiles
+from waveform.store.files import FileOps, files_for
 from waveform.store.lake import ALIAS, Lake, connect
+from waveform.store.locators import CLAIM_TTL_S, Claim, Entry, Locators, open_locators
 from waveform.store.records import Prepared, channels_from_row, decode_samples, prepare, sha256
 from waveform.store.writer import GroupCommitWriter
 
@@ -86,41 +88,23 @@ def _micros(t: dt.datetime | None) -> int | None:
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
-def _located(cur: duckdb.DuckDBPyConnection, table: str, extra: str = "", rest: str = "",
-             params: Sequence[Any] = ()) -> tuple[pa.Table, list[str]]:
-    """A table's UIDs (and ``extra`` columns) with their data file and row, as Arrow
-    (``rest``: the query's WHERE / ORDER BY), and each row's file name as Python
-    strings, one string per distinct file."""
-    t = cur.execute(f"SELECT sop_instance_uid{extra}, filename, file_row_number "
-                    f"FROM {ALIAS}.{table}{rest}", list(params)).to_arrow_table()
-    names = pc.dictionary_encode(t.column("filename")).combine_chunks()
-    files = names.dictionary.to_pylist()
-    return t, [files[i] for i in names.indices.to_numpy(zero_copy_only=False)]
+def _result(e: Entry, uid: str, already: bool) -> IngestResult:
+    at = None if e.ingested_us is None else _EPOCH + dt.timedelta(microseconds=e.ingested_us)
+    return IngestResult(uid, e.sha256, e.size, at, already)
 
 
-def _locators(t: pa.Table, files: list[str]) -> dict[str, tuple[str, int]]:
-    """UID -> (file, row) of `_located`'s answer (the last row of a UID wins)."""
-    return dict(zip(t.column("sop_instance_uid").to_pylist(),
-                    zip(files, t.column("file_row_number").to_pylist(), strict=True),
-                    strict=True))
+#: How long a writer waits for another server's claim of the same UID to be stored
+#: before it answers "retry" (seconds).
+CLAIM_WAIT_S = 10.0
 
 
-@dataclass(slots=True)
-class _Entry:
-    sha256: str
-    size: int
-    #: When it was stored, in microseconds since the epoch: a datetime is made only
-    #: for an answer (a million of them made at open took seconds).
-    ingested_us: int | None
-    ecg: tuple[str, int]
-    header: tuple[str, int]
-    groups: list[tuple[str, int]]
-
-    def result(self, uid: str, already: bool) -> IngestResult:
-        at = (None if self.ingested_us is None
-              else _EPOCH + dt.timedelta(microseconds=self.ingested_us))
-        return IngestResult(uid, self.sha256, self.size, at, already)
-
+#: The columns `Store._reindex` reads of each indexed table's files.
+_INDEXED_COLUMNS = {
+    "ecg": ["sop_instance_uid", "sha256", "size", "ingested_at"],
+    "header": ["sop_instance_uid"],
+    "waveform": ["sop_instance_uid", "group_index"],
+    "summary": ["sop_instance_uid", "analysis_version", "measured_at"],
+}
 
 _WAVEFORM_META = [n for n in _schema.WAVEFORM.names if n != "samples"]
 
@@ -192,33 +176,43 @@ class _CommitGate:
 
 @dataclass(slots=True)
 class _StagedIngest:
-    """An ingest group whose data files are durable, waiting for its catalog commit."""
+    """An ingest group whose data files are durable, waiting for its catalog commit.
+
+    ``settled``: answers already known for some items (by position in ``items``):
+    another server holds their UID. ``ours``: the items this commit stores."""
 
     store: Store
     items: list[Prepared]
+    ours: list[Prepared]
     paths: dict[str, str]
+    settled: dict[int, IngestResult | Exception]
 
-    def commit(self) -> list[IngestResult]:
-        return self.store._commit_staged(self.items, self.paths)
+    def commit(self) -> list[IngestResult | Exception]:
+        stored = iter(self.store._commit_staged(self.ours, self.paths) if self.ours else ())
+        return [self.settled[i] if i in self.settled else next(stored)
+                for i in range(len(self.items))]
 
     def abort(self) -> None:
-        discard(self.store._files, self.paths)
-        self.store._commit_lock.committed()
+        if self.ours:
+            discard(self.store._files, self.paths)
+            self.store._commit_lock.committed()
+            self.store._release(self.ours)
 
 
 class Store:
     """A DuckLake-backed ECG archive. Thread-safe; one writer process per catalog."""
 
-    def __init__(self, lake: Lake, files: FileOps, data_path: str, clock: Clock) -> None:
+    def __init__(self, lake: Lake, files: FileOps, data_path: str, clock: Clock,
+                 locators: Locators) -> None:
         self._lake = lake
+        self._locators = locators
+        #: This process's name on its claims (`locators.Claim.owner`).
+        self._owner = uuid.uuid4().hex
         self._files = files
         self.data_path = data_path
         self._clock = clock
         self._local = threading.local()
         self._ids = threading.Lock()
-        self._index: dict[str, _Entry] = {}
-        #: Locators of the current analysis version's summary rows.
-        self._summary_loc: dict[str, tuple[str, int]] = {}
         #: UIDs whose current-version summary a commit of this process is writing.
         self._summary_claims: set[str] = set()
         self._pending: dict[str, tuple[str, Future[IngestResult]]] = {}
@@ -261,29 +255,40 @@ class Store:
     ) -> Store:
         """Open (creating if needed) the store in ``data_dir``.
 
-        ``catalog``: a DuckLake metadata location (default ``data_dir/catalog.ducklake``;
-        ``postgres:...`` later). ``data_path``: where data files live (default
-        ``data_dir/lake/``). ``files``: the `FileOps` for them (default `LocalFiles`).
+        ``catalog``: a DuckLake metadata location (default ``data_dir/catalog.ducklake``,
+        or ``postgres:`` and a libpq string). ``data_path``: where data files live
+        (default ``data_dir/lake/``, or ``s3://bucket/prefix/``). ``files``: the
+        `FileOps` for them (default: `files.files_for` the data path). The locator
+        index (`locators`) lives beside the catalog.
         ``analyze``/``analysis_version``: the measurement function and its version
         (``"auto"``: `waveform.analysis` when importable; None: no measurement).
         ``auto_compact_commits``: compact in the background after this many
         commits (None: only when `compact` is called).
         """
         data_dir = os.fspath(data_dir)
-        files = files or LocalFiles()
         if data_path is None:
             os.makedirs(data_dir, exist_ok=True)
             data_path = os.path.join(data_dir, "lake") + os.sep
+        files = files or files_for(data_path)
         if catalog is None:
             catalog = os.path.join(data_dir, "catalog.ducklake")
         for table in _schema.TABLES:
             files.makedirs(table_dir(files, data_path, table))
         lake = connect(catalog, data_path)
-        store = cls(lake, files, data_path, clock or _utcnow)
+        try:
+            locators = open_locators(catalog, None)
+        except BaseException:
+            lake.close()
+            raise
+        store = cls(lake, files, data_path, clock or _utcnow, locators)
         try:
             store._create_schema()
             store._remove_temporaries()
-            store._load_index()
+            if analyze == "auto":
+                analyze, analysis_version = _default_analysis()
+            if analysis_version is not None:
+                store.analysis_version = str(analysis_version)
+            store._reindex()
             store.auto_compact_commits = auto_compact_commits
             _codec.warm_up()
             store._writer_options = dict(max_objects=max_batch,
@@ -292,11 +297,6 @@ class Store:
             store._recovery = threading.Thread(target=store._watch_writes,
                                                name="waveform-recovery", daemon=True)
             store._recovery.start()
-            if analyze == "auto":
-                analyze, analysis_version = _default_analysis()
-            if analysis_version is not None:
-                store.analysis_version = str(analysis_version)
-                store._load_summary_index()
             if callable(analyze) and measure:
                 from waveform.store.measure import MeasureStage
 
@@ -353,43 +353,53 @@ class Store:
                 if p.rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1].startswith("."):
                     self._files.remove(p)
 
-    def _load_index(self) -> None:
-        """Every stored ECG's locators, read as Arrow columns: Python objects only
-        for what the index holds (file names once each, times as integers)."""
+    def _reindex(self) -> None:
+        """Take into the locator index every live data file it has not taken in: those
+        of a commit whose index update a crash cut off, or all of an archive written
+        before the index existed. Costs the number of files, not of ECGs."""
+        indexed = self._locators.indexed_files(self.analysis_version)
         cur = self._lake.cursor()
-        ecg, ecg_files = _located(cur, "ecg", ", sha256, size, epoch_us(ingested_at) AS at")
-        head, head_files = _located(cur, "header")
-        headers = _locators(head, head_files)
-        wave, wave_files = _located(cur, "waveform",
-                                    rest=" ORDER BY sop_instance_uid, group_index")
-        groups: dict[str, list[tuple[str, int]]] = {}
-        last = None
-        locs: list[tuple[str, int]] = []
-        for uid, f, r in zip(wave.column("sop_instance_uid").to_pylist(), wave_files,
-                             wave.column("file_row_number").to_pylist(), strict=True):
-            if uid != last:
-                locs = groups[uid] = []
-                last = uid
-            locs.append((f, r))
-        no_header = ("", -1)
-        index = {}
-        # A million new objects would set off the collector's full passes over a
-        # growing heap, which took half the time; none of them forms a cycle.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            for uid, sha, size, at, f, r in zip(
-                    ecg.column("sop_instance_uid").to_pylist(), ecg.column("sha256").to_pylist(),
-                    ecg.column("size").to_pylist(), ecg.column("at").to_pylist(), ecg_files,
-                    ecg.column("file_row_number").to_pylist(), strict=True):
-                # Every commit writes both; rows without a header (metadata-only rows
-                # a benchmark or migration committed) are searchable, not retrievable.
-                index[uid] = _Entry(sha, size, at, (f, r), headers.get(uid, no_header),
-                                    groups.get(uid, []))
-        finally:
-            if collecting:
-                gc.enable()
-        self._index = index
+        tables = ["ecg", "header", "waveform"]
+        if self.analysis_version is not None:
+            tables.append("summary")
+        taken = 0
+        for table in tables:
+            live = [r[0] for r in cur.execute(
+                f"SELECT data_file FROM ducklake_list_files('{ALIAS}', '{table}')").fetchall()]
+            for path in live:
+                if path in indexed:
+                    continue
+                with self._files.open_input(path) as src:
+                    t = pq.read_table(src, columns=_INDEXED_COLUMNS[table])
+                self._locators.index_rows(table, path, self._index_rows(table, t),
+                                          self.analysis_version if table == "summary" else None)
+                taken += 1
+        if taken:
+            log.info("the locator index took in %d data files", taken)
+
+    def _index_rows(self, table: str, t: pa.Table) -> list[tuple[Any, ...]]:
+        """`Locators.index_rows`' rows of one file of ``table`` (row = position in ``t``)."""
+        uids = t.column("sop_instance_uid").to_pylist()
+        if table == "ecg":
+            at = pc.cast(t.column("ingested_at"), pa.int64()).to_pylist()
+            return list(zip(uids, range(len(uids)), t.column("sha256").to_pylist(),
+                            t.column("size").to_pylist(), at, strict=True))
+        if table == "header":
+            return list(zip(uids, range(len(uids)), strict=True))
+        if table == "waveform":
+            rows: dict[str, list[tuple[int, int]]] = {}
+            for r, (u, g) in enumerate(zip(uids, t.column("group_index").to_pylist(),
+                                           strict=True)):
+                rows.setdefault(u, []).append((g, r))
+            return [(u, [r for _, r in sorted(v)]) for u, v in rows.items()]
+        # summary: the current version's rows, the latest of an ECG winning
+        versions = t.column("analysis_version").to_pylist()
+        measured = t.column("measured_at").to_pylist()
+        best: dict[str, tuple[Any, int]] = {}
+        for r, (u, v, m) in enumerate(zip(uids, versions, measured, strict=True)):
+            if v == self.analysis_version and (u not in best or m >= best[u][0]):
+                best[u] = (m, r)
+        return [(u, r, self.analysis_version) for u, (_, r) in best.items()]
 
     # --------------------------------------------------------------- writing
     def submit(self, data: bytes | memoryview, organisation: str, *,
@@ -444,11 +454,12 @@ class Store:
         out: list[Future[IngestResult] | None] = [None] * len(prepared)
         fresh: list[Prepared] = []
         fresh_at: list[int] = []
+        stored = self._locators.get_many(p.sop_instance_uid for p in prepared)
         with self._ids:
             seen: dict[str, str] = {}
             for i, p in enumerate(prepared):
                 uid = p.sop_instance_uid
-                known = self._index.get(uid)
+                known = stored.get(uid)
                 if known is None and uid in seen:
                     known_sha = seen[uid]
                 elif known is not None:
@@ -458,16 +469,10 @@ class Store:
                 else:
                     known_sha = None
                 if known_sha is not None and known_sha != p.sha256:
-                    # Nothing of the stored object is told (it may be another
-                    # organisation's): only that its content differs.
-                    raise Conflict(
-                        f"SOP Instance UID {uid} is already stored with other content "
-                        f"than this object (SHA-256 {p.sha256[:16]}...); send it with a new "
-                        "SOP Instance UID", uid=uid,
-                    )
+                    raise _conflict(uid, p.sha256)
                 if known is not None:
                     f: Future[IngestResult] = Future()
-                    f.set_result(known.result(uid, True))
+                    f.set_result(_result(known, uid, True))
                     out[i] = f
                 elif uid in seen or uid in self._pending:
                     out[i] = None  # chained below to the first copy
@@ -494,16 +499,78 @@ class Store:
         return settle
 
     def _stage(self, items: list[Prepared]) -> _StagedIngest:
-        """Staging thread: a group's data files written and made durable (steps 1-4
-        of the durability order), while the previous group commits."""
-        tables = _records.tables(items)
+        """Staging thread: a group's UIDs claimed, then its data files written and made
+        durable (steps 1-4 of the durability order), while the previous group commits."""
+        ours, settled = self._claim(items)
+        if not ours:
+            return _StagedIngest(self, items, ours, {}, settled)
+        tables = _records.tables(ours)
         try:
             with self._commit_lock.staging():
                 paths = stage_tables(self._files, self.data_path, tables)
-        except StorageError:
-            self._write_failing = True  # a full disk, say: health says so until a probe passes
+        except BaseException as e:
+            if isinstance(e, StorageError):
+                self._write_failing = True  # a full disk, say: health says so until a probe
+            self._release(ours)
             raise
-        return _StagedIngest(self, items, paths)
+        return _StagedIngest(self, items, ours, paths, settled)
+
+    def _claim(self, items: list[Prepared]
+               ) -> tuple[list[Prepared], dict[int, IngestResult | Exception]]:
+        """Claim the group's UIDs in the locator index: the items this process stores,
+        and the answers of those another writer holds (stored: "already stored" or a
+        conflict; claimed: waited for, up to `CLAIM_WAIT_S`)."""
+        now_us = time.time_ns() // 1000
+        held = self._locators.claim([(p.sop_instance_uid, p.sha256, p.size) for p in items],
+                                    self._owner, now_us)
+        ours: list[Prepared] = []
+        settled: dict[int, IngestResult | Exception] = {}
+        for i, p in enumerate(items):
+            c = held.get(p.sop_instance_uid)
+            answer = None if c is None else self._held_elsewhere(p, c)
+            if answer is None:
+                ours.append(p)
+            else:
+                settled[i] = answer
+        return ours, settled
+
+    def _held_elsewhere(self, p: Prepared, c: Claim) -> IngestResult | Exception | None:
+        """The answer for ``p`` whose UID ``c`` holds; None when this process took the
+        claim over (its writer went silent and its commit never landed)."""
+        uid = p.sop_instance_uid
+        deadline = time.monotonic() + CLAIM_WAIT_S
+        while True:
+            if c.sha256 != p.sha256:
+                return _conflict(uid, p.sha256)
+            if c.entry is not None:
+                return _result(c.entry, uid, True)
+            now_us = time.time_ns() // 1000
+            mine = c.owner == self._owner
+            if mine or c.claimed_us < now_us - CLAIM_TTL_S * 1e6:
+                landed = self._lookup(uid)  # did that writer's commit land after all?
+                if landed is not None:
+                    self._locators.stored({uid: landed}, [])
+                    return _result(landed, uid, True)
+                cutoff = now_us + 1 if mine else now_us - int(CLAIM_TTL_S * 1e6)
+                if self._locators.take_over(uid, self._owner, cutoff, now_us):
+                    return None
+            if time.monotonic() > deadline:
+                return StorageError(f"SOP Instance UID {uid} is being stored by another "
+                                    "server; retry")
+            time.sleep(0.02)
+            again = self._locators.claim([(uid, p.sha256, p.size)], self._owner,
+                                         time.time_ns() // 1000)
+            if uid not in again:
+                return None  # its writer gave it up: ours now
+            c = again[uid]
+
+    def _release(self, items: Sequence[Prepared]) -> None:
+        """Give up the claims of a group that was not stored (best effort: a claim left
+        behind goes stale and is taken over)."""
+        try:
+            self._locators.release([p.sop_instance_uid for p in items], self._owner)
+        except StorageError as e:
+            log.warning("claims of an unstored group stay until they go stale: %s", e)
 
     def _commit_staged(self, items: list[Prepared], paths: dict[str, str]) -> list[IngestResult]:
         """Commit thread: one catalog commit for a staged group, then the index."""
@@ -521,23 +588,25 @@ class Store:
                     raise
                 except StorageError:
                     self._write_failing = True
+                    self._release(items)
                     raise
                 self._write_failing = False
                 row = 0
-                with self._ids:
-                    for i, p in enumerate(items):
-                        n = len(p.waveform_rows)
-                        e = _Entry(
-                            p.sha256, p.size, _micros(p.ecg_row["ingested_at"]),
-                            (paths["ecg"], i),
-                            (paths["header"], i),
-                            [(paths["waveform"], row + k) for k in range(n)],
-                        )
-                        row += n
-                        self._index[p.sop_instance_uid] = e
-                        results.append(dataclasses.replace(
-                            e.result(p.sop_instance_uid, False),
-                            patient_id=p.ecg_row.get("patient_id") or ""))
+                entries: dict[str, Entry] = {}
+                for i, p in enumerate(items):
+                    n = len(p.waveform_rows)
+                    e = Entry(
+                        p.sha256, p.size, _micros(p.ecg_row["ingested_at"]),
+                        (paths["ecg"], i),
+                        (paths["header"], i),
+                        [(paths["waveform"], row + k) for k in range(n)],
+                    )
+                    row += n
+                    entries[p.sop_instance_uid] = e
+                    results.append(dataclasses.replace(
+                        _result(e, p.sop_instance_uid, False),
+                        patient_id=p.ecg_row.get("patient_id") or ""))
+                self._index_stored(entries, paths.values())
         finally:
             self._commit_lock.committed()
         self._files.mark("ack")
@@ -548,12 +617,19 @@ class Store:
                                    for p in items])
         return results
 
-    def _commit_replacement(
-        self, table: str, old: list[str], new: str, moved: dict[tuple[str, int], int]
-    ) -> None:
-        """Compaction: one commit that ends ``old`` files and names ``new``; then the
-        locators move (``moved``: (old file, row) -> row in ``new``). Same failure
-        rules as `commit_tables`."""
+    def _index_stored(self, entries: Mapping[str, Entry], paths: Iterable[str]) -> None:
+        """Mark committed ECGs stored in the locator index. The lake commit has landed, so
+        a failure here loses nothing: the files stay unmarked, and the next open takes
+        them in; until then a reader finds the claim and asks the lake."""
+        try:
+            self._locators.stored(entries, paths)
+        except StorageError as e:
+            log.warning("the locator index missed a commit (the next open takes it in): %s", e)
+
+    def _commit_replacement(self, table: str, old: list[str], new: str, merged: pa.Table
+                            ) -> None:
+        """Compaction: one commit that ends ``old`` files and names ``new`` (holding
+        ``merged``); then the locators move. Same failure rules as `commit_tables`."""
         cur = self._cursor()
         with self._commit_lock:
             try:
@@ -572,18 +648,17 @@ class Store:
                     cur.execute("ROLLBACK")
                 raise DurabilityError(f"the compaction commit of {table} failed: {e}") from e
             self._files.mark("committed")
-            with self._ids:
-                if table == "summary":
-                    self._summary_loc = {u: (new, moved[loc]) if loc in moved else loc
-                                         for u, loc in self._summary_loc.items()}
-                for entry in self._index.values():
-                    if table == "ecg" and entry.ecg in moved:
-                        entry.ecg = (new, moved[entry.ecg])
-                    elif table == "header" and entry.header in moved:
-                        entry.header = (new, moved[entry.header])
-                    elif table == "waveform":
-                        entry.groups = [(new, moved[loc]) if loc in moved else loc
-                                        for loc in entry.groups]
+            if table not in _INDEXED_COLUMNS or (table == "summary"
+                                                 and self.analysis_version is None):
+                return
+            # Committed: a failure here leaves ``new`` unmarked, taken in at the next
+            # open; until then readers find the old locators gone and ask the lake.
+            try:
+                self._locators.moved(table, new, self._index_rows(table, merged), old,
+                                     self.analysis_version if table == "summary" else None)
+                self._locators.forget_files(old)
+            except StorageError as e:
+                log.warning("the locator index missed a compaction of %s: %s", table, e)
 
     def _maybe_compact(self) -> None:
         """Start a background compaction when enough small files have piled up."""
@@ -609,15 +684,6 @@ class Store:
 
         return compact(self, **options)
 
-    def _load_summary_index(self) -> None:
-        # Ordered by time: were there two rows of an ECG, the later one wins.
-        t, files = _located(self._lake.cursor(), "summary",
-                            rest=" WHERE analysis_version = ? ORDER BY measured_at",
-                            params=[self.analysis_version])
-        loc = _locators(t, files)
-        with self._ids:
-            self._summary_loc = loc
-
     def commit_summaries(self, table: pa.Table) -> int:
         """Durably commit ``summary`` rows and index those of the current version
         (rows of ECGs that already have a summary of it are dropped); the number
@@ -629,10 +695,13 @@ class Store:
         # or that another commit of this process is writing now, are dropped.
         uids = table.column("sop_instance_uid").to_pylist()
         versions = table.column("analysis_version").to_pylist()
+        current = self.analysis_version
+        have = (self._locators.summaries([u for u, v in zip(uids, versions, strict=True)
+                                          if v == current], current)
+                if current is not None else {})
         with self._ids:
             keep = [i for i, (u, v) in enumerate(zip(uids, versions, strict=True))
-                    if v != self.analysis_version
-                    or (u not in self._summary_loc and u not in self._summary_claims)]
+                    if v != current or (u not in have and u not in self._summary_claims)]
             claimed = {uids[i] for i in keep if versions[i] == self.analysis_version}
             self._summary_claims |= claimed
         try:
@@ -647,10 +716,15 @@ class Store:
             try:
                 with self._commit_lock.committing():
                     register(self._cursor(), self._files, paths)
-                    with self._ids:
-                        for i, (u, v) in enumerate(zip(uids, versions, strict=True)):
-                            if v == self.analysis_version:
-                                self._summary_loc[u] = (paths["summary"], i)
+                    path = paths["summary"]
+                    locs = {u: (path, i) for i, (u, v) in enumerate(zip(uids, versions,
+                                                                        strict=True))
+                            if current is not None and v == current}
+                    try:
+                        if current is not None:
+                            self._locators.set_summaries(current, locs, path)
+                    except StorageError as e:  # committed: the next open takes it in
+                        log.warning("the locator index missed summaries: %s", e)
             finally:
                 self._commit_lock.committed()
             return table.num_rows
@@ -696,11 +770,14 @@ class Store:
         return out
 
     def _entries(self, uids: Iterable[str]
-                 ) -> tuple[dict[str, _Entry], dict[str, WaveformError]]:
+                 ) -> tuple[dict[str, Entry], dict[str, WaveformError]]:
         """The index entries of ``uids``, and why each of the others has none."""
-        entries: dict[str, _Entry] = {}
+        uids = list(uids)
+        entries = self._locators.get_many(uids)
         missing: dict[str, WaveformError] = {}
         for uid in uids:
+            if uid in entries:
+                continue
             try:
                 entries[uid] = self._entry(uid)
             except WaveformError as err:
@@ -745,19 +822,22 @@ class Store:
             return commit_tables(self._cursor(), self._files, self.data_path, tables)
 
     # --------------------------------------------------------------- reading
-    def _entry(self, uid: str, refresh: bool = False) -> _Entry:
-        e = None if refresh else self._index.get(uid)
+    def _entry(self, uid: str, refresh: bool = False) -> Entry:
+        """Where ``uid``'s rows are: from the locator index, or from the lake itself when
+        the index may be behind (``refresh``: a locator pointed at another row, say
+        after another server's compaction; or the UID is claimed, and its writer may
+        have committed without updating the index), which then repairs the index."""
+        e = None if refresh else self._locators.get(uid)
         if e is None:
-            # Not (or no longer correctly) known here: another process may have
-            # stored it, or compaction moved it. Ask the catalog.
+            if not refresh and self._locators.claimed(uid) is None:
+                raise NotFound(f"no ECG with SOP Instance UID {uid!r} is stored")
             e = self._lookup(uid)
             if e is None:
                 raise NotFound(f"no ECG with SOP Instance UID {uid!r} is stored")
-            with self._ids:
-                self._index[uid] = e
+            self._index_stored({uid: e}, [])
         return e
 
-    def _lookup(self, uid: str) -> _Entry | None:
+    def _lookup(self, uid: str) -> Entry | None:
         ecg = self._sql(
             f"SELECT sha256, size, ingested_at, filename, file_row_number FROM {ALIAS}.ecg "
             "WHERE sop_instance_uid = ?", [uid])
@@ -770,10 +850,10 @@ class Store:
             f"SELECT filename, file_row_number FROM {ALIAS}.header "
             "WHERE sop_instance_uid = ?", [uid])
         sha, size, at, fn, row = ecg[0]
-        return _Entry(sha, size, _micros(at), (fn, row), head[0] if head else ("", -1),
+        return Entry(sha, size, _micros(at), (fn, row), head[0] if head else ("", -1),
                       [(f, r) for f, r in groups])
 
-    def _read(self, uid: str, fn: Callable[[_Entry], Any]) -> Any:
+    def _read(self, uid: str, fn: Callable[[Entry], Any]) -> Any:
         """``fn(entry)``, retried once with a fresh locator if its file is gone."""
         try:
             return fn(self._entry(uid))
@@ -781,18 +861,19 @@ class Store:
             return fn(self._entry(uid, refresh=True))
 
     def contains(self, uid: str) -> bool:
-        return uid in self._index
+        return self._locators.get(uid) is not None
 
     def uids(self) -> list[str]:
-        with self._ids:
-            return list(self._index)
+        """Every stored ECG's SOP Instance UID, in order (tests and tools: a query over
+        the whole index)."""
+        return self._locators.uids()
 
     def _waveform_rows(
-        self, e: _Entry, columns: list[str], groups: Sequence[int]
+        self, e: Entry, columns: list[str], groups: Sequence[int]
     ) -> list[dict[str, Any]]:
         return [self._reader.read(e.groups[g][0], e.groups[g][1], columns)[0] for g in groups]
 
-    def _dicom_parts(self, uid: str, e: _Entry) -> tuple[bytes, list[bytes], str]:
+    def _dicom_parts(self, uid: str, e: Entry) -> tuple[bytes, list[bytes], str]:
         if e.header[1] < 0:
             raise NotFound(f"ECG {uid} is catalogued without its original object")
         head = self._reader.read(e.header[0], e.header[1], ["header", "sop_instance_uid"])[0]
@@ -814,7 +895,7 @@ class Store:
         and any others named in ``columns``."""
         cols = _context_columns(columns)
 
-        def fetch(e: _Entry) -> dict[str, Any]:
+        def fetch(e: Entry) -> dict[str, Any]:
             row = self._reader.read(e.ecg[0], e.ecg[1], cols)[0]
             if row["sop_instance_uid"] != uid:
                 raise IndexError(f"locator of {uid} points at {row['sop_instance_uid']}")
@@ -902,7 +983,7 @@ class Store:
         if not 0 <= group < n_groups:
             raise InvalidArgument(f"ECG {uid} has {n_groups} multiplex groups; no group {group}")
 
-        def fetch(e: _Entry) -> dict[str, Any]:
+        def fetch(e: Entry) -> dict[str, Any]:
             r = self._waveform_rows(e, [*_WAVEFORM_META, "samples"], [group])[0]
             if r["sop_instance_uid"] != uid:
                 raise IndexError(f"locator of {uid} points at {r['sop_instance_uid']}")
@@ -1021,8 +1102,10 @@ class Store:
         of its current summary (`queries.SUMMARY_RESULT`; None where there is none),
         read directly by locator (also phase two of a search)."""
         cols = ["sop_instance_uid", *_q.SUMMARY_RESULT]
-        with self._ids:
-            locs = [self._summary_loc.get(row["sop_instance_uid"]) for row in rows]
+        found = (self._locators.summaries([row["sop_instance_uid"] for row in rows],
+                                          self.analysis_version)
+                 if self.analysis_version is not None else {})
+        locs = [found.get(row["sop_instance_uid"]) for row in rows]
         # A row moved by another process is not found here: the catalog is asked.
         fetched = self._read_rows([loc for loc in locs if loc is not None], cols)
         for row, loc in zip(rows, locs, strict=True):
@@ -1120,8 +1203,9 @@ class Store:
         for uid in uncertain:
             entry = self._lookup(uid)
             if entry is not None:
-                with self._ids:
-                    self._index[uid] = entry
+                self._locators.stored({uid: entry}, [])
+            else:
+                self._locators.release([uid], self._owner)
         old = self._writer
         if old is not None and old.stopped is not None and not self._closed:
             old.close(5)
@@ -1172,6 +1256,7 @@ class Store:
         if self._measure is not None:
             self._measure.close()
         self._lake.close()
+        self._locators.close()
 
     def __enter__(self) -> Store:
         return self
@@ -1211,6 +1296,14 @@ def _context_columns(columns: Sequence[str]) -> list[str]:
     """The ``ecg`` columns `Store.ecg_context` reads: the UID (to check the
     locator), those summary rows carry, and ``columns``, each once."""
     return list(dict.fromkeys(["sop_instance_uid", *_schema.SUMMARY_CONTEXT, *columns]))
+
+
+def _conflict(uid: str, sha: str) -> Conflict:
+    # Nothing of the stored object is told (it may be another organisation's): only
+    # that its content differs.
+    return Conflict(f"SOP Instance UID {uid} is already stored with other content than this "
+                    f"object (SHA-256 {sha[:16]}...); send it with a new SOP Instance UID",
+                    uid=uid)
 
 
 def _already(first: Future[IngestResult]) -> Future[IngestResult]:

@@ -48,8 +48,9 @@ class Job(Generic[T, R]):
 class Staged(Protocol[R]):
     """A group whose files are durable, waiting for its catalog commit."""
 
-    def commit(self) -> list[R]:
-        """Commit; one result per item (raises if the commit fails)."""
+    def commit(self) -> list[R] | list[R | Exception]:
+        """Commit; one result per item (raises if the commit fails). An item's result
+        may be an exception of its own (that item failed, the others did not)."""
 
     def abort(self) -> None:
         """Give up the group (the writer stopped before its commit)."""
@@ -250,7 +251,10 @@ class GroupCommitWriter(Generic[T, R]):
                 continue
             self._committing = 0
             for f, r in zip(futures, results, strict=True):
-                f.set_result(r)
+                if isinstance(r, Exception):
+                    f.set_exception(r)
+                else:
+                    f.set_result(r)
         self._drain(self._stopped or StorageError(
             "the store was closed before this object was written"))
 
