@@ -123,17 +123,12 @@ class Backend:
         return files_for(self.data_path)
 
 
-@pytest.fixture(params=["embedded", "cluster"])
-def backend(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Backend:
-    """Each backend in turn. ``cluster``: a fresh PostgreSQL database and S3 prefix,
-    reached through the AWS_* environment (and no AWS files of the machine's)."""
+def _cluster(request: pytest.FixtureRequest, tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> Backend:
+    """A fresh PostgreSQL database and S3 prefix, reached through the AWS_* environment
+    (and no AWS files of the machine's)."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    if request.param == "embedded":
-        return Backend("embedded", str(data_dir / "catalog.ducklake"),
-                       str(data_dir / "lake") + "/", data_dir)
     pg: PostgresServer = request.getfixturevalue("postgres")
     server: S3Server = request.getfixturevalue("s3")
     name = f"t_{uuid.uuid4().hex[:16]}"
@@ -146,3 +141,26 @@ def backend(
     for var, value in server.environment().items():
         monkeypatch.setenv(var, value)
     return Backend("cluster", "postgres:" + dsn, f"s3://{S3_BUCKET}/{name}/", data_dir)
+
+
+@pytest.fixture(params=["embedded", "cluster"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Backend:
+    """Each backend in turn: ``embedded`` (a DuckDB-file catalog and a local data
+    directory) and ``cluster`` (see `cluster_backend`)."""
+    if request.param == "cluster":
+        return _cluster(request, tmp_path, monkeypatch)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    return Backend("embedded", str(data_dir / "catalog.ducklake"),
+                   str(data_dir / "lake") + "/", data_dir)
+
+
+@pytest.fixture
+def cluster_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Backend:
+    """The cluster backend only: a fresh PostgreSQL database and S3 prefix, reached
+    through the AWS_* environment (and no AWS files of the machine's)."""
+    return _cluster(request, tmp_path, monkeypatch)
