@@ -305,6 +305,38 @@ def test_two_writers_commit_to_one_postgres_catalog_at_once(
             lake.close()
 
 
+def test_replicas_opening_a_fresh_postgres_catalog_at_once_all_open(
+    cluster_backend: Backend,
+) -> None:
+    """Each of three connections started together creates DuckLake's metadata tables
+    in the empty database; the ones PostgreSQL fails attach again and find them."""
+    backend, errors = cluster_backend, []
+    start = threading.Barrier(3)
+    lakes = []
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            lakes.append(connect(backend.catalog, backend.data_path))
+        except Exception as e:  # collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert errors == [] and len(lakes) == 3
+        lakes[0].cursor().execute(f"CREATE TABLE {ALIAS}.t (id BIGINT)")
+        lakes[0].cursor().execute(f"INSERT INTO {ALIAS}.t VALUES (5)")
+        assert [lake.cursor().execute(f"SELECT id FROM {ALIAS}.t").fetchall()
+                for lake in lakes] == [[(5,)]] * 3
+    finally:
+        for lake in lakes:
+            lake.close()
+
+
 # --------------------------------------------------------------------------------------
 # The servers themselves.
 

@@ -23,6 +23,7 @@ point an existing catalog at other files.
 from __future__ import annotations
 
 import importlib.util
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,10 +168,7 @@ def connect(catalog: str, data_path: str, *, s3: S3Settings | None = None) -> La
         # Data files are immutable (a new name for every write), so caching
         # their footers is safe; it takes about 40% off a small search.
         con.execute("SET parquet_metadata_cache = true")
-        con.execute(
-            f"ATTACH {_quote('ducklake:' + catalog)} AS {ALIAS} "
-            f"(DATA_PATH {_quote(data_path)})"
-        )
+        _attach(con, catalog, data_path)
     except duckdb.Error as e:
         con.close()
         raise StorageError(
@@ -180,3 +178,25 @@ def connect(catalog: str, data_path: str, *, s3: S3Settings | None = None) -> La
         con.close()
         raise
     return Lake(con, catalog, data_path, how, s3)
+
+
+#: How often an ATTACH that lost the race to create a fresh catalog is tried again.
+_INIT_ATTEMPTS = 5
+
+
+def _attach(con: duckdb.DuckDBPyConnection, catalog: str, data_path: str) -> None:
+    """ATTACH the catalog. Replicas started together on an empty PostgreSQL database all
+    create DuckLake's metadata tables; PostgreSQL lets one win and fails the others'
+    CREATE TABLE once the winner has committed, so a loser attaches again and finds
+    the catalog made."""
+    sql = f"ATTACH {_quote('ducklake:' + catalog)} AS {ALIAS} (DATA_PATH {_quote(data_path)})"
+    for attempt in range(1, _INIT_ATTEMPTS + 1):
+        try:
+            con.execute(sql)
+            return
+        except duckdb.Error as e:
+            lost_race = catalog.startswith(POSTGRES_PREFIX) and (
+                "Failed to initialize DuckLake" in str(e))
+            if not lost_race or attempt == _INIT_ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)
