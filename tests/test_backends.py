@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import S3_BUCKET, Backend
-from tests.servers import PostgresServer, S3Server
+from tests.servers import PostgresServer, S3Server, seaweedfs_server
 from waveform.errors import StorageError
 from waveform.store import durable
 from waveform.store.files import FileOps, LocalFiles, S3Files, files_for
@@ -396,6 +396,25 @@ def test_servers_listen_on_loopback_only(postgres: PostgresServer, s3: S3Server)
     # Every listener on a port we chose (none left at a default such as 8333 or 6060).
     assert {port for _, port in weed} <= set(s3.ports.values())
     assert ("127.0.0.1", s3.ports["s3.port"]) in weed
+
+
+def test_s3_outage_fails_the_write_and_the_same_client_recovers(tmp_path: Path) -> None:
+    """Its own server (the session's stays up): stopped, a publish fails with
+    `StorageError` (safe to retry) within seconds; started again in place, the same
+    `S3Files` writes and reads, and what was stored before is there."""
+    with seaweedfs_server(("outage",)) as server:
+        files = S3Files(S3Settings(server.access_key, server.secret_key, None, server.region,
+                                   server.endpoint))
+        files.write("s3://outage/d/before", b"kept")
+        server.stop()
+        t0 = time.monotonic()
+        with pytest.raises(StorageError, match=r"^write of .+ failed: .+ in bucket .outage."):
+            durable.publish(files, "s3://outage/d", TABLE, durable.ParquetOptions())
+        assert time.monotonic() - t0 < 10
+        server.start()
+        assert files.read_range("s3://outage/d/before", 0, 10) == b"kept"
+        path = durable.publish(files, "s3://outage/d", TABLE, durable.ParquetOptions())
+        assert files.list("s3://outage/d") == sorted(["s3://outage/d/before", path])
 
 
 def test_postgres_stops_and_starts_in_place(postgres: PostgresServer) -> None:

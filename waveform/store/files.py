@@ -248,7 +248,13 @@ class S3Files(FileOps):
 
             settings = S3Settings.from_environment() if settings is None else settings
             try:
-                filesystem = pafs.S3FileSystem(**settings.pyarrow_options())
+                # Delayed open: a file smaller than a part goes up in one PutObject
+                # at close instead of a multipart upload's three requests (200 KB to
+                # SeaweedFS on loopback: 4.1 ms against 8.0 ms, medians); an error
+                # still surfaces from ``write``, at the close.
+                filesystem = pafs.S3FileSystem(
+                    **settings.pyarrow_options(), allow_delayed_open=True
+                )
             except (OSError, ValueError) as e:
                 raise StorageError(f"cannot set up the S3 client ({settings!r}): {e}") from e
         self.settings = settings
