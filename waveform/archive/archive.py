@@ -97,7 +97,6 @@ class Archive:
             raise
 
     def close(self) -> None:
-        self.patients.close()
         self.audit.close()
 
     def access(self, identity: Identity, purpose: Purpose, action: str, *, uid: str = "",
@@ -107,9 +106,6 @@ class Archive:
 
     def now(self) -> dt.datetime:
         return self.clock().astimezone(dt.UTC)
-
-    def ingested(self, uid: str) -> None:
-        self.patients.note(uid)
 
     # ----------------------------------------------------------------- search
     def visibility(self, acc: Access, patient_id: str) -> Visibility:

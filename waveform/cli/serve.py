@@ -329,9 +329,6 @@ def _load_demo(server: Any, where: str, tokens: dict[str, str], kept: bool,
     from waveform.cli.local import demo_objects
 
     results = server.store.ingest([obj for _, obj in demo_objects()], "demo-clinic")
-    for r in results:
-        if not r.already_stored:
-            server.archive.ingested(r.sop_instance_uid)
     stored = sum(not r.already_stored for r in results)
     print(f"demo: {len(results)} ECGs of demo-clinic ({stored} new, "
           f"{len(results) - stored} already stored)", flush=True)

@@ -173,7 +173,6 @@ class Intake:
                 return result, False
         else:
             acc.patient(result.patient_id)
-            self.archive.ingested(result.sop_instance_uid)
         acc.event.rule = acc.event.rule or "device-ingest"
         return result, True
 

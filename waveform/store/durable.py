@@ -129,7 +129,10 @@ def _step(files: FileOps, op: str, *args: object) -> None:
                 f"{op} of {args[0]} failed ({e}); the writer stops because the data may "
                 "not be on disk and a retried fsync cannot tell"
             ) from e
-        raise StorageError(f"{op} of {args[-1]} failed: {e}") from e
+        # The path the step was about: a rename's target, else its first argument
+        # (a write's second is the data).
+        raise StorageError(f"{op} of {args[-1] if op == 'rename' else args[0]} failed: {e}"
+                           ) from e
 
 
 def publish(files: FileOps, directory: str, table: pa.Table, opts: ParquetOptions) -> str:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -53,9 +53,9 @@ class FileOps(ABC):
     """Write, make durable, publish, read and remove data files."""
 
     #: A `write` that returned is durable: `fsync` and `fsync_dir` are no-ops.
-    durable_on_write: ClassVar[bool] = False
+    durable_on_write: bool = False
     #: `rename` replaces its destination atomically (publish by temporary name + rename).
-    atomic_rename: ClassVar[bool] = True
+    atomic_rename: bool = True
 
     @abstractmethod
     def write(self, path: str, data: bytes | memoryview) -> None:
@@ -237,8 +237,8 @@ class S3Files(FileOps):
     the store publishes a file by writing it under its final name.
     """
 
-    durable_on_write: ClassVar[bool] = True
-    atomic_rename: ClassVar[bool] = False
+    durable_on_write: bool = True
+    atomic_rename: bool = False
 
     def __init__(
         self, settings: S3Settings | None = None, *, filesystem: pafs.FileSystem | None = None

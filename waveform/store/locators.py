@@ -25,6 +25,7 @@ themselves. The cost of that is the number of files, not of ECGs.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sqlite3
 import threading
@@ -38,6 +39,7 @@ from waveform.errors import StorageError
 __all__ = [
     "CLAIMED",
     "CLAIM_TTL_S",
+    "EXAM_COLUMNS",
     "STORED",
     "Claim",
     "Entry",
@@ -101,9 +103,48 @@ _SCHEMA = (
         ecg_file BIGINT, ecg_row BIGINT,
         header_file BIGINT, header_row BIGINT,
         wave_file BIGINT, wave_rows TEXT,
-        summary_version TEXT, summary_file BIGINT, summary_row BIGINT){without_rowid}""",
+        summary_version TEXT, summary_file BIGINT, summary_row BIGINT,
+        patient_id TEXT, organisation TEXT, study_instance_uid TEXT, accession_number TEXT,
+        acquired_us BIGINT, sop_class_uid TEXT, study_description TEXT, operator TEXT,
+        reading_physician TEXT){without_rowid}""",
     "CREATE INDEX IF NOT EXISTS waveform_locator_state ON waveform_locator (state)",
+    "CREATE INDEX IF NOT EXISTS waveform_locator_version ON waveform_locator "
+    "(summary_version)",
+    "CREATE INDEX IF NOT EXISTS waveform_locator_patient ON waveform_locator (patient_id)",
+    "CREATE INDEX IF NOT EXISTS waveform_locator_study ON waveform_locator (study_instance_uid)",
+    "CREATE INDEX IF NOT EXISTS waveform_locator_accession ON waveform_locator "
+    "(accession_number)",
 )
+
+#: The examination columns each locator row carries (`exams`), as in the ``ecg`` table
+#: (``acquired_us``: ``acquisition_datetime`` in microseconds since 1970, as stated).
+EXAM_COLUMNS = ("sop_instance_uid", "patient_id", "organisation", "study_instance_uid",
+                "accession_number", "acquisition_datetime", "sop_class_uid",
+                "study_description", "operator", "reading_physician")
+_EXAM_SQL = ("uid", "patient_id", "organisation", "study_instance_uid", "accession_number",
+             "acquired_us", "sop_class_uid", "study_description", "operator",
+             "reading_physician")
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _us(t: Any) -> int | None:
+    """Microseconds since 1970 of a datetime as stated (naive, or its own offset)."""
+    if not isinstance(t, dt.datetime):
+        return None
+    d = t.replace(tzinfo=None) - _NAIVE_EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def _exam_values(ctx: Mapping[str, Any] | None) -> tuple[Any, ...]:
+    """A context's `EXAM_COLUMNS` after the UID, as the locator row holds them."""
+    if ctx is None:
+        return (None,) * (len(EXAM_COLUMNS) - 1)
+    return tuple(_us(ctx.get(c)) if c == "acquisition_datetime" else ctx.get(c)
+                 for c in EXAM_COLUMNS[1:])
+
+
+_EXAM_SET = ", ".join(f"{c} = coalesce(excluded.{c}, waveform_locator.{c})"
+                      for c in _EXAM_SQL[1:])
 
 _ENTRY = ("SELECT l.uid, l.sha256, l.size, l.ingested_us, e.path, l.ecg_row, h.path, "
           "l.header_row, w.path, l.wave_rows FROM waveform_locator l "
@@ -177,23 +218,44 @@ class Locators(ABC):
 
     def _run(self, fn: Any) -> Any:
         """``fn(cursor)`` in one transaction, committed; index errors as `StorageError`
-        (and the connection dropped: the server may have restarted)."""
-        con = self._borrow()
-        try:
-            with self._transaction(con):  # commit, or roll back on an error
-                cur = con.cursor()
-                try:
-                    out = fn(cur)
-                finally:
-                    cur.close()
-        except self._errors() as e:
+        (and the connection dropped). A connection that broke while idle (the server
+        restarted) costs one retry on a new one: every operation here may run twice
+        (claims are recognised by owner and time, the rest are upserts)."""
+        for attempt in (1, 2):
+            con = self._borrow()
+            try:
+                with self._transaction(con):  # commit, or roll back on an error
+                    cur = con.cursor()
+                    try:
+                        out = fn(cur)
+                    finally:
+                        cur.close()
+            except self._errors() as e:
+                self._close(con)
+                if attempt == 1 and self._lost_connection(e):
+                    self._drop_idle()
+                    continue
+                raise StorageError(f"the locator index failed: {e}") from e
+            except BaseException:
+                self._close(con)
+                raise
+            self._give_back(con)
+            return out
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _lost_connection(self, error: BaseException) -> bool:
+        """Whether ``error`` says the connection is gone (not the statement wrong)."""
+        return False
+
+    def _drop_idle(self) -> None:
+        with self._conn_lock:
+            idle, self._idle = self._idle, []
+        for con in idle:
             self._close(con)
-            raise StorageError(f"the locator index failed: {e}") from e
-        except BaseException:
-            self._close(con)
-            raise
-        self._give_back(con)
-        return out
+
+    def ping(self) -> None:
+        """A round trip to the index; raises `StorageError` while it cannot be reached."""
+        self._fetch("SELECT 1")
 
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         def run(cur: Any) -> list[Any]:
@@ -312,9 +374,13 @@ class Locators(ABC):
         self._run(run)
 
     # ------------------------------------------------------------ stores
-    def stored(self, entries: Mapping[str, Entry], files: Iterable[str]) -> None:
-        """Mark ``entries`` stored (after their lake commit), and ``files`` indexed."""
+    def stored(self, entries: Mapping[str, Entry], files: Iterable[str],
+               contexts: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """Mark ``entries`` stored (after their lake commit), with their examination
+        columns (``contexts``: ``ecg`` rows by UID; absent ones keep what the row has),
+        and ``files`` indexed."""
         files = list(files)
+        contexts = contexts or {}
 
         def run(cur: Any) -> None:
             ids = {p: self._file_id(cur, p) for p in files}
@@ -329,16 +395,19 @@ class Locators(ABC):
                              ids.get(e.header[0]) if e.header[0] else None,
                              e.header[1] if e.header[0] else None,
                              ids.get(e.groups[0][0]) if e.groups else None,
-                             ",".join(str(r) for _, r in e.groups) if e.groups else None))
+                             ",".join(str(r) for _, r in e.groups) if e.groups else None,
+                             *_exam_values(contexts.get(uid))))
+            marks = ", ".join("?" * (len(_EXAM_SQL) - 1))
             cur.executemany(self._q(
                 "INSERT INTO waveform_locator (uid, sha256, size, state, ingested_us, "
-                "ecg_file, ecg_row, header_file, header_row, wave_file, wave_rows) "
-                "VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO UPDATE SET "
-                "sha256 = excluded.sha256, size = excluded.size, state = 1, "
+                "ecg_file, ecg_row, header_file, header_row, wave_file, wave_rows, "
+                f"{', '.join(_EXAM_SQL[1:])}) "
+                f"VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, {marks}) ON CONFLICT (uid) DO UPDATE "
+                "SET sha256 = excluded.sha256, size = excluded.size, state = 1, "
                 "ingested_us = excluded.ingested_us, ecg_file = excluded.ecg_file, "
                 "ecg_row = excluded.ecg_row, header_file = excluded.header_file, "
                 "header_row = excluded.header_row, wave_file = excluded.wave_file, "
-                "wave_rows = excluded.wave_rows"), rows)
+                f"wave_rows = excluded.wave_rows, {_EXAM_SET}"), rows)
             self._mark_indexed(cur, files)
 
         self._run(run)
@@ -353,20 +422,23 @@ class Locators(ABC):
     def index_rows(self, table: str, path: str, rows: Sequence[tuple[Any, ...]],
                    version: str | None = None) -> None:
         """Take in one data file of ``table`` read back from the lake: ``ecg`` rows are
-        (uid, row, sha256, size, ingested_us), ``header`` (uid, row), ``waveform``
+        (uid, row, sha256, size, ingested_us, context), ``header`` (uid, row), ``waveform``
         (uid, [rows in group order]), ``summary`` (uid, row, version). Rows of other
         tables' ECGs that are not indexed yet wait for their ``ecg`` file."""
 
         def run(cur: Any) -> None:
             fid = self._file_id(cur, path)
             if table == "ecg":
+                marks = ", ".join("?" * (len(_EXAM_SQL) - 1))
                 cur.executemany(self._q(
                     "INSERT INTO waveform_locator (uid, sha256, size, state, ingested_us, "
-                    "ecg_file, ecg_row) VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (uid) DO UPDATE "
+                    f"ecg_file, ecg_row, {', '.join(_EXAM_SQL[1:])}) "
+                    f"VALUES (?, ?, ?, 1, ?, ?, ?, {marks}) ON CONFLICT (uid) DO UPDATE "
                     "SET sha256 = excluded.sha256, size = excluded.size, state = 1, "
                     "ingested_us = excluded.ingested_us, ecg_file = excluded.ecg_file, "
-                    "ecg_row = excluded.ecg_row"),
-                    [(u, sha, size, at, fid, r) for u, r, sha, size, at in rows])
+                    f"ecg_row = excluded.ecg_row, {_EXAM_SET}"),
+                    [(u, sha, size, at, fid, r, *_exam_values(ctx))
+                     for u, r, sha, size, at, ctx in rows])
             elif table == "header":
                 cur.executemany(self._q(
                     "UPDATE waveform_locator SET header_file = ?, header_row = ? WHERE uid = ?"),
@@ -404,6 +476,24 @@ class Locators(ABC):
             for p in paths:
                 self._file_ids.pop(p, None)
 
+    # ------------------------------------------------------------ examinations
+    def exams(self, column: str, value: str) -> list[dict[str, Any]]:
+        """The stored ECGs whose ``column`` (``patient_id``, ``study_instance_uid``,
+        ``accession_number`` or ``uid``) is ``value``, as `EXAM_COLUMNS` dicts."""
+        if column not in ("patient_id", "study_instance_uid", "accession_number", "uid"):
+            raise ValueError(f"examinations are not looked up by {column!r}")
+        if not value:
+            return []
+        out = []
+        for r in self._fetch(f"SELECT {', '.join(_EXAM_SQL)} FROM waveform_locator "
+                             f"WHERE {column} = ? AND state = 1", [value]):
+            d = dict(zip(EXAM_COLUMNS, r, strict=True))
+            us = d["acquisition_datetime"]
+            d["acquisition_datetime"] = (None if us is None
+                                         else _NAIVE_EPOCH + dt.timedelta(microseconds=us))
+            out.append(d)
+        return out
+
     # ------------------------------------------------------------ summaries
     def summary(self, uid: str, version: str) -> Locator | None:
         return self.summaries([uid], version).get(uid)
@@ -435,9 +525,11 @@ class Locators(ABC):
 
     def without_summary(self, version: str) -> list[str]:
         """Stored ECGs without a ``version`` summary."""
+        # Two ranges and NULL: each served by the index on summary_version, so a
+        # measured archive answers without a scan.
         return [r[0] for r in self._fetch(
-            "SELECT uid FROM waveform_locator WHERE state = 1 AND "
-            "(summary_version IS NULL OR summary_version <> ?)", [version])]
+            "SELECT uid FROM waveform_locator WHERE state = 1 AND (summary_version IS NULL "
+            "OR summary_version < ? OR summary_version > ?)", [version, version])]
 
     # ------------------------------------------------------------ compaction
     def moved(self, table: str, new: str, rows: Sequence[tuple[Any, ...]],
@@ -527,6 +619,11 @@ class PostgresLocators(Locators):
 
     def _transaction(self, con: Any) -> Any:
         return con.transaction()
+
+    def _lost_connection(self, error: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(error, psycopg.OperationalError)
 
 
 def open_locators(catalog: str, data_dir: str | None) -> Locators:

@@ -30,8 +30,6 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from waveform.errors import DurabilityError, WaveformError
-from waveform.store.lake import ALIAS
-from waveform.store.schema import SUMMARY_CONTEXT
 from waveform.store.summaries import summary_row, summary_table
 
 if TYPE_CHECKING:
@@ -82,17 +80,11 @@ class MeasureStage:
             self._queue.put((u, contexts[i] if contexts is not None else None))
 
     def catch_up(self) -> int:
-        """Queue every stored ECG without a summary of this version; how many."""
-        cols = ", ".join(f"e.{c}" for c in SUMMARY_CONTEXT)
-        rows = self._store.sql(
-            f"SELECT e.sop_instance_uid, {cols} FROM {ALIAS}.ecg e ANTI JOIN "
-            f"(SELECT sop_instance_uid FROM {ALIAS}.summary WHERE analysis_version = ?) s "
-            "USING (sop_instance_uid)",
-            [self.version],
-        )
-        self.enqueue([r[0] for r in rows],
-                     [dict(zip(SUMMARY_CONTEXT, r[1:], strict=True)) for r in rows])
-        return len(rows)
+        """Queue every stored ECG without a summary of this version (one indexed query of
+        the locator index; their contexts are read with their objects); how many."""
+        uids = self._store.unmeasured(self.version)
+        self.enqueue(uids)
+        return len(uids)
 
     def wait_for(self, uid: str, timeout: float | None = None) -> bool:
         with self._done:

@@ -47,7 +47,14 @@ from waveform.store.codec import decode_samples as decode_encoded
 from waveform.store.durable import commit_tables, discard, register, stage_tables, table_dir
 from waveform.store.files import FileOps, files_for
 from waveform.store.lake import ALIAS, Lake, connect
-from waveform.store.locators import CLAIM_TTL_S, Claim, Entry, Locators, open_locators
+from waveform.store.locators import (
+    CLAIM_TTL_S,
+    EXAM_COLUMNS,
+    Claim,
+    Entry,
+    Locators,
+    open_locators,
+)
 from waveform.store.records import Prepared, channels_from_row, decode_samples, prepare, sha256
 from waveform.store.writer import GroupCommitWriter
 
@@ -100,7 +107,8 @@ CLAIM_WAIT_S = 10.0
 
 #: The columns `Store._reindex` reads of each indexed table's files.
 _INDEXED_COLUMNS = {
-    "ecg": ["sop_instance_uid", "sha256", "size", "ingested_at"],
+    "ecg": list(dict.fromkeys(["sop_instance_uid", "sha256", "size", "ingested_at",
+                               *EXAM_COLUMNS])),
     "header": ["sop_instance_uid"],
     "waveform": ["sop_instance_uid", "group_index"],
     "summary": ["sop_instance_uid", "analysis_version", "measured_at"],
@@ -321,6 +329,19 @@ class Store:
             raise StorageError(f"catalog query failed: {e}") from e
 
     def _create_schema(self) -> None:
+        """The tables and their columns, created or added where missing. Servers
+        opening one new catalog at once race to create them; the loser's transaction
+        conflicts, and its next attempt finds them made."""
+        for attempt in range(1, 6):
+            try:
+                self._create_tables()
+                return
+            except duckdb.TransactionException:
+                if attempt == 5:
+                    raise
+                time.sleep(0.05 * attempt)
+
+    def _create_tables(self) -> None:
         cur = self._lake.cursor()
         # Every row is in a data file we wrote and fsynced: no rows inlined into
         # the catalog, and a whole-file DELETE ends the file (compaction needs it).
@@ -382,8 +403,10 @@ class Store:
         uids = t.column("sop_instance_uid").to_pylist()
         if table == "ecg":
             at = pc.cast(t.column("ingested_at"), pa.int64()).to_pylist()
+            contexts = t.select(list(EXAM_COLUMNS)).to_pylist() if (
+                set(EXAM_COLUMNS) <= set(t.column_names)) else [None] * len(uids)
             return list(zip(uids, range(len(uids)), t.column("sha256").to_pylist(),
-                            t.column("size").to_pylist(), at, strict=True))
+                            t.column("size").to_pylist(), at, contexts, strict=True))
         if table == "header":
             return list(zip(uids, range(len(uids)), strict=True))
         if table == "waveform":
@@ -454,7 +477,11 @@ class Store:
         out: list[Future[IngestResult] | None] = [None] * len(prepared)
         fresh: list[Prepared] = []
         fresh_at: list[int] = []
-        stored = self._locators.get_many(p.sop_instance_uid for p in prepared)
+        try:
+            stored = self._locators.get_many(p.sop_instance_uid for p in prepared)
+        except StorageError:
+            self._write_failing = True  # the index is unreachable: until a probe passes
+            raise
         with self._ids:
             seen: dict[str, str] = {}
             for i, p in enumerate(prepared):
@@ -501,7 +528,11 @@ class Store:
     def _stage(self, items: list[Prepared]) -> _StagedIngest:
         """Staging thread: a group's UIDs claimed, then its data files written and made
         durable (steps 1-4 of the durability order), while the previous group commits."""
-        ours, settled = self._claim(items)
+        try:
+            ours, settled = self._claim(items)
+        except StorageError:
+            self._write_failing = True  # the index is unreachable: until a probe passes
+            raise
         if not ours:
             return _StagedIngest(self, items, ours, {}, settled)
         tables = _records.tables(ours)
@@ -547,9 +578,8 @@ class Store:
             now_us = time.time_ns() // 1000
             mine = c.owner == self._owner
             if mine or c.claimed_us < now_us - CLAIM_TTL_S * 1e6:
-                landed = self._lookup(uid)  # did that writer's commit land after all?
+                landed = self._repair(uid)  # did that writer's commit land after all?
                 if landed is not None:
-                    self._locators.stored({uid: landed}, [])
                     return _result(landed, uid, True)
                 cutoff = now_us + 1 if mine else now_us - int(CLAIM_TTL_S * 1e6)
                 if self._locators.take_over(uid, self._owner, cutoff, now_us):
@@ -606,7 +636,8 @@ class Store:
                     results.append(dataclasses.replace(
                         _result(e, p.sop_instance_uid, False),
                         patient_id=p.ecg_row.get("patient_id") or ""))
-                self._index_stored(entries, paths.values())
+                self._index_stored(entries, paths.values(),
+                                   {p.sop_instance_uid: p.ecg_row for p in items})
         finally:
             self._commit_lock.committed()
         self._files.mark("ack")
@@ -617,12 +648,13 @@ class Store:
                                    for p in items])
         return results
 
-    def _index_stored(self, entries: Mapping[str, Entry], paths: Iterable[str]) -> None:
+    def _index_stored(self, entries: Mapping[str, Entry], paths: Iterable[str],
+                      contexts: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         """Mark committed ECGs stored in the locator index. The lake commit has landed, so
         a failure here loses nothing: the files stay unmarked, and the next open takes
         them in; until then a reader finds the claim and asks the lake."""
         try:
-            self._locators.stored(entries, paths)
+            self._locators.stored(entries, paths, contexts)
         except StorageError as e:
             log.warning("the locator index missed a commit (the next open takes it in): %s", e)
 
@@ -831,10 +863,21 @@ class Store:
         if e is None:
             if not refresh and self._locators.claimed(uid) is None:
                 raise NotFound(f"no ECG with SOP Instance UID {uid!r} is stored")
-            e = self._lookup(uid)
+            e = self._repair(uid)
             if e is None:
                 raise NotFound(f"no ECG with SOP Instance UID {uid!r} is stored")
-            self._index_stored({uid: e}, [])
+        return e
+
+    def _repair(self, uid: str) -> Entry | None:
+        """``uid``'s locators (and examination columns) read from the lake and written
+        to the locator index; None if the lake does not hold it."""
+        e = self._lookup(uid)
+        if e is not None:
+            rows = self._sql(f"SELECT {', '.join(EXAM_COLUMNS)} FROM {ALIAS}.ecg "
+                             "WHERE sop_instance_uid = ?", [uid])
+            self._index_stored({uid: e}, [],
+                               {uid: dict(zip(EXAM_COLUMNS, rows[0], strict=True))}
+                               if rows else None)
         return e
 
     def _lookup(self, uid: str) -> Entry | None:
@@ -854,14 +897,31 @@ class Store:
                       [(f, r) for f, r in groups])
 
     def _read(self, uid: str, fn: Callable[[Entry], Any]) -> Any:
-        """``fn(entry)``, retried once with a fresh locator if its file is gone."""
+        """``fn(entry)``, retried once with a fresh locator if its file is gone; data
+        files that cannot be read (object storage unreachable, say) are a
+        `StorageError` (retry later)."""
         try:
             return fn(self._entry(uid))
         except (OSError, IndexError):
+            pass
+        try:
             return fn(self._entry(uid, refresh=True))
+        except OSError as e:
+            raise StorageError(f"the data files of ECG {uid} cannot be read now: {e}") from e
 
     def contains(self, uid: str) -> bool:
         return self._locators.get(uid) is not None
+
+    def unmeasured(self, version: str) -> list[str]:
+        """Stored ECGs without a summary of analysis ``version`` (that the locator index
+        knows of: the summaries this store and the servers beside it committed)."""
+        return self._locators.without_summary(version)
+
+    def exams(self, column: str, value: str) -> list[dict[str, Any]]:
+        """The stored ECGs whose ``column`` (``patient_id``, ``study_instance_uid``,
+        ``accession_number``, or ``uid``: the SOP Instance UID) is ``value``: their
+        ``ecg`` columns `locators.EXAM_COLUMNS`, one indexed query."""
+        return self._locators.exams(column, value)
 
     def uids(self) -> list[str]:
         """Every stored ECG's SOP Instance UID, in order (tests and tools: a query over
@@ -1183,8 +1243,9 @@ class Store:
                 log.info("the store still cannot write: %s", e)
 
     def _probe(self) -> None:
-        """A small file written, fsynced and removed where data files go, and a catalog
-        round trip: raises while either fails."""
+        """A small file written, fsynced and removed where data files go, a catalog
+        round trip (one that reaches the metadata database) and one to the locator
+        index: raises while any fails."""
         directory = table_dir(self._files, self.data_path, "ecg")
         path = self._files.join(directory, f".probe-{time.time_ns()}.tmp")
         try:
@@ -1193,7 +1254,9 @@ class Store:
         finally:
             with contextlib.suppress(OSError):
                 self._files.remove(path)
-        self._lake.cursor().execute("SELECT 1").fetchall()
+        self._lake.cursor().execute(
+            f"SELECT * FROM ducklake_current_snapshot('{ALIAS}')").fetchall()
+        self._locators.ping()
 
     def _recover(self) -> None:
         """After a passing probe: the UIDs of a commit of unknown outcome are looked up
@@ -1201,10 +1264,7 @@ class Store:
         with self._ids:
             uncertain, self._uncertain = list(self._uncertain), set()
         for uid in uncertain:
-            entry = self._lookup(uid)
-            if entry is not None:
-                self._locators.stored({uid: entry}, [])
-            else:
+            if self._repair(uid) is None:
                 self._locators.release([uid], self._owner)
         old = self._writer
         if old is not None and old.stopped is not None and not self._closed:

@@ -36,6 +36,9 @@ class RecordingFiles(FileOps):
 
     def __init__(self, inner: FileOps, failures: list[Failure] | None = None) -> None:
         self.inner = inner
+        # The guarantees are those of the files recorded (`FileOps` states them).
+        self.durable_on_write = inner.durable_on_write
+        self.atomic_rename = inner.atomic_rename
         self.log: list[tuple[str, str]] = []
         self.failures = list(failures or [])
         self._counts: dict[str, int] = {}

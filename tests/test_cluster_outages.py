@@ -1,0 +1,92 @@
+"""The cluster backends going away mid-ingest: PostgreSQL (catalog and locator index)
+and the S3 object store are stopped for a few seconds while a store ingests. Calls
+fail as retryable (`StorageError`: UNAVAILABLE), the store says it cannot write
+(health NOT_SERVING) while it lasts, nothing acknowledged is lost or stored twice,
+and the store recovers by itself when the backend returns."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Backend
+from waveform.dicom import encode
+from waveform.dicom.synthetic import synthetic_ecg
+from waveform.errors import StorageError
+from waveform.store import Store
+
+on_cluster = pytest.mark.parametrize("backend", ["cluster"], indirect=True)
+
+
+def _obj(k: int) -> bytes:
+    return encode(dataclasses.replace(synthetic_ecg(seed=k % 50, duration_s=1),
+                                      sop_instance_uid=f"2.25.{4_400_000 + k}"))
+
+
+def _outage(store: Store, stop: Callable[[], None], start: Callable[[], None]) -> None:
+    acknowledged: dict[str, str] = {}
+    refused = 0
+    unwritable_seen = False
+    done = threading.Event()
+    k = 0
+
+    def ingest_until(deadline: float) -> None:
+        nonlocal k, refused
+        while time.monotonic() < deadline:
+            k += 1
+            try:
+                r = store.submit(_obj(k), "org-a").result(60)
+                acknowledged[r.sop_instance_uid] = r.sha256
+            except StorageError:
+                refused += 1
+                time.sleep(0.05)
+
+    ingest_until(time.monotonic() + 1.0)
+    before = len(acknowledged)
+    assert before > 0
+    stop()
+    try:
+        ingest_until(time.monotonic() + 3.0)
+        unwritable_seen = not store.writable
+    finally:
+        start()
+    assert refused > 0 and unwritable_seen
+    deadline = time.monotonic() + 30
+    while not store.writable and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert store.writable, "the store did not recover by itself"
+    ingest_until(time.monotonic() + 1.0)
+    done.set()
+    assert len(acknowledged) > before
+    # Everything acknowledged is there, once; its bytes read back.
+    rows = dict(store.sql("SELECT sop_instance_uid, count(*) FROM lake.ecg GROUP BY 1"))
+    for uid in acknowledged:
+        assert rows.get(uid) == 1, uid
+        assert store.get_dicom(uid) == _obj(int(uid.rsplit(".", 1)[1]) - 4_400_000)
+        assert store.submit(_obj(int(uid.rsplit(".", 1)[1]) - 4_400_000),
+                            "org-a").result(60).already_stored
+    assert all(n == 1 for n in rows.values())
+
+
+@on_cluster
+def test_postgresql_stopped_mid_ingest(backend: Backend, postgres: object) -> None:
+    from tests.servers import PostgresServer
+
+    assert isinstance(postgres, PostgresServer)
+    with Store.open(backend.data_dir, catalog=backend.catalog, data_path=backend.data_path,
+                    analyze=None, max_delay_ms=2) as store:
+        _outage(store, postgres.stop, postgres.start)
+
+
+@on_cluster
+def test_object_store_stopped_mid_ingest(backend: Backend, s3: object) -> None:
+    from tests.servers import S3Server
+
+    assert isinstance(s3, S3Server)
+    with Store.open(backend.data_dir, catalog=backend.catalog, data_path=backend.data_path,
+                    analyze=None, max_delay_ms=2) as store:
+        _outage(store, s3.stop, s3.start)
