@@ -19,6 +19,7 @@ from waveform.archive.consent import ConsentRegistry, ConsentState
 from waveform.archive.documents import DocumentMeta, Documents, ReleaseDelays
 from waveform.archive.patients import ExamRef, PatientIndex
 from waveform.archive.policy import Decision, Purpose, reaches_others
+from waveform.archive.refresh import Refresher
 from waveform.archive.tables import TABLES
 from waveform.dicom.codes import SOP_CLASSES
 from waveform.errors import AccessDenied, InvalidArgument, NotFound
@@ -82,9 +83,12 @@ class Archive:
         self.clock = clock
         self.release = release
         store.ensure_tables(TABLES)
-        self.consent = ConsentRegistry(store)
-        self.documents = Documents(store)
+        #: Keeps consent and documents current with every server's commits.
+        self.refresher = Refresher(store)
+        self.consent = ConsentRegistry(store, self.refresher)
+        self.documents = Documents(store, self.refresher)
         self.patients = PatientIndex(store)
+        self.refresher.start()
 
     @classmethod
     def open(cls, store: Store, audit_dir: str | os.PathLike[str], *, clock: Clock = utcnow,
@@ -97,6 +101,7 @@ class Archive:
             raise
 
     def close(self) -> None:
+        self.refresher.close()
         self.audit.close()
 
     def access(self, identity: Identity, purpose: Purpose, action: str, *, uid: str = "",

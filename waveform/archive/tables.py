@@ -20,7 +20,9 @@ _seq_lock = threading.Lock()
 
 
 def next_seq() -> int:
-    """A strictly increasing number (wall-clock nanoseconds, bumped on ties)."""
+    """A strictly increasing number within this process (wall-clock nanoseconds, bumped
+    on ties). Only the catalog orders the changes of several servers: rows are applied
+    by the snapshot that committed them (`waveform.archive.refresh`), never by ``seq``."""
     global _last_seq
     with _seq_lock:
         _last_seq = max(time.time_ns(), _last_seq + 1)
@@ -55,7 +57,7 @@ RELEASE = pa.schema([
 
 #: The patient's consent to disclosure, one row per change.
 CONSENT = pa.schema([
-    ("seq", pa.int64()),  # `next_seq`: orders changes made within one clock tick
+    ("seq", pa.int64()),  # `next_seq`: when this process made the change (not the order)
     ("patient_id", pa.string()),
     ("granted", pa.bool_()),
     ("changed_at", _TS),
