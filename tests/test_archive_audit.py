@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from waveform.archive import Archive, AuditEvent, AuditTrail, ManualClock, verify
-from waveform.archive.audit import _digest
+from waveform.archive.audit import event_digest
 from waveform.dicom import encode
 from waveform.dicom.synthetic import synthetic_ecg
 from waveform.errors import DurabilityError, StorageError
@@ -72,7 +72,7 @@ def test_verify_names_the_first_changed_or_removed_event(tmp_path: Path) -> None
     # Re-hashing an edited event does not help: the next one no longer chains.
     rec = json.loads(lines[1])
     rec["user"] = "someone-else"
-    rec["hash"] = _digest(rec)
+    rec["hash"] = event_digest(rec)
     seg.write_text("\n".join([lines[0], json.dumps(rec), *lines[2:]]) + "\n")
     problems = verify(tmp_path)[1]
     assert problems and "event 3 does not chain to event 2" in problems[0]

@@ -14,6 +14,10 @@ Why a journal and not a catalog table: every read call appends an event, and a
 catalog commit costs tens of milliseconds while an appended, fsynced batch of
 lines costs a few (measured in docs/access.md). Queries read the segments with
 DuckDB.
+
+Several servers on one PostgreSQL catalog keep the trail in that database instead
+(`waveform.archive.audit_pg`): one chain per replica, the same group commit. Both
+are a `Trail`; `open_trail` picks one by location, `verify` checks either.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 import os
 import queue
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -37,7 +42,19 @@ import duckdb
 from waveform.archive.clock import Clock, utcnow
 from waveform.errors import DurabilityError, StorageError
 
-__all__ = ["GENESIS", "AuditEvent", "AuditTrail", "verify"]
+__all__ = [
+    "GENESIS",
+    "POSTGRES",
+    "AuditEvent",
+    "AuditTrail",
+    "Pending",
+    "Trail",
+    "canonical",
+    "event_digest",
+    "open_trail",
+    "stamp",
+    "verify",
+]
 
 log = logging.getLogger("waveform.audit")
 
@@ -81,10 +98,16 @@ class AuditEvent:
         }
 
 
-def _digest(record: dict[str, Any]) -> str:
+def canonical(record: dict[str, Any]) -> str:
+    """An event's record as the trail stores it and hashes it: one line of JSON, keys
+    sorted, no spaces."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_digest(record: dict[str, Any]) -> str:
+    """An event's ``hash``: the SHA-256 of its canonical record without ``hash``."""
     body = {k: v for k, v in record.items() if k != "hash"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(canonical(body).encode()).hexdigest()
 
 
 def _segments(directory: Path) -> list[Path]:
@@ -109,56 +132,31 @@ def _read_head(directory: Path) -> dict[str, Any] | None:
     return head
 
 
-class AuditTrail:
-    """Appends events durably, in order, chained; answers queries over them."""
+#: An event waiting for the writer, and the future its call waits on.
+Pending = tuple[AuditEvent, Future[AuditEvent]]
 
-    def __init__(self, directory: str | os.PathLike[str], clock: Clock = utcnow, *,
-                 segment_bytes: int = _SEGMENT_BYTES,
-                 fsync: Callable[[int], None] = os.fsync) -> None:
-        """``fsync`` is a seam: tests pass one that fails, to see nothing returned."""
-        self.directory = Path(directory)
-        self._segment_bytes = segment_bytes
-        self._fsync = fsync
-        self.directory.mkdir(parents=True, exist_ok=True)
+
+def stamp(clock: Clock) -> str:
+    """The time an event is written, as the trail records it (UTC, ISO 8601, ``Z``)."""
+    return clock().astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+class Trail(ABC):
+    """What the archive needs of an audit trail: `record`/`append` answer only once the
+    event is durable, `failed` says when none can be, `query` reads events back.
+
+    One writer thread takes the events of concurrent calls in batches (group commit):
+    `_write` makes a batch durable and answers its futures. After a failure that
+    leaves nothing uncertain, the subclass sets ``_recoverable`` and the thread calls
+    `_reopen` every `RETRY_S` seconds while no event comes."""
+
+    def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._queue: queue.Queue[tuple[AuditEvent, Future[AuditEvent]] | None] = queue.Queue()
+        self._queue: queue.Queue[Pending | None] = queue.Queue()
         self._failed: BaseException | None = None
-        #: The failure was a write refused for lack of space: retried every `RETRY_S`.
+        #: The failure can pass: `_reopen` is tried every `RETRY_S`.
         self._recoverable = False
-        self._seq, self._prev = 0, GENESIS
-        self._segment = self._recover()
-        self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        self._size = os.fstat(self._fd).st_size
-        if self._seq:
-            self._write_head(self._seq, self._prev)
-        self._duck = duckdb.connect(config={"autoinstall_known_extensions": False})
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-        self._thread.start()
-
-    # ------------------------------------------------------------------ writing
-    def _recover(self) -> Path:
-        """Find the chain's end; drop a torn last line (a write a crash cut, never answered)."""
-        segments = _segments(self.directory)
-        if not segments:
-            return self.directory / f"{1:08d}.jsonl"
-        last = segments[-1]
-        data = last.read_bytes()
-        keep = data.rfind(b"\n") + 1
-        if keep < len(data):
-            log.warning("audit segment %s ends in a torn line (%d bytes); removed: it was "
-                        "never acknowledged", last.name, len(data) - keep)
-            with open(last, "r+b") as f:
-                f.truncate(keep)
-                f.flush()
-                os.fsync(f.fileno())
-            data = data[:keep]
-        lines = data.splitlines()
-        if not lines and len(segments) > 1:
-            lines = segments[-2].read_bytes().splitlines()
-        if lines:
-            rec = json.loads(lines[-1])
-            self._seq, self._prev = int(rec["seq"]), str(rec["hash"])
-        return last
 
     def record(self, event: AuditEvent) -> Future[AuditEvent]:
         """Queue ``event``; the future answers once it is durable (or raises StorageError)."""
@@ -196,27 +194,124 @@ class AuditTrail:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-            self._write([b for b in batch if b[1].set_running_or_notify_cancel()])
+            batch = [b for b in batch if b[1].set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            if self._failed is not None:
+                for _, f in batch:
+                    f.set_exception(StorageError(f"the audit trail cannot be written "
+                                                 f"({self._failed})"))
+                continue
+            try:
+                self._write(batch)
+            except Exception as e:  # a bug, or an event that cannot be encoded
+                log.exception("the audit writer failed on a batch; its calls are refused")
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(StorageError(f"the audit event could not be "
+                                                     f"written ({e!r})"))
 
-    def _write(self, batch: list[tuple[AuditEvent, Future[AuditEvent]]]) -> None:
-        if not batch:
-            return
-        if self._failed is not None:
-            for _, f in batch:
-                f.set_exception(StorageError(f"the audit trail cannot be written "
-                                             f"({self._failed})"))
-            return
+    @abstractmethod
+    def _write(self, batch: list[Pending]) -> None:
+        """Make ``batch`` durable, in order, chained; then answer each future (or fail
+        them all, set ``_failed``, and leave nothing acknowledged)."""
+
+    @abstractmethod
+    def _reopen(self) -> None:
+        """Try to write again after a recoverable failure (clear ``_failed`` if so)."""
+
+    def _stop_writer(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Why events cannot be written now (None: they can)."""
+        return self._failed
+
+    @property
+    @abstractmethod
+    def last_seq(self) -> int:
+        """Where the trail ends now: the ``until_seq`` of a query that reads it all."""
+
+    @abstractmethod
+    def query(
+        self,
+        *,
+        patient_id: str = "",
+        user: str = "",
+        organisation: str = "",
+        time_from: dt.datetime | None = None,
+        time_to: dt.datetime | None = None,
+        after_seq: int = 0,
+        until_seq: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Events matching every given filter, oldest first, with ``seq`` after
+        ``after_seq`` and up to ``until_seq`` (default: `last_seq`)."""
+
+
+class AuditTrail(Trail):
+    """Appends events durably, in order, chained, to files in one directory; answers
+    queries over them."""
+
+    def __init__(self, directory: str | os.PathLike[str], clock: Clock = utcnow, *,
+                 segment_bytes: int = _SEGMENT_BYTES,
+                 fsync: Callable[[int], None] = os.fsync) -> None:
+        """``fsync`` is a seam: tests pass one that fails, to see nothing returned."""
+        super().__init__(clock)
+        self.directory = Path(directory)
+        self._segment_bytes = segment_bytes
+        self._fsync = fsync
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._seq, self._prev = 0, GENESIS
+        self._segment = self._recover()
+        self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self._size = os.fstat(self._fd).st_size
+        if self._seq:
+            self._write_head(self._seq, self._prev)
+        self._duck = duckdb.connect(config={"autoinstall_known_extensions": False})
+        self._thread.start()
+
+    # ------------------------------------------------------------------ writing
+    def _recover(self) -> Path:
+        """Find the chain's end; drop a torn last line (a write a crash cut, never answered)."""
+        segments = _segments(self.directory)
+        if not segments:
+            return self.directory / f"{1:08d}.jsonl"
+        last = segments[-1]
+        data = last.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        if keep < len(data):
+            log.warning("audit segment %s ends in a torn line (%d bytes); removed: it was "
+                        "never acknowledged", last.name, len(data) - keep)
+            with open(last, "r+b") as f:
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+            data = data[:keep]
+        lines = data.splitlines()
+        if not lines and len(segments) > 1:
+            lines = segments[-2].read_bytes().splitlines()
+        if lines:
+            rec = json.loads(lines[-1])
+            self._seq, self._prev = int(rec["seq"]), str(rec["hash"])
+        return last
+
+    def _write(self, batch: list[Pending]) -> None:
         seq, prev = self._seq, self._prev
         lines = []
-        now = self._clock().astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        now = stamp(self._clock)
         for ev, _ in batch:
             seq += 1
             ev.seq, ev.time, ev.prev = seq, now, prev
             rec = ev.record()
-            ev.hash = rec["hash"] = _digest(rec)
+            ev.hash = rec["hash"] = event_digest(rec)
             prev = ev.hash
-            lines.append(json.dumps(rec, sort_keys=True, separators=(",", ":"),
-                                    ensure_ascii=False))
+            lines.append(canonical(rec))
         data = ("\n".join(lines) + "\n").encode()
         fsync_failed = False
         try:
@@ -286,8 +381,7 @@ class AuditTrail:
         os.replace(tmp, self.directory / "HEAD")
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(30)
+        self._stop_writer()
         try:
             os.close(self._fd)
         except OSError:
@@ -298,10 +392,6 @@ class AuditTrail:
     def last_seq(self) -> int:
         """The sequence number of the last durable event."""
         return self._seq
-
-    @property
-    def failed(self) -> BaseException | None:
-        return self._failed
 
     # ------------------------------------------------------------------ reading
     def query(
@@ -358,9 +448,39 @@ _COLUMNS: Sequence[tuple[str, str]] = (
 )
 
 
-def verify(directory: str | os.PathLike[str]) -> tuple[int, list[str]]:
-    """Walk the chain: (events checked, problems). No problems: the trail is intact."""
-    directory = Path(directory)
+#: The prefix of a trail kept in PostgreSQL (as a catalog's: ``postgres:`` + libpq string).
+POSTGRES = "postgres:"
+
+
+def open_trail(location: str | os.PathLike[str], clock: Clock = utcnow, *,
+               replica: str | None = None) -> Trail:
+    """The trail at ``location``: ``postgres:`` and a libpq connection string (the
+    catalog's) for the trail of several replicas in that database, where ``replica``
+    names this server's chain (default: a new chain for this process); any other
+    location is a directory of journal files (``replica`` is not used)."""
+    text = os.fspath(location)
+    if text.startswith(POSTGRES):
+        from waveform.archive.audit_pg import PostgresTrail
+
+        return PostgresTrail(text.removeprefix(POSTGRES), clock, replica=replica)
+    return AuditTrail(text, clock)
+
+
+def verify(location: str | os.PathLike[str]) -> tuple[int, list[str]]:
+    """Check a whole trail: (events checked, problems). No problems: it is intact.
+
+    ``location`` as `open_trail` takes it: in PostgreSQL every replica's chain is
+    checked; a directory's chain is walked here."""
+    text = os.fspath(location)
+    if text.startswith(POSTGRES):
+        from waveform.archive.audit_pg import verify_postgres
+
+        return verify_postgres(text.removeprefix(POSTGRES))
+    return _verify_directory(Path(text))
+
+
+def _verify_directory(directory: Path) -> tuple[int, list[str]]:
+    """Walk the journal's chain and check it against ``HEAD``."""
     problems: list[str] = []
     head = _read_head(directory)
     seq, prev, n = 0, GENESIS, 0
@@ -382,7 +502,7 @@ def verify(directory: str | os.PathLike[str]) -> tuple[int, list[str]]:
                 problems.append(f"{where}: event {got} does not chain to event {seq} "
                                 "(an earlier event was changed or removed)")
                 return n, problems
-            if _digest(rec) != rec.get("hash"):
+            if event_digest(rec) != rec.get("hash"):
                 problems.append(f"{where}: event {got} was modified (its hash does not "
                                 "match its content)")
                 return n, problems

@@ -127,22 +127,42 @@ def import_wfdb(records: tuple[str, ...], output: Path) -> int:
               help="the archive's folder (its audit/ is checked; default ./data)")
 @click.option("--audit", type=click.Path(path_type=Path), metavar="DIR",
               help="the audit folder itself")
-def audit_verify(data: Path, audit: Path | None) -> int:
-    """Check the audit trail's hash chain: a changed or removed event is reported
-    with its sequence number (exit status 1)."""
-    from waveform.archive import verify
+@click.option("--catalog", metavar="CATALOG",
+              help="a 'postgres:dbname=... host=...' catalog: check the trail of every "
+                   "replica in its database (a DuckDB-file catalog keeps it in DIR/audit)")
+def audit_verify(data: Path, audit: Path | None, catalog: str | None) -> int:
+    """Check the audit trail's hash chains: a changed or removed event is reported
+    with its sequence number (and replica) (exit status 1)."""
+    from waveform.archive.audit import POSTGRES, verify
+    from waveform.errors import StorageError
 
-    directory = audit if audit is not None else data / "audit"
-    if not directory.is_dir():
-        print(f"waveform audit verify: {directory} is not an audit trail folder",
-              file=sys.stderr)
-        return EXIT_REFUSED
-    checked, problems = verify(directory)
+    if catalog is not None and catalog.startswith(POSTGRES):
+        if audit is not None:
+            print("waveform audit verify: give --audit or a postgres: --catalog, not both",
+                  file=sys.stderr)
+            return EXIT_REFUSED
+        # The connection string may hold a password: it is not printed.
+        where = "the PostgreSQL audit trail"
+        try:
+            checked, problems = verify(catalog)
+        except StorageError as exc:
+            print(f"waveform audit verify: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        summary = f"{where}: {checked} events, every replica's chain is intact"
+    else:
+        directory = audit if audit is not None else data / "audit"
+        if not directory.is_dir():
+            print(f"waveform audit verify: {directory} is not an audit trail folder",
+                  file=sys.stderr)
+            return EXIT_REFUSED
+        where = str(directory)
+        checked, problems = verify(directory)
+        summary = f"{where}: {checked} events, the chain is intact"
     if problems:
         for p in problems:
-            print(f"waveform audit verify: {directory}: {p}", file=sys.stderr)
+            print(f"waveform audit verify: {where}: {p}", file=sys.stderr)
         return EXIT_REFUSED
-    print(f"{directory}: {checked} events, the chain is intact")
+    print(summary)
     return EXIT_OK
 
 
