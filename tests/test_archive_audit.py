@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from waveform.archive import Archive, AuditEvent, AuditTrail, ManualClock, verify
-from waveform.archive.audit import event_digest
+from waveform.archive.audit import event_digest, open_trail
 from waveform.dicom import encode
 from waveform.dicom.synthetic import synthetic_ecg
 from waveform.errors import DurabilityError, StorageError
@@ -168,3 +168,15 @@ def test_no_data_leaves_the_service_without_its_audit_event(tmp_path: Path) -> N
         server.stop()
         archive.close()
         store.close()
+
+
+def test_an_event_that_cannot_be_encoded_is_refused_and_the_trail_goes_on(
+        tmp_path: Path) -> None:
+    trail = open_trail(tmp_path, ManualClock(T0))
+    assert isinstance(trail, AuditTrail)
+    with pytest.raises(StorageError, match="could not be written"):
+        trail.append(_event(1, user="\udc80"))  # a lone surrogate: no UTF-8 for it
+    assert trail.failed is None
+    assert trail.append(_event(2)).seq == 1
+    trail.close()
+    assert verify(str(tmp_path)) == (1, [])
