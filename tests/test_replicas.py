@@ -52,8 +52,8 @@ def test_a_store_keeps_reads_and_compacts_on_each_backend(backend: Backend) -> N
         report = s.compact(target_bytes=1 << 30, min_files=2, grace_s=0)
         assert report.merged_files >= 2 and report.removed_files >= 2
         for uid, obj in zip(uids, objs, strict=True):  # the locators moved with the rows
-            e = s._locators.get(uid)
-            assert e is not None and e == s._lookup(uid)
+            e = s.engine.locators.get(uid)
+            assert e is not None and e == s.engine.lookup(uid)
             assert s.get_dicom(uid) == obj
     with _open(backend) as s:
         again = s.ingest(objs, "org-a")

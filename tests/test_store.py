@@ -76,17 +76,17 @@ def test_the_locator_index_rebuilt_from_the_lake_equals_the_catalog(tmp_path: Pa
     with Store.open(tmp_path, analyze=None, max_batch=3) as s:
         first = {r.sop_instance_uid: r for r in s.ingest(objs, "org")}
         s.commit_rows({"ecg": pa.table(bare, schema=ECG)})
-        indexed = {u: s._locators.get(u) for u in first}
+        indexed = {u: s.engine.locators.get(u) for u in first}
     for name in ("locators.sqlite", "locators.sqlite-wal", "locators.sqlite-shm"):
         (tmp_path / name).unlink(missing_ok=True)
     with Store.open(tmp_path, analyze=None) as s:
-        bare_entry = s._locators.get("2.25.77")
+        bare_entry = s.engine.locators.get("2.25.77")
         assert bare_entry is not None and bare_entry.ingested_us is None
         assert set(s.uids()) == {*first, "2.25.77"}
-        entries = s._locators.get_many(first)
+        entries = s.engine.locators.get_many(first)
         assert any(len(e.groups) == 2 for e in entries.values())
         for uid, e in entries.items():
-            assert e == s._lookup(uid) == indexed[uid]
+            assert e == s.engine.lookup(uid) == indexed[uid]
         again = {r.sop_instance_uid: r for r in s.ingest(objs, "org")}
     for uid, r in again.items():
         assert r.already_stored
@@ -101,12 +101,12 @@ def test_a_commit_the_index_missed_is_taken_in_at_the_next_open(tmp_path: Path) 
     # files in, so the ECG is found, and sent again it is "already stored".
     obj = _obj(40)
     with Store.open(tmp_path, analyze=None) as s:
-        with mock.patch.object(s._locators, "stored", side_effect=StorageError("down")):
+        with mock.patch.object(s.engine.locators, "stored", side_effect=StorageError("down")):
             r = s.ingest([obj], "org")[0]
-        assert s._locators.get(r.sop_instance_uid) is None
-        assert s._locators.claimed(r.sop_instance_uid) is not None
+        assert s.engine.locators.get(r.sop_instance_uid) is None
+        assert s.engine.locators.claimed(r.sop_instance_uid) is not None
         assert s.get_dicom(r.sop_instance_uid) == obj  # the lake answers, and repairs
-        assert s._locators.get(r.sop_instance_uid) is not None
+        assert s.engine.locators.get(r.sop_instance_uid) is not None
     with Store.open(tmp_path, analyze=None) as s:
         again = s.ingest([obj], "org")[0]
         assert again.already_stored and again.sha256 == r.sha256
@@ -124,9 +124,10 @@ def test_contexts_of_many_ecgs_equal_one_by_one(tmp_path: Path) -> None:
             assert got[uid] == s.ecg_context(uid, ["patient_id", "accession_number"])
         assert isinstance(got["2.25.404"], NotFound)
         # A locator that no longer names the row (compaction elsewhere) is looked up again.
-        e = s._locators.get(uids[0])
+        e = s.engine.locators.get(uids[0])
         assert e is not None
-        s._locators.stored({uids[0]: dataclasses.replace(e, ecg=(e.ecg[0], e.ecg[1] + 1))}, [])
+        moved = dataclasses.replace(e, ecg=(e.ecg[0], e.ecg[1] + 1))
+        s.engine.locators.stored({uids[0]: moved}, [])
         assert s.ecg_contexts(uids[:1])[uids[0]] == s.ecg_context(uids[0])
 
 
@@ -428,9 +429,9 @@ def test_stored_objects_reads_a_batch_and_falls_back_per_object(tmp_path: Path) 
     with Store.open(tmp_path, analyze=None, auto_compact_commits=None) as s:
         res = s.ingest(objs[:3], "org") + s.ingest(objs[3:], "org")
         uids = [r.sop_instance_uid for r in res]
-        got = s._stored_objects([*uids, "1.2.3.4"])
+        got = s.stored_objects([*uids, "1.2.3.4"])
         assert [got[u] for u in uids] == objs
         assert isinstance(got["1.2.3.4"], NotFound)
         s.compact(grace_s=0)  # locators move; the batch read still finds every object
-        got = s._stored_objects(uids)
+        got = s.stored_objects(uids)
         assert [got[u] for u in uids] == objs

@@ -63,7 +63,7 @@ def _name_age_s(path: str, now_ns: int) -> float:
 
 
 def _merge_table(store: Store, table: str, target_bytes: int, min_files: int) -> tuple[int, int]:
-    files = store._files
+    files = store.engine.files
     live = store.sql(f"SELECT filename, count(*) FROM {ALIAS}.{table} GROUP BY filename")
     small = sorted(
         (f for f, _ in live if files.size(f) < target_bytes), key=lambda f: f.rsplit("/", 1)[-1]
@@ -94,7 +94,7 @@ def _merge_table(store: Store, table: str, target_bytes: int, min_files: int) ->
                 merged_table, sort_keys=[(k, "ascending", "at_end") for k in opts.sorting]))
         directory = table_dir(files, store.data_path, table)
         new = publish(files, directory, merged_table, opts)
-        store._commit_replacement(table, g, new, merged_table)
+        store.engine.commit_replacement(table, g, new, merged_table)
         merged += len(g)
         written += 1
     return merged, written
@@ -120,7 +120,7 @@ def compact(
     clean-up the store runs that long after (`Store.later`), so that space is freed
     without another compaction."""
     merged = written = 0
-    with store._compact_lock:
+    with store.engine.compaction:
         for table in TABLES:
             m, w = _merge_table(store, table, target_bytes, min_files)
             merged += m
@@ -128,7 +128,7 @@ def compact(
         removed = _remove_expired(store, grace_s)
         # Under the commit lock: every write of this process publishes and commits
         # while holding it, so no file seen here is in flight (others: grace_s).
-        with store._commit_lock:
+        with store.engine.gate:
             orphans = _remove_orphans(store, grace_s)
     if merged and grace_s > 0:
         store.later(grace_s + 1.0, lambda: remove_replaced(store, grace_s))
@@ -137,13 +137,13 @@ def compact(
 
 def remove_replaced(store: Store, grace_s: float = GRACE_S) -> int:
     """Remove the data files replaced more than ``grace_s`` ago; how many."""
-    with store._compact_lock:
+    with store.engine.compaction:
         return _remove_expired(store, grace_s)
 
 
 def _remove_expired(store: Store, grace_s: float) -> int:
-    cur = store._lake.cursor()
-    with store._commit_lock:
+    cur = store.engine.lake.cursor()
+    with store.engine.gate:
         cur.execute(
             f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => "
             "now() - to_microseconds(?::BIGINT))", [int(grace_s * 1e6)]
@@ -153,12 +153,12 @@ def _remove_expired(store: Store, grace_s: float) -> int:
     ).fetchall()
     for path, relative in rows:
         full = _absolute(store, path, relative)
-        store._files.remove(full)
-        store._reader.forget(full)
+        store.engine.files.remove(full)
+        store.engine.reader.forget(full)
     if rows:
-        for d in {store._files.dirname(_absolute(store, p, r)) for p, r in rows}:
-            store._files.fsync_dir(d)
-        with store._commit_lock:
+        for d in {store.engine.files.dirname(_absolute(store, p, r)) for p, r in rows}:
+            store.engine.files.fsync_dir(d)
+        with store.engine.gate:
             cur.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)")
     return len(rows)
 
@@ -167,11 +167,11 @@ def _absolute(store: Store, path: str, relative: bool) -> str:
     """A catalog path as a full path (relative ones are under the table's directory)."""
     if not relative:
         return path
-    return store._files.join(store.data_path.rstrip("/" + os.sep) or store.data_path, path)
+    return store.engine.files.join(store.data_path.rstrip("/" + os.sep) or store.data_path, path)
 
 
 def _remove_orphans(store: Store, grace_s: float) -> int:
-    cur = store._lake.cursor()
+    cur = store.engine.lake.cursor()
     known_rows = cur.execute(
         f"SELECT f.path, f.path_is_relative, t.table_name FROM {_META}.ducklake_data_file f "
         f"JOIN {_META}.ducklake_table t USING (table_id) "
@@ -180,20 +180,21 @@ def _remove_orphans(store: Store, grace_s: float) -> int:
     known: set[str] = set()
     for path, relative, table in known_rows:
         if relative and table is not None:
-            known.add(store._files.join(table_dir(store._files, store.data_path, table), path))
+            files = store.engine.files
+            known.add(files.join(table_dir(files, store.data_path, table), path))
             known.add(_absolute(store, path, relative))
         else:
             known.add(_absolute(store, path, relative))
     now = time.time_ns()
     removed = 0
     for table in TABLES:
-        directory = table_dir(store._files, store.data_path, table)
-        for p in store._files.list(directory):
+        directory = table_dir(store.engine.files, store.data_path, table)
+        for p in store.engine.files.list(directory):
             if p not in known and _name_age_s(p, now) >= grace_s:
-                store._files.remove(p)
+                store.engine.files.remove(p)
                 removed += 1
         if removed:
-            store._files.fsync_dir(directory)
+            store.engine.files.fsync_dir(directory)
     return removed
 
 

@@ -107,7 +107,7 @@ class MeasureStage:
                      context: dict[str, Any] | None) -> dict[str, Any]:
         from waveform.dicom import decode
 
-        now = self._store._clock()
+        now = self._store.engine.clock()
         if isinstance(data, BaseException):
             raise data
         if context is None:
@@ -148,7 +148,7 @@ class MeasureStage:
 
     def _measure_batch(self, items: list[tuple[str, dict[str, Any] | None]]) -> None:
         uids = [u for u, _ in items]
-        objects = self._store._stored_objects(uids)
+        objects = self._store.stored_objects(uids)
         rows = []
         for uid, context in items:
             try:

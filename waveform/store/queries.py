@@ -33,6 +33,7 @@ from waveform.store.lake import ALIAS
 from waveform.store.schema import MEASURES, SUMMARY_CONTEXT
 
 __all__ = [
+    "EQUALS",
     "SORT_KEYS",
     "Page",
     "RowReader",
@@ -155,7 +156,7 @@ SORT_KEYS: dict[str, tuple[str, str]] = {
 
 #: Equality filters: request name -> column (in ``ecg``; in ``summary`` when also in
 #: `SUMMARY_CONTEXT`). Values are always bound.
-_EQUALS: dict[str, str] = {
+EQUALS: dict[str, str] = {
     name: name for name in (
         "patient_id", "patient_id_issuer", "organisation", "sop_class_uid", "manufacturer",
         "model", "device_serial_number", "study_instance_uid", "accession_number",
@@ -261,9 +262,9 @@ def search_sql(
             s_params.append(value)
 
     for name, value in q.equals:
-        col = _EQUALS.get(name)
+        col = EQUALS.get(name)
         if col is None:
-            raise InvalidArgument(f"cannot filter on {name!r}; expected one of {sorted(_EQUALS)}")
+            raise InvalidArgument(f"cannot filter on {name!r}; expected one of {sorted(EQUALS)}")
         both(f"{col} = ?", value, col in SUMMARY_CONTEXT)
     if q.visible is not None:
         cond, values = q.visible.sql()
