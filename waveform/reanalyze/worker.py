@@ -28,7 +28,7 @@ from waveform.model import Ecg, WaveformGroup
 from waveform.reanalyze.planning import UNIT_ROWS, WorkUnit
 from waveform.store.records import GROUP_COLUMNS, GroupRows
 from waveform.store.schema import SUMMARY_CONTEXT
-from waveform.store.summaries import summary_row, summary_table
+from waveform.store.summaries import measure_one, summary_table
 
 __all__ = ["STAGES", "UnitResult", "default_analysis", "measure_unit", "warm_up"]
 
@@ -173,16 +173,11 @@ def measure_unit(unit: WorkUnit, version: str, analyze: Analyze | None = None) -
                   groups=tuple(groups))
         t2 = time.perf_counter()
         seconds["decode"] += t2 - t
-        try:
-            summary: Any = analyze(ecg)
-        except Exception as e:  # any failure of the algorithm is recorded, never fatal
-            reason = f"{type(e).__name__}: {e}"
+        row, reason = measure_one(analyze, ecg, uid, version, context, dt.datetime.now(dt.UTC))
+        if reason:
             failed.append((uid, reason))
-            summary = {"error": reason}
-        t3 = time.perf_counter()
-        seconds["analyze"] += t3 - t2
-        out.append(summary_row(uid, version, dt.datetime.now(dt.UTC), summary, context))
-        seconds["rows"] += time.perf_counter() - t3
+        out.append(row)
+        seconds["analyze"] += time.perf_counter() - t2
     t4 = time.perf_counter()
     table = summary_table(out)
     seconds["rows"] += time.perf_counter() - t4

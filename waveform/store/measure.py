@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from waveform.errors import DurabilityError, WaveformError
-from waveform.store.summaries import summary_row, summary_table
+from waveform.store.summaries import measure_one, summary_row, summary_table
 
 if TYPE_CHECKING:
     from waveform.store.store import Store
@@ -112,12 +112,7 @@ class MeasureStage:
             raise data
         if context is None:
             context = self._store.ecg_context(uid)
-        try:
-            summary = self._analyze(decode(data))
-        except Exception as e:  # any failure of the algorithm is recorded, not fatal
-            log.info("ECG %s could not be measured: %s", uid, e)
-            summary = {"error": f"{type(e).__name__}: {e}"}
-        return summary_row(uid, self.version, now, summary, context)
+        return measure_one(self._analyze, decode(data), uid, self.version, context, now)[0]
 
     def _take(self) -> tuple[list[tuple[str, dict[str, Any] | None]], bool]:
         """The next batch: what is queued (at least one item), up to the batch size."""

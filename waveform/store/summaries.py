@@ -23,8 +23,10 @@ the same float32 (bit-exact through `Summary.from_dict`), keys in sorted order.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,9 @@ import pyarrow.compute as pc
 
 from waveform.store.schema import MEASURES, SUMMARY, SUMMARY_CONTEXT
 
-__all__ = ["median_beat", "summary_document", "summary_row", "summary_table"]
+__all__ = ["measure_one", "median_beat", "summary_document", "summary_row", "summary_table"]
+
+log = logging.getLogger("waveform.store.measure")
 
 _F32 = np.dtype("<f4")
 
@@ -94,6 +98,22 @@ def summary_row(
                 break
         row[column] = None if value is None else float(value)
     return row
+
+
+def measure_one(analyze: Callable[[Any], Any], ecg: Any, uid: str, version: str,
+                context: Mapping[str, Any], at: dt.datetime) -> tuple[dict[str, Any], str]:
+    """One ECG measured: its ``summary`` row (`summary_row`), and why it could not be
+    measured ("" if it could). Any failure of ``analyze`` is recorded in the row's
+    document, never raised: the ECG is not tried again on every start. The
+    measurement stage and re-analysis workers both measure through this."""
+    try:
+        summary: Any = analyze(ecg)
+        reason = ""
+    except Exception as e:  # any failure of the algorithm is recorded, never fatal
+        reason = f"{type(e).__name__}: {e}"
+        log.info("ECG %s could not be measured: %s", uid, reason)
+        summary = {"error": reason}
+    return summary_row(uid, version, at, summary, context), reason
 
 
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
