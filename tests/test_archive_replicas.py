@@ -196,6 +196,7 @@ def test_reads_fail_while_the_catalog_is_away_and_resume_after(
             else:
                 pytest.fail("a replica answered consent for 5 s without its catalog")
             assert refused_after <= LIMIT_S
+            assert b.refresher.age_s > b.refresher.freshness.max_age_s
             with pytest.raises(StorageError, match="cannot be checked"):
                 b.documents.for_patient(PATIENT)
         finally:
@@ -209,6 +210,7 @@ def test_reads_fail_while_the_catalog_is_away_and_resume_after(
                 assert time.monotonic() < deadline, "the catalog did not come back"
                 time.sleep(0.2)
         _within(lambda: not b.consent.state(PATIENT).granted, time.monotonic())
+        assert b.refresher.age_s <= b.refresher.freshness.max_age_s
 
 
 # ----------------------------------------------------------------------- documents

@@ -122,6 +122,13 @@ class Refresher:
         """The catalog snapshot the state is current with."""
         return self._snapshot
 
+    @property
+    def age_s(self) -> float:
+        """Seconds since the refresh the state comes from began (0 when nobody else can
+        change the catalog). Above `Freshness.max_age_s`, reads refresh or fail: a
+        health check can report the server not serving."""
+        return time.monotonic() - self._fresh_at if self.shared else 0.0
+
     def follow(self, follower: Follower) -> None:
         """Add ``follower``, loaded as of the snapshot the others are at (before `start`)."""
         if self._thread is not None:
