@@ -103,23 +103,28 @@ class Call:
     def who(self) -> Identity | None:
         return self._identity
 
+    def authenticated(self, identity: Identity) -> Identity:
+        """Record who is calling (once authenticated); returns ``identity``."""
+        self._identity = identity
+        return identity
+
 
 def _failed(service: Servicer, call: Call, context: grpc.ServicerContext,
             exc: Exception) -> NoReturn:
     """End a failed call: one status code per error class, INTERNAL (with a log
     reference, never the library's text) for anything unexpected."""
     if isinstance(exc, Abort):
-        service._finish(call, exc.code)
+        service.finish(call, exc.code)
         context.abort(exc.code, exc.message)
     if isinstance(exc, WaveformError):
-        service._finish(call, code_of(exc))
+        service.finish(call, code_of(exc))
         context.abort(code_of(exc), message_of(exc))
     if isinstance(exc, grpc.RpcError):
-        service._finish(call, context.code() or grpc.StatusCode.CANCELLED)
+        service.finish(call, context.code() or grpc.StatusCode.CANCELLED)
         raise exc
     ref = uuid.uuid4().hex[:12]
     log.error("internal error", exc_info=exc, extra={"ref": ref, "method": call.method})
-    service._finish(call, grpc.StatusCode.INTERNAL)
+    service.finish(call, grpc.StatusCode.INTERNAL)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error (log reference {ref})")
     raise AssertionError("grpc's context.abort always raises")
 
@@ -266,13 +271,13 @@ def _end(service: Servicer, call: Call) -> None:
 
 
 def _identify(service: Servicer, call: Call, context: grpc.ServicerContext) -> None:
-    call._identity = service.authenticate(context)
+    identity = call.authenticated(service.authenticate(context))
     call.purpose = parse_purpose(context.invocation_metadata())
     if call.admitted:
-        refusal = service.admission.bind(call.method, call._identity)
+        refusal = service.admission.bind(call.method, identity)
         if refusal is not None:
             raise refusal
-        call.bound = call._identity
+        call.bound = identity
 
 
 def rpc(method: Callable[..., T]) -> Callable[..., T]:
@@ -289,7 +294,7 @@ def rpc(method: Callable[..., T]) -> Callable[..., T]:
             _failed(self, call, context, exc)
         finally:
             _end(self, call)
-        self._finish(call, grpc.StatusCode.OK)
+        self.finish(call, grpc.StatusCode.OK)
         return result
 
     return wrapper
@@ -306,13 +311,13 @@ def _streamed(method: Callable[..., Iterator[T]], *, holds_slot: bool
             _identify(self, call, context)
             yield from method(self, request, context, call)
         except GeneratorExit:  # grpc stopped asking: the client cancelled or went away
-            self._finish(call, grpc.StatusCode.CANCELLED)
+            self.finish(call, grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:
             _failed(self, call, context, exc)
         finally:
             _end(self, call)
-        self._finish(call, grpc.StatusCode.OK)
+        self.finish(call, grpc.StatusCode.OK)
 
     return wrapper
 
@@ -365,7 +370,8 @@ class Servicer:
                     token = rest.strip()
         return self.identities.authenticate(token, _certificate_organisation(context))
 
-    def _finish(self, call: Call, code: grpc.StatusCode) -> None:
+    def finish(self, call: Call, code: grpc.StatusCode) -> None:
+        """A call ended with ``code``: its metrics and its log line."""
         elapsed = time.perf_counter() - call.start
         self.metrics.call(call.method, code.name, elapsed)
         ident = call.who

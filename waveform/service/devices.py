@@ -132,9 +132,10 @@ class Devices:
     read before are kept."""
 
     def __init__(self, devices: Iterable[Device], path: Path | None = None) -> None:
-        self._devices = list(devices)
+        #: The devices as read (this instance's, not the reloaded file's: `__iter__`).
+        self.entries = list(devices)
         seen: dict[tuple[str, str | None], Device] = {}
-        for d in self._devices:
+        for d in self.entries:
             key = (d.ae_title, d.host)
             if key in seen:
                 where = f" from {d.host}" if d.host else " (any address)"
@@ -148,6 +149,11 @@ class Devices:
         self._stamp = _stamp(path) if path is not None else None
         self._lock = threading.Lock()
         self._current: Devices = self
+
+    def entry(self, ae_title: str, host: str) -> Device | None:
+        """This instance's device for ``ae_title`` calling from ``host`` (an entry bound
+        to that address wins over one for any address)."""
+        return self._exact.get((ae_title, host)) or self._any.get(ae_title)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Devices:
@@ -163,10 +169,10 @@ class Devices:
             raise InvalidArgument(f"devices file {p}: {e}") from None
 
     def __iter__(self) -> Iterator[Device]:
-        return iter(self._current._devices)
+        return iter(self._current.entries)
 
     def __len__(self) -> int:
-        return len(self._current._devices)
+        return len(self._current.entries)
 
     def find(self, ae_title: str, address: str) -> Device | None:
         """The device calling as ``ae_title`` from ``address``, or None (not admitted).
@@ -177,7 +183,7 @@ class Devices:
             host = str(ipaddress.ip_address(address))
         except ValueError:
             host = address
-        return cur._exact.get((title, host)) or cur._any.get(title)
+        return cur.entry(title, host)
 
     def _fresh(self) -> Devices:
         if self.path is None:

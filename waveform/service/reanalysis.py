@@ -302,7 +302,7 @@ class _Job:
             ended = _End(stopped)
         except BaseException as exc:  # handed to the call, which reports it
             ended = _End(exc)
-        self.owner._release(self)  # before the end is seen: a new job may start at once
+        self.owner.release(self)  # before the end is seen: a new job may start at once
         self.put(ended)
 
 
@@ -337,9 +337,10 @@ class Reanalysis:
 
     def cancel(self, job: _Job) -> None:
         """Give back the slot of a job that was never started."""
-        self._release(job)
+        self.release(job)
 
-    def _release(self, job: _Job) -> None:
+    def release(self, job: _Job) -> None:
+        """``job`` ended: a new one may start."""
         with self._lock:
             if self._current is job:
                 self._current = None
