@@ -152,7 +152,9 @@ class Documents:
                authored_at: dt.datetime, stored_at: dt.datetime, stored_by: str,
                title: str, text: str, cda_xml: bytes, document_id: str = "") -> DocumentMeta:
         """Store a new document, or (``document_id``) a new version of one of
-        ``organisation``'s documents. Raises `NotFound` for another's."""
+        ``organisation``'s documents. Raises `NotFound` for another's, and `Conflict`
+        when another server committed the same version first (read it and revise the
+        latest)."""
         if kind not in KINDS:
             raise InvalidArgument(f"document kind {kind!r} is not one of {', '.join(KINDS)}")
         if not patient_id:
@@ -188,13 +190,14 @@ class Documents:
                 {"document": pa.Table.from_pylist([row], schema=DOCUMENT)})["document"]
             if version > 1:
                 self._check_first(meta, written)
-            self._apply_own()
+            else:
+                self._apply_own()
             return meta
 
     def _check_first(self, meta: DocumentMeta, written: str) -> None:
-        """`Conflict` unless the revision in file ``written`` is the first committed
-        version ``meta.version`` of its document (another server may have committed
-        the same version number since this one read the latest)."""
+        """Apply the revision in file ``written``; `Conflict` unless it is the first
+        committed version ``meta.version`` of its document (another server may have
+        committed the same version number since this one read the latest)."""
         try:
             self._refresher.refresh()
             first = self._store.sql(
