@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean tools
+.PHONY: run test lint typecheck unit bench clean tools cluster
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/waveform serve --data ./data --port 50051 --demo
+
+# PostgreSQL, SeaweedFS (S3) and two replicas on one catalog and bucket, on 127.0.0.1;
+# the demo ECGs loaded; Ctrl-C stops everything (docs/deploy.md).
+cluster: $(STAMP) tools
+	$(BIN)/python -m waveform.devcluster
 
 # dicom3tools (dciodvfy) validates what our encoder writes; install it where we can.
 tools:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from waveform.archive.access import Access
 from waveform.archive.archive import Archive, DocumentView, Examination
-from waveform.archive.audit import AuditEvent, AuditTrail, verify
+from waveform.archive.audit import AuditEvent, AuditTrail, Trail, open_trail, verify
 from waveform.archive.clock import Clock, ManualClock, utcnow
 from waveform.archive.consent import ConsentState, Denial
 from waveform.archive.documents import KINDS, DocumentMeta, ReleaseDelays
@@ -32,7 +32,9 @@ __all__ = [
     "ManualClock",
     "Purpose",
     "ReleaseDelays",
+    "Trail",
     "decide",
+    "open_trail",
     "parse_purpose",
     "utcnow",
     "verify",

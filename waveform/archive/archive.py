@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from waveform.archive.access import Access
-from waveform.archive.audit import AuditTrail
+from waveform.archive.audit import Trail, open_trail
 from waveform.archive.clock import Clock, utcnow
 from waveform.archive.consent import ConsentRegistry, ConsentState
 from waveform.archive.documents import DocumentMeta, Documents, ReleaseDelays
@@ -76,7 +76,7 @@ class Examination:
 class Archive:
     """Consent, documents, the patient index and the audit trail over one store."""
 
-    def __init__(self, store: Store, audit: AuditTrail, clock: Clock,
+    def __init__(self, store: Store, audit: Trail, clock: Clock,
                  release: ReleaseDelays) -> None:
         self.store = store
         self.audit = audit
@@ -91,13 +91,16 @@ class Archive:
         self.refresher.start()
 
     @classmethod
-    def open(cls, store: Store, audit_dir: str | os.PathLike[str], *, clock: Clock = utcnow,
-             release: ReleaseDelays | None = None) -> Archive:
-        audit = AuditTrail(audit_dir, clock)
+    def open(cls, store: Store, audit: str | os.PathLike[str], *, clock: Clock = utcnow,
+             release: ReleaseDelays | None = None, replica: str | None = None) -> Archive:
+        """The archive over ``store``, its audit trail at ``audit``: a directory, or
+        ``postgres:`` and a libpq string (several servers, each its own hash chain:
+        ``replica`` names this server's, continued across its restarts)."""
+        trail = open_trail(os.fspath(audit), clock, replica=replica)
         try:
-            return cls(store, audit, clock, release or ReleaseDelays())
+            return cls(store, trail, clock, release or ReleaseDelays())
         except BaseException:
-            audit.close()
+            trail.close()
             raise
 
     def close(self) -> None:

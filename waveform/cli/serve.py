@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import sys
 import threading
@@ -61,7 +62,8 @@ DEMO_DEVICE = ("CART1", "demo-clinic")
 class ServeOptions:
     """The options of `serve`, as click parsed them (extra ones land in ``more``)."""
 
-    data: Path
+    #: The archive's folder, or ``s3://bucket/prefix`` (data files in object storage).
+    data: str
     host: str
     port: int
     tokens: Path | None
@@ -77,13 +79,61 @@ class ServeOptions:
     verbose: bool
     more: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def in_object_storage(self) -> bool:
+        return self.data.startswith("s3://")
+
+    @property
+    def folder(self) -> Path:
+        """The local folder of ``--data`` (demo tokens, devices, the embedded archive)."""
+        if self.in_object_storage:
+            raise ValueError(f"--data {self.data} is in object storage; this needs a local "
+                             "--data folder")
+        return Path(self.data)
+
+    @property
+    def catalog(self) -> str | None:
+        return self.more.get("catalog") or None
+
+    def open_store(self) -> Any:
+        """The store the options name: embedded in the folder; or a PostgreSQL catalog
+        (``--catalog postgres:...``) with data files in the folder (a shared one) or in
+        S3 (``--data s3://bucket/prefix``, credentials as AWS tools read them)."""
+        from waveform.store import Store
+
+        catalog = self.catalog
+        if self.in_object_storage:
+            if not (catalog or "").startswith("postgres:"):
+                raise ValueError("--data s3://... needs --catalog 'postgres:...': servers that "
+                                 "share object storage share a PostgreSQL catalog")
+            return Store.open(self.data, catalog=catalog,
+                              data_path=self.data.rstrip("/") + "/")
+        return Store.open(self.folder, catalog=catalog)
+
+    @property
+    def audit(self) -> str:
+        """Where the audit trail is: the PostgreSQL catalog's database (every server's
+        chain in one place), else the folder's ``audit``."""
+        catalog = self.catalog
+        if catalog is not None and catalog.startswith("postgres:"):
+            return catalog
+        return str(self.folder / "audit")
+
 
 def serve_options(fn: F) -> F:
     """The options of `serve`; a new one added here reaches `open_service` in
     ``ServeOptions.more`` under its name."""
     for option in reversed([
-        click.option("--data", type=click.Path(path_type=Path), default=Path("./data"),
-                     help="the archive's folder (default ./data)"),
+        click.option("--data", default="./data", show_default=True, metavar="FOLDER|URL",
+                     help="the archive's folder, or s3://bucket/prefix for its data files "
+                          "in object storage (with a PostgreSQL --catalog)"),
+        click.option("--catalog", metavar="CATALOG",
+                     help="the DuckLake catalog (default: catalog.ducklake in the --data "
+                          "folder); 'postgres:dbname=... host=... port=...' lets several "
+                          "servers share one archive"),
+        click.option("--replica", metavar="NAME",
+                     help="this server's name in a PostgreSQL catalog's audit trail (its own "
+                          "hash chain, continued across restarts; default: the host name)"),
         click.option("--host", default="127.0.0.1", show_default=True),
         click.option("--port", type=int, default=50051, show_default=True),
         click.option("--tokens", type=click.Path(path_type=Path),
@@ -195,7 +245,7 @@ def _open_dicom(server: Any, o: ServeOptions, tls: Any) -> Any:
     if demo_default:
         port = DEMO_DICOM_PORT
     if devices is None and o.demo:
-        devices = o.more["devices"] = demo_devices(o.data)
+        devices = o.more["devices"] = demo_devices(o.folder)
         o.more["demo_devices"] = True
     if devices is None:
         raise ValueError("--dicom-port needs --devices FILE (the carts that may store: "
@@ -226,7 +276,6 @@ def open_service(o: ServeOptions) -> Any:
     from waveform.service.identity import TokenIdentities
     from waveform.service.metrics import Metrics
     from waveform.service.server import TlsFiles, start
-    from waveform.store import Store
 
     assert o.tokens is not None
     tls = None
@@ -240,9 +289,10 @@ def open_service(o: ServeOptions) -> Any:
     if o.release_delays is not None:
         release = ReleaseDelays.from_json(json.loads(o.release_delays.read_text()))
     metrics = Metrics()
-    store = Store.open(o.data)
+    store = o.open_store()
     try:
-        archive = Archive.open(store, o.data / "audit", release=release)
+        archive = Archive.open(store, o.audit, release=release,
+                               replica=o.more.get("replica") or socket.gethostname())
     except BaseException:
         store.close()
         raise
@@ -281,8 +331,12 @@ def serve(**options: Any) -> int:
     tokens: dict[str, str] = {}
     kept = False
     if o.demo and o.tokens is None:
-        o.data.mkdir(parents=True, exist_ok=True)
-        o.tokens, tokens, kept = demo_tokens(o.data)
+        try:
+            folder = o.folder
+        except ValueError as exc:
+            return _refuse(f"--demo keeps its tokens in the folder: {exc}")
+        folder.mkdir(parents=True, exist_ok=True)
+        o.tokens, tokens, kept = demo_tokens(folder)
     if o.tokens is None:
         return _refuse("--tokens FILE is required (create one with 'waveform tokens add'), "
                        "or use --demo")
@@ -291,7 +345,8 @@ def serve(**options: Any) -> int:
     except (WaveformError, OSError, ValueError) as exc:
         return _refuse(str(exc))
     where = f"{o.host}:{server.port}"
-    print(f"waveform: serving {o.data.resolve()} on {where}"
+    shown_data = o.data if o.in_object_storage else str(o.folder.resolve())
+    print(f"waveform: serving {shown_data} on {where}"
           + (f", metrics on http://{o.host}:{o.metrics_port}/metrics"
              if o.metrics_port else ""), flush=True)
     if o.more.get("dicom_notice"):
@@ -305,7 +360,7 @@ def serve(**options: Any) -> int:
                  if o.more.get("demo_devices") else ""), flush=True)
     try:
         if o.demo:
-            _load_demo(server, where, tokens, kept, o.data)
+            _load_demo(server, where, tokens, kept, o.folder)
     except KeyboardInterrupt:  # Ctrl-C while the demo ECGs were being measured
         server.stop(30.0)
     else:
