@@ -19,8 +19,6 @@ command line. Shell completion: ``eval "$(waveform completion bash)"`` (zsh, fis
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -116,17 +114,5 @@ def run_command(command: click.Command, argv: Sequence[str] | None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``waveform ARGV``: the exit status.
-
-    Run as the process's own command line (``argv`` None) after a server has
-    stopped, the process ends here at once (``os._exit``): the store, the audit
-    trail and every call were closed in order by then, and the interpreter's
-    teardown of the native threads gRPC, DuckDB and numba keep aborted the process
-    about once in 35 stops ("terminate called without an active exception")."""
-    code = run_command(cli, argv)
-    if argv is None and serve.stopped_cleanly():
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    """``waveform ARGV``: the exit status."""
+    return run_command(cli, argv)

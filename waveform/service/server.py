@@ -75,8 +75,10 @@ class Server:
 
     def __init__(self, grpc_server: grpc.Server, port: int, health_servicer: Any,
                  service: EcgArchive, store: Store, owns_store: bool, archive: Archive,
-                 owns_archive: bool) -> None:
+                 owns_archive: bool, calls: ThreadPoolExecutor) -> None:
         self.grpc = grpc_server
+        #: The threads calls run on: gRPC's stop ends the calls, not the threads.
+        self._calls = calls
         self.port = port
         self.health = health_servicer
         self.service = service
@@ -125,6 +127,11 @@ class Server:
         jobs = self.service.reanalysis
         jobs.stop("the server is shutting down")
         self.grpc.stop(grace_s).wait()
+        # Every call's thread is joined here, before the store closes: a thread left
+        # to the interpreter's exit would drop its DuckDB cursor (kept per thread by
+        # the store) then, and a DuckDB connection dropped on another thread while
+        # the interpreter finalizes aborts the process (see `Engine.close` in the store).
+        self._calls.shutdown(wait=True)
         trimmer = self.service.intake.budget.trimmer
         if trimmer is not None:
             trimmer.close()
@@ -188,8 +195,8 @@ def start(
     ]
     threads = max(workers, max_concurrent + RESERVE_THREADS + JOB_THREADS)
     # grpc's own cap only bounds a flood (each refused call holds a thread briefly).
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc"),
-                         options=options, maximum_concurrent_rpcs=threads)
+    calls = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rpc")
+    server = grpc.server(calls, options=options, maximum_concurrent_rpcs=threads)
     metrics.watch_queue(lambda: float(store.queued))
     address = f"{host}:{port}"
     try:
@@ -229,7 +236,7 @@ def start(
     for name in HEALTH_NAMES:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = Server(server, bound, health_servicer, service, store, owns_store, archive,
-                     owns_archive)
+                     owns_archive, calls)
     running.watch_health()
     return running
 
@@ -271,7 +278,12 @@ def run_until_signalled(server: Server, grace_s: float = 30.0) -> None:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        done.wait()
+        # Short waits: the kernel may deliver the signal to any of the process's
+        # threads, and then nothing interrupts a wait without a timeout on the main
+        # thread, where Python runs the handler (a stop in about 50 under ingest
+        # never began).
+        while not done.wait(0.25):
+            pass
     finally:
         server.stop(grace_s)
         for s, handler in previous.items():
