@@ -13,7 +13,6 @@ import os
 import socket
 import stat
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -367,16 +366,7 @@ def serve(**options: Any) -> int:
         run_until_signalled(server)
     server.archive.close()
     print("waveform: stopped", flush=True)
-    _STOPPED.set()
     return EXIT_OK
-
-
-_STOPPED = threading.Event()
-
-
-def stopped_cleanly() -> bool:
-    """A server of this process has stopped and closed everything it held."""
-    return _STOPPED.is_set()
 
 
 def _load_demo(server: Any, where: str, tokens: dict[str, str], kept: bool,
