@@ -747,7 +747,7 @@ class IngestFigures:
     errors: int = 0
 
 
-def ingest_bench(b: Backends, tmp: Path, tokens: Path, device: str, callers: int,
+def ingest_bench(b: Backends, tmp: Path, tokens: Path, devices: Sequence[str], callers: int,
                  seconds: float, runs: int, progress: Callable[[str], None]
                  ) -> dict[str, IngestFigures]:
     from bench.grpc_ingest import Payloads, _ingest
@@ -767,20 +767,26 @@ def ingest_bench(b: Backends, tmp: Path, tokens: Path, device: str, callers: int
     try:
         for ps in (procs["embedded"], [a, bb]):
             for p in ps:  # connections, caches, compiled kernels
-                _ingest(p.address, device, "stream", 2, min(seconds, 0.5), payloads)
+                _ingest(p.address, devices[0], "stream", 2, min(seconds, 0.5), payloads)
         for r in range(runs):
             for name, ps in procs.items():
-                share = [callers // len(ps) + (j < callers % len(ps)) for j in range(len(ps))]
+                # The callers in lanes of at most 8 streams, each lane a cart of its own
+                # (the service lets one caller hold 8 streams), the lanes spread over
+                # the servers.
+                n_lanes = len(devices)
+                lanes = [(ps[j % len(ps)], devices[j],
+                          callers // n_lanes + (j < callers % n_lanes)) for j in range(n_lanes)]
                 cpu0 = [_cpu_seconds(p.pid) for p in ps]
                 back0 = b.cpu()
-                results: list[Any] = [None] * len(ps)
+                results: list[Any] = [None] * n_lanes
 
-                def one(j: int, ps: list[Proc] = ps, share: list[int] = share,
+                def one(j: int, lanes: list[tuple[Proc, str, int]] = lanes,
                         results: list[Any] = results) -> None:
-                    results[j] = _ingest(ps[j].address, device, "stream", share[j], seconds,
+                    proc, token, share = lanes[j]
+                    results[j] = _ingest(proc.address, token, "stream", share, seconds,
                                          payloads)
 
-                threads = [threading.Thread(target=one, args=(j,)) for j in range(len(ps))]
+                threads = [threading.Thread(target=one, args=(j,)) for j in range(n_lanes)]
                 for t in threads:
                     t.start()
                 for t in threads:
@@ -873,6 +879,26 @@ def report(opened: dict[tuple[int, str], OpenFigures], how: str,
     """Print the four tables; the targets missed."""
     misses: list[str] = []
     sizes = sorted({n for n, _ in opened})
+    if opened:
+        _report_open(opened, how, runs, k, sizes, misses)
+    if ingest:
+        _report_ingest(ingest, ingest_runs, callers)
+    if opened:
+        _report_reads(opened, max(sizes))
+    if commits:
+        _report_commits(commits)
+    print()
+    if misses:
+        print("targets missed:")
+        for m in misses:
+            print(f"  - {m}")
+    elif opened:
+        print(f"every target met at {max(sizes):,} ECGs")
+    return misses
+
+
+def _report_open(opened: dict[tuple[int, str], OpenFigures], how: str, runs: int, k: int,
+                 sizes: list[int], misses: list[str]) -> None:
     print(f"\n### 1. Open at scale (medians of {runs} interleaved run(s); GetTrace/GetDicom "
           f"over {k:,} sampled ECGs)\n")
     print(f"Cluster server: {how}. Embedded: `waveform serve --data DIR`.\n")
@@ -898,6 +924,8 @@ def report(opened: dict[tuple[int, str], OpenFigures], how: str,
     print(md_table(["ECGs", "measure", "embedded", "cluster", "cluster/embedded", "target"],
                    rows))
 
+
+def _report_ingest(ingest: dict[str, IngestFigures], ingest_runs: int, callers: int) -> None:
     print(f"\n### 2. Ingest: IngestStream x{callers}, medians of {ingest_runs} interleaved "
           "runs\n")
     base = statistics.median(ingest["embedded"].rate) if "embedded" in ingest else 0.0
@@ -913,7 +941,8 @@ def report(opened: dict[tuple[int, str], OpenFigures], how: str,
     print("\n(server CPU: user + system time of the waveform server processes over the run, "
           "every thread, per acknowledged ECG; no measurement stage)")
 
-    top = max(sizes)
+
+def _report_reads(opened: dict[tuple[int, str], OpenFigures], top: int) -> None:
     e, c = opened[(top, "embedded")], opened[(top, "cluster")]
     print(f"\n### 3. Reads from S3 against local disk ({top:,} ECGs, p50 end to end)\n")
     print(md_table(["call", "local disk (embedded)", "S3 + PostgreSQL (cluster)", "ratio"], [
@@ -922,24 +951,19 @@ def report(opened: dict[tuple[int, str], OpenFigures], how: str,
         for rpc, attr in (("GetTrace (whole 12-lead 10 s)", "trace_s"),
                           ("GetDicom (124 KB object)", "dicom_s"))]))
 
+
+def _report_commits(commits: dict[str, tuple[float, float]]) -> None:
     print("\n### 4. One DuckLake commit of 16 ECGs (ecg + header + waveform), medians\n")
     duck = commits.get("DuckDB file, local data", (0.0, 0.0))
     print(md_table(["catalog, data", "catalog commit (register)", "vs DuckDB file",
                     "data files + commit"], [
         [name, fmt_time(reg), f"{reg / duck[0]:.2f}" if duck[0] else "-", fmt_time(tot)]
         for name, (reg, tot) in commits.items()]))
-    print()
-    if misses:
-        print("targets missed:")
-        for m in misses:
-            print(f"  - {m}")
-    else:
-        print(f"every target met at {top:,} ECGs")
-    return misses
 
 
 def main(small: bool = False, ecgs: Sequence[int] | None = None, sample: int | None = None,
-         runs: int | None = None, tmp: str | None = None) -> None:
+         runs: int | None = None, tmp: str | None = None,
+         parts: Sequence[str] = ("open", "ingest", "commit")) -> None:
     from waveform.service.identity import Identity, add_token
 
     sizes = list(ecgs or ((2_000,) if small else (1_000_000, 10_000_000)))
@@ -963,10 +987,13 @@ def main(small: bool = False, ecgs: Sequence[int] | None = None, sample: int | N
         root = Path(d)
         tokens = root / "tokens.json"
         clinician = add_token(tokens, Identity(SAMPLE_ORG, "dr-bench", "clinician"))
-        device = add_token(tokens, Identity("org-bench", "cart-bench", "device"))
-        opened, how = open_bench(b, root, sizes, k, runs, calls, clinician, tokens, progress)
-        ingest = ingest_bench(b, root, tokens, device, callers, seconds, ingest_runs, progress)
-        commits = commit_bench(b, root, 16, 3 if small else 30)
+        devices = [add_token(tokens, Identity("org-bench", f"cart-{j}", "device"))
+                   for j in range(2)]
+        opened, how = ({}, "") if "open" not in parts else open_bench(
+            b, root, sizes, k, runs, calls, clinician, tokens, progress)
+        ingest = {} if "ingest" not in parts else ingest_bench(
+            b, root, tokens, devices, callers, seconds, ingest_runs, progress)
+        commits = {} if "commit" not in parts else commit_bench(b, root, 16, 3 if small else 30)
         report(opened, how, ingest, commits, runs, ingest_runs, callers, k)
 
 
@@ -978,6 +1005,8 @@ def _cli(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", type=int, help="readable ECGs in each archive (default 2000)")
     p.add_argument("--runs", type=int, help="server starts per size and mode (default 3)")
     p.add_argument("--tmp", help="where the archives are generated (default /tmp)")
+    p.add_argument("--parts", default="open,ingest,commit",
+                   help="which to run (default all: open,ingest,commit)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--catalog", help=argparse.SUPPRESS)
@@ -989,7 +1018,8 @@ def _cli(argv: list[str] | None = None) -> int:
         _serve(args)
         return 0
     sizes = [int(s.replace("_", "")) for s in args.ecgs.split(",")] if args.ecgs else None
-    main(small=args.small, ecgs=sizes, sample=args.sample, runs=args.runs, tmp=args.tmp)
+    main(small=args.small, ecgs=sizes, sample=args.sample, runs=args.runs, tmp=args.tmp,
+         parts=args.parts.split(","))
     return 0
 
 
