@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 import gc
 import time
 from collections.abc import Callable
@@ -21,12 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from waveform.model import Ecg, WaveformGroup
 from waveform.reanalyze.planning import UNIT_ROWS, WorkUnit
+from waveform.store.files import FileOps, files_for
 from waveform.store.records import GROUP_COLUMNS, GroupRows
+from waveform.store.s3 import is_s3_url
 from waveform.store.schema import SUMMARY_CONTEXT
 from waveform.store.summaries import measure_one, summary_table
 
@@ -59,11 +61,18 @@ def default_analysis() -> tuple[Analyze, str]:
 
 
 def _open(path: str) -> pq.ParquetFile:
-    """A data file by its catalog name: a local path or a URL (``s3://bucket/...``)."""
-    if "://" in path:
-        fs, inner = pafs.FileSystem.from_uri(path)
-        return pq.ParquetFile(fs.open_input_file(inner))
+    """A data file by its catalog name: a local path, or ``s3://bucket/...`` read from
+    object storage directly (endpoint and credentials as AWS tools read them, the
+    same `S3Settings` as the store)."""
+    if is_s3_url(path):
+        return pq.ParquetFile(_s3_files().open_input(path))
     return pq.ParquetFile(path)
+
+
+@functools.cache
+def _s3_files() -> FileOps:
+    """One S3 client a worker process (its connections are reused)."""
+    return files_for("s3://")
 
 
 def _read_rows(path: str, rows: list[int]) -> tuple[list[int], GroupRows]:

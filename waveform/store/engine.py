@@ -309,8 +309,20 @@ class Engine:
         with self.gate:
             for name in tables:
                 self.files.makedirs(table_dir(self.files, self.data_path, name))
-            for stmt in _schema.ddl(ALIAS, tables):
-                self.sql(stmt)
+            for attempt in range(1, 6):
+                try:
+                    for stmt in _schema.ddl(ALIAS, tables):
+                        self.cursor().execute(stmt)
+                    return
+                except duckdb.TransactionException:
+                    # Servers opening one new catalog at once race to create them;
+                    # the loser's next attempt finds them made.
+                    if attempt == 5:
+                        raise StorageError("the archive's tables could not be created: "
+                                           "other servers kept creating them") from None
+                    time.sleep(0.05 * attempt)
+                except duckdb.Error as e:
+                    raise StorageError(f"catalog query failed: {e}") from e
 
     def commit_rows(self, tables: dict[str, pa.Table]) -> dict[str, str]:
         """Durably commit rows of store tables (the measurement stage's way in)."""

@@ -25,6 +25,7 @@ themselves. The cost of that is the number of files, not of ECGs.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sqlite3
@@ -216,7 +217,7 @@ class Locators(ABC):
     def _q(self, sql: str) -> str:
         return sql if self.mark == "?" else sql.replace("?", self.mark)
 
-    def _run(self, fn: Any) -> Any:
+    def _run(self, fn: Any, *, transaction: bool = True) -> Any:
         """``fn(cursor)`` in one transaction, committed; index errors as `StorageError`
         (and the connection dropped). A connection that broke while idle (the server
         restarted) costs one retry on a new one: every operation here may run twice
@@ -224,7 +225,8 @@ class Locators(ABC):
         for attempt in (1, 2):
             con = self._borrow()
             try:
-                with self._transaction(con):  # commit, or roll back on an error
+                with (self._transaction(con) if transaction  # commit, or roll back
+                      else contextlib.nullcontext()):
                     cur = con.cursor()
                     try:
                         out = fn(cur)
@@ -258,11 +260,12 @@ class Locators(ABC):
         self._fetch("SELECT 1")
 
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """One read statement (outside an explicit transaction: one round trip)."""
         def run(cur: Any) -> list[Any]:
             cur.execute(self._q(sql), list(params))
             return list(cur.fetchall())
 
-        out: list[Any] = self._run(run)
+        out: list[Any] = self._run(run, transaction=False)
         return out
 
     def create(self) -> None:
@@ -525,11 +528,15 @@ class Locators(ABC):
 
     def without_summary(self, version: str) -> list[str]:
         """Stored ECGs without a ``version`` summary."""
-        # Two ranges and NULL: each served by the index on summary_version, so a
-        # measured archive answers without a scan.
-        return [r[0] for r in self._fetch(
-            "SELECT uid FROM waveform_locator WHERE state = 1 AND (summary_version IS NULL "
-            "OR summary_version < ? OR summary_version > ?)", [version, version])]
+        # Two ranges and NULL, each served by the index on summary_version, so that
+        # a measured archive answers without a scan (SQLite would otherwise choose the
+        # state index, which every stored row matches).
+        hint = " INDEXED BY waveform_locator_version" if self.mark == "?" else ""
+        branches = " UNION ALL ".join(
+            f"SELECT uid FROM waveform_locator{hint} WHERE {cond} AND state = 1"
+            for cond in ("summary_version IS NULL", "summary_version < ?",
+                         "summary_version > ?"))
+        return [r[0] for r in self._fetch(branches, [version, version])]
 
     # ------------------------------------------------------------ compaction
     def moved(self, table: str, new: str, rows: Sequence[tuple[Any, ...]],
