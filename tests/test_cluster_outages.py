@@ -90,3 +90,59 @@ def test_object_store_stopped_mid_ingest(backend: Backend, s3: object) -> None:
     with Store.open(backend.data_dir, catalog=backend.catalog, data_path=backend.data_path,
                     analyze=None, max_delay_ms=2) as store:
         _outage(store, s3.stop, s3.start)
+
+
+@on_cluster
+def test_the_service_says_not_serving_while_postgresql_is_down(backend: Backend,
+                                                               postgres: object) -> None:
+    # Over gRPC: health NOT_SERVING while the catalog is unreachable, ingest answers
+    # UNAVAILABLE (retry), and both come back by themselves.
+    from tests.servers import PostgresServer
+    from waveform.archive import Archive
+    from waveform.client import Client
+    from waveform.service.identity import Identity, TokenIdentities, hash_token
+    from waveform.service.server import start
+
+    assert isinstance(postgres, PostgresServer)
+    device = "device-token-of-org-a"
+    identities = TokenIdentities({hash_token(device): Identity("org-a", "cart", "device")})
+    store = Store.open(backend.data_dir, catalog=backend.catalog,
+                       data_path=backend.data_path, analyze=None)
+    archive = Archive.open(store, backend.catalog, replica="outage")
+    server = start(store, identities, archive=archive, port=0)
+
+    def status(c: Client) -> str:
+        return c.health()[""]
+
+    def wait_for(c: Client, want: str, within: float) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < within:
+            try:
+                if status(c) == want:
+                    return time.monotonic() - t0
+            except Exception:  # health itself answered with an error: not yet
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"health did not become {want} within {within} s")
+
+    try:
+        with Client(server.address, device, retries=False, timeout=30) as c:
+            assert status(c) == "SERVING"
+            assert c.ingest([_obj(90_001)])[0].error is None
+            postgres.stop()
+            try:
+                refused = c.ingest([_obj(90_002)], stream=False)[0]
+                assert refused.error is not None
+                assert type(refused.error).__name__ in ("StorageError", "Unavailable"), (
+                    refused.error)
+                wait_for(c, "NOT_SERVING", 15)
+            finally:
+                postgres.start()
+            wait_for(c, "SERVING", 30)
+            again = c.ingest([_obj(90_002), _obj(90_001)])
+            assert again[0].error is None and not again[0].already_stored
+            assert again[1].error is None and again[1].already_stored
+    finally:
+        server.stop(5)
+        archive.close()
+        store.close()

@@ -37,6 +37,7 @@ from waveform.service.memory import Trimmer
 from waveform.service.metrics import Metrics
 from waveform.service.records import PatientRecords
 from waveform.store import Store
+from waveform.store.s3 import is_s3_url
 
 __all__ = [
     "JOB_THREADS", "RECORDS_SERVICE_NAME", "RESERVE_THREADS", "SERVICE_NAME", "Server",
@@ -61,6 +62,12 @@ RESERVE_THREADS = 8
 #: Threads for the streamed progress of a job (`Reanalyze`: one at a time), which
 #: holds none of the call slots, so that ingest keeps all of them while it runs.
 JOB_THREADS = 1
+
+
+#: How long the archive's shared state (consent, denials, documents) may go without a
+#: refresh from the catalog before health says NOT_SERVING (reads past its own, shorter
+#: bound already refresh or fail: this is what a load balancer sees).
+STALE_STATE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +97,21 @@ class Server:
         self._watcher: threading.Thread | None = None
 
     def watch_health(self, interval_s: float = 0.25) -> None:
-        """Keep health in step with the store and the audit trail: NOT_SERVING while
-        either cannot write (a full disk, a failed fsync or commit), SERVING again
-        once both have recovered."""
+        """Keep health in step with the store, the audit trail and the archive's shared
+        state: NOT_SERVING while the store or the trail cannot write (a full disk, a
+        failed fsync or commit, an unreachable catalog or object store), or while the
+        consent, denials and documents other servers may change are older than their
+        bound (the catalog cannot be read); SERVING again once all have recovered."""
 
         def watch() -> None:
             serving = True
+            refresher = self.archive.refresher
             while not self._stopped.wait(interval_s):
-                now = self.store.writable and self.archive.audit.failed is None
+                why = ("" if self.store.writable else "store cannot write") or (
+                    "" if self.archive.audit.failed is None else "audit trail cannot write") or (
+                    "" if refresher.age_s <= STALE_STATE_S
+                    else "shared archive state cannot be refreshed")
+                now = not why
                 if now == serving:
                     continue
                 serving = now
@@ -106,7 +120,7 @@ class Server:
                 for name in HEALTH_NAMES:
                     self.health.set(name, status)
                 logging.getLogger("waveform.service").warning(
-                    "health", extra={"serving": now, "why": "" if now else "store cannot write"})
+                    "health", extra={"serving": now, "why": why})
 
         self._watcher = threading.Thread(target=watch, name="waveform-health", daemon=True)
         self._watcher.start()
@@ -217,6 +231,10 @@ def start(
         raise StorageError(f"cannot listen on {address}: the port is taken or not allowed")
     owns_archive = archive is None
     if archive is None:
+        if is_s3_url(store.data_path):
+            raise InvalidArgument("a store in object storage keeps no audit trail beside its "
+                                  "data files: open its Archive (waveform serve: in the "
+                                  "PostgreSQL catalog) and pass it")
         archive = Archive.open(store, Path(store.data_path).parent / "audit")
     admission = Admission(limits)
     intake = Intake(store, archive, InflightBudget(max_inflight_bytes, Trimmer()))
