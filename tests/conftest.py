@@ -164,3 +164,18 @@ def cluster_backend(
     """The cluster backend only: a fresh PostgreSQL database and S3 prefix, reached
     through the AWS_* environment (and no AWS files of the machine's)."""
     return _cluster(request, tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module", params=["embedded", "cluster"])
+def module_backend(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """`backend` for a module's shared fixtures: the module's tests run once on each."""
+    root = tmp_path_factory.mktemp(f"backend-{request.param}")
+    if request.param == "embedded":
+        data_dir = root / "data"
+        data_dir.mkdir()
+        yield Backend("embedded", str(data_dir / "catalog.ducklake"),
+                      str(data_dir / "lake") + "/", data_dir)
+        return
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield _cluster(request, root, monkeypatch)

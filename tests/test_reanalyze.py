@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import interruptible
+from tests.conftest import Backend, interruptible
 from waveform.analysis import ANALYSIS_VERSION
 from waveform.cli import main
 from waveform.cli.progress import Bar
@@ -59,31 +59,38 @@ PER_COMMIT = 40  # so the archive has N / PER_COMMIT waveform data files
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("reanalyze") / "data"
+def archive(module_backend: Backend) -> Backend:
+    """The module's archive, on each backend in turn (the workers read the data files
+    from the local folder, or from S3 directly)."""
     objs = objects(N)
-    with Store.open(path, analyze=None, measure=False) as store:
+    with _open(module_backend) as store:
         for k in range(0, N, PER_COMMIT):
             store.ingest(objs[k:k + PER_COMMIT], "org-a" if k < N // 2 else "org-b")
-    return path
+    return module_backend
+
+
+def _open(b: Backend) -> Store:
+    return Store.open(b.data_dir, catalog=b.catalog, data_path=b.data_path, analyze=None,
+                      measure=False)
 
 
 @pytest.fixture
-def store(archive: Path) -> Iterator[Store]:
-    with Store.open(archive, analyze=None, measure=False) as s:
+def store(archive: Backend) -> Iterator[Store]:
+    with _open(archive) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
-def local2() -> Iterator[LocalEngine]:
+def local2(module_backend: Backend) -> Iterator[LocalEngine]:
+    # Started after the backend: its workers read S3 with the environment it set.
     with LocalEngine(2) as engine:
         yield engine
 
 
 @pytest.fixture(scope="module")
-def measured(archive: Path, local2: LocalEngine) -> JobResult:
+def measured(archive: Backend, local2: LocalEngine) -> JobResult:
     """The archive measured once by the local engine under version t-local."""
-    with Store.open(archive, analyze=None, measure=False) as s:
+    with _open(archive) as s:
         return run(s, local2, version="t-local", analyze=analyze_or_fail, unit_ecgs=32,
                    commit_rows=64, progress=_quiet())
 
@@ -202,7 +209,9 @@ def test_worker_rows_equal_the_store_path(store: Store) -> None:
 def test_worker_reads_data_files_named_by_url(store: Store) -> None:
     """A data path on an object store names files by URL; pyarrow's filesystems read them."""
     unit = plan(store, "w", unit_ecgs=3).units[0]
-    rows = [dict(r, filename="file://" + r["filename"]) for r in unit.rows.to_pylist()]
+    # On object storage the catalog names them s3://...; locally, as file:// URLs here.
+    rows = [r if r["filename"].startswith("s3://") else dict(r, filename="file://" + r["filename"])
+            for r in unit.rows.to_pylist()]
     by_url = measure_unit(WorkUnit(0, pa.Table.from_pylist(rows, schema=unit.rows.schema)), "w")
     by_path = measure_unit(unit, "w")
     assert by_url.table.num_rows == 3 and not by_url.unread
@@ -383,13 +392,22 @@ def test_runs_while_the_store_ingests(tmp_path: Path, local2: LocalEngine) -> No
         assert _counts(store, "t-ingest") == (96, 96)
 
 
-def _cli(archive: Path, *args: str, **popen: object) -> subprocess.Popen[str]:
+def _where(b: Backend | Path) -> list[str]:
+    """The command line's options for the archive ``b`` (a folder: embedded)."""
+    if isinstance(b, Path):
+        return ["--data", str(b)]
+    if b.name == "embedded":
+        return ["--data", str(b.data_dir)]
+    return ["--catalog", b.catalog, "--data-path", b.data_path]
+
+
+def _cli(archive: Backend | Path, *args: str, **popen: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        interruptible("waveform.cli", "reanalyze", "--data", str(archive), *args),
+        interruptible("waveform.cli", "reanalyze", *_where(archive), *args),
         cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
 
 
-def test_killed_job_resumes_without_duplicates(archive: Path, local2: LocalEngine) -> None:
+def test_killed_job_resumes_without_duplicates(archive: Backend, local2: LocalEngine) -> None:
     """SIGKILL (driver and workers) after two commits; the next run does the rest."""
     child = _cli(archive, "--workers", "1", "--unit", "8", "--commit", "16", "-v",
                  start_new_session=True)
@@ -406,7 +424,7 @@ def test_killed_job_resumes_without_duplicates(archive: Path, local2: LocalEngin
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
     assert commits == 2
-    with Store.open(archive, analyze=None, measure=False) as s:
+    with _open(archive) as s:
         total, distinct = _counts(s, ANALYSIS_VERSION)
         assert total == distinct and 32 <= total < N
         again = run(s, local2, progress=_quiet())
@@ -498,40 +516,49 @@ def test_compare_reports_differences_and_plots(store: Store, measured: JobResult
 # ------------------------------------------------------------------- cli
 
 
-def test_cli_compare_and_argument_errors(archive: Path, tmp_path: Path,
+def test_cli_compare_and_argument_errors(archive: Backend, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["reanalyze", "--data", str(archive), "--plot", "x.png"]) == 2
+    assert main(["reanalyze", *_where(archive), "--plot", "x.png"]) == 2
     assert "--plot needs --compare" in capsys.readouterr().err
-    assert main(["reanalyze", "--data", str(archive), "--compare", "t-none", "t-x"]) == 1
+    assert main(["reanalyze", *_where(archive), "--compare", "t-none", "t-x"]) == 1
     assert "no ECG has a summary of both t-none and t-x" in capsys.readouterr().err
-    assert main(["reanalyze", "--data", str(archive), "--where", "bogus"]) == 1
+    assert main(["reanalyze", *_where(archive), "--where", "bogus"]) == 1
     assert "is not COLUMN OP VALUE" in capsys.readouterr().err
-    assert main(["reanalyze", "--data", str(archive), "--scheduler", "tcp://x:1"]) == 1
+    assert main(["reanalyze", *_where(archive), "--scheduler", "tcp://x:1"]) == 1
     assert "--scheduler tcp://x:1 needs --engine dask" in capsys.readouterr().err
 
 
 def test_cli_dask_without_distributed_says_what_to_install(
-        archive: Path, monkeypatch: pytest.MonkeyPatch,
+        archive: Backend, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
-    assert main(["reanalyze", "--data", str(archive), "--engine", "dask"]) == 1
+    assert main(["reanalyze", *_where(archive), "--engine", "dask"]) == 1
     assert "pip install 'waveform[dask]'" in capsys.readouterr().err
 
 
-def test_cli_explains_a_catalog_held_by_the_server(archive: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_beside_a_server_holding_the_catalog(archive: Backend,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # An embedded catalog admits one process: the command explains it. A PostgreSQL
+    # catalog admits several: re-analysis runs beside the server.
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from waveform.store import Store; "
-         f"s = Store.open({str(archive)!r}, analyze=None, measure=False); print('open', "
+         f"s = Store.open({str(archive.data_dir)!r}, catalog={archive.catalog!r}, "
+         f"data_path={archive.data_path!r}, analyze=None, measure=False); print('open', "
          "flush=True); sys.stdin.read()"],
         cwd=ROOT, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        assert main(["reanalyze", "--data", str(archive)]) == 1
+        code = main(["reanalyze", *_where(archive), "--workers", "1"])
     finally:
         holder.communicate("", timeout=60)
     err = capsys.readouterr().err
-    assert "held by another process" in err and "PostgreSQL catalog" in err
+    if archive.name == "embedded":
+        assert code == 1
+        assert "held by another process" in err and "PostgreSQL catalog" in err
+    else:
+        assert code == 0, err
+        with _open(archive) as s:
+            assert _counts(s, ANALYSIS_VERSION) == (N, N)
 
 
 # -------------------------------------------------------------- progress
