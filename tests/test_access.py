@@ -33,6 +33,7 @@ import pydicom.uid
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tests.conftest import Backend
 from waveform.analysis import analyze
 from waveform.archive import Archive, ManualClock, ReleaseDelays
 from waveform.dicom import decode, encode
@@ -273,14 +274,17 @@ def refused(fn: Callable[[], object]) -> grpc.StatusCode:
 
 
 @contextmanager
-def open_world(root: Path) -> Iterator[World]:
-    """A server over a fresh store in ``root``, its audit journal in ``root/audit``."""
+def open_world(root: Path, backend: Backend | None = None) -> Iterator[World]:
+    """A server over a fresh store in ``root`` (or on ``backend``), its audit journal
+    in ``root/audit``."""
     # The server runs in this process: measuring one ECG here compiles the analysis
     # kernels first, so that no ingest waits for a compilation past its summary timeout.
     analyze(decode(encode(synthetic_ecg(seed=1, duration_s=2.0))))
     clock = ManualClock(START)
     identities = TokenIdentities({hash_token(token(w)): ident for w, ident in CALLERS.items()})
-    store = Store.open(root / "data", analyze="auto")
+    store = (Store.open(root / "data", analyze="auto") if backend is None else
+             Store.open(backend.data_dir, catalog=backend.catalog,
+                        data_path=backend.data_path, analyze="auto"))
     archive = Archive.open(store, root / "audit", clock=clock,
                            release=ReleaseDelays(default_days=14,
                                                  by_organisation={"org-b": {"statement": 3}}))
@@ -297,8 +301,10 @@ def open_world(root: Path) -> Iterator[World]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with open_world(tmp_path_factory.mktemp("access")) as w:
+def world(tmp_path_factory: pytest.TempPathFactory, module_backend: Backend
+          ) -> Iterator[World]:
+    """The decision table and the audit checks run on each backend in turn."""
+    with open_world(tmp_path_factory.mktemp("access"), module_backend) as w:
         yield w
 
 

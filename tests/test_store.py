@@ -14,7 +14,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DICOM
+from tests.conftest import SHARED_DICOM, Backend
 from waveform.dicom import decode, encode
 from waveform.dicom.synthetic import synthetic_ecg
 from waveform.errors import Conflict, InvalidArgument, InvalidDicom, NotFound, StorageError
@@ -33,9 +33,10 @@ def _obj(seed: int, **kw: Any) -> bytes:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "data", analyze=fake_analyze, analysis_version="test-1",
-                   max_delay_ms=2)
+def store(backend: Backend) -> Iterator[Store]:
+    """A store on each backend in turn (embedded; PostgreSQL catalog with S3 data)."""
+    s = Store.open(backend.data_dir, catalog=backend.catalog, data_path=backend.data_path,
+                   analyze=fake_analyze, analysis_version="test-1", max_delay_ms=2)
     yield s
     s.close()
 
