@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,17 +75,42 @@ CALLERS = {
 }
 
 
-@pytest.fixture(scope="session")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
-    root = tmp_path_factory.mktemp("archive")
+@contextmanager
+def serving(root: Path, backend: Backend | None = None) -> Iterator[Archive]:
+    """A server in this process with a token for each of `CALLERS`: over a store in
+    ``root`` (its audit trail beside it), or on ``backend`` (a PostgreSQL catalog's
+    audit trail in its database)."""
+    from waveform.archive import Archive as RulesArchive
+
     tokens_file = root / "tokens.json"
     tokens = {who: add_token(tokens_file, ident) for who, ident in CALLERS.items()}
-    store = Store.open(root / "data")
-    server = start(store, TokenIdentities.load(tokens_file), port=0, owns_store=True)
-    arch = Archive(server, tokens)
-    yield arch
-    arch.channel.close()
-    server.stop(5)
+    if backend is None:
+        store = Store.open(root / "data")
+    else:
+        store = Store.open(backend.data_dir, catalog=backend.catalog,
+                           data_path=backend.data_path)
+    try:
+        audit = (backend.catalog if backend is not None and backend.name == "cluster"
+                 else root / "data" / "audit")
+        rules = RulesArchive.open(store, audit, replica="tests")
+        try:
+            server = start(store, TokenIdentities.load(tokens_file), port=0, archive=rules)
+            arch = Archive(server, tokens)
+            try:
+                yield arch
+            finally:
+                arch.channel.close()
+                server.stop(5)
+        finally:
+            rules.close()
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    with serving(tmp_path_factory.mktemp("archive")) as arch:
+        yield arch
 
 
 # --------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -10,12 +11,20 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.conftest import Archive
+from tests.conftest import Archive, Backend, serving
 from waveform.dicom import decode, encode
 from waveform.dicom.synthetic import synthetic_ecg
 from waveform.service._proto.waveform.v1 import archive_pb2 as pb
 
 _SEED = iter(range(1000, 100000))
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory, module_backend: Backend
+            ) -> Iterator[Archive]:
+    """The service on each backend in turn (embedded; PostgreSQL catalog, S3 data)."""
+    with serving(tmp_path_factory.mktemp("service"), module_backend) as arch:
+        yield arch
 
 
 def _ecg_bytes(**kw: object) -> bytes:
