@@ -498,14 +498,35 @@ def _compaction(r: Any) -> None:
 @click.command("compact")
 @click.option("--data", type=click.Path(path_type=Path), metavar="DIR",
               help="compact this archive folder directly (the server must be stopped)")
+@click.option("--catalog", metavar="CATALOG",
+              help="compact a PostgreSQL catalog's archive directly ('postgres:...'; "
+                   "its servers may keep running: one server compacts at a time)")
+@click.option("--data-path", metavar="URL",
+              help="with --catalog: where its data files are (s3://bucket/prefix/ or a "
+                   "shared folder)")
 @connection_options()
 @guarded("compact")
-def compact(data: Path | None, conn: dict[str, Any]) -> int:
+def compact(data: Path | None, catalog: str | None, data_path: str | None,
+            conn: dict[str, Any]) -> int:
     """Merge small data files and remove orphans: through the server (role admin),
-    or with --data on an archive no server has open."""
+    with --data on an archive no server has open, or with --catalog on a shared one."""
     from waveform.cli.progress import Bar
 
     bar = Bar(sys.stderr, "compact")
+    if catalog is not None:
+        from waveform.store import compact_dir
+
+        if not catalog.startswith("postgres:") or not data_path:
+            raise click.UsageError("--catalog takes 'postgres:...' with --data-path (a "
+                                   "folder's own catalog: --data DIR)")
+        bar.start(None)
+        try:
+            shared = compact_dir(data_path, catalog=catalog,
+                                 data_path=data_path.rstrip("/") + "/")
+        finally:
+            bar.close()
+        _compaction(shared)
+        return EXIT_OK
     if data is None:
         bar.start(None)
         try:

@@ -24,6 +24,7 @@ merged file with DuckDB, which does not fsync it (duckdb PR #12371).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from waveform.store.schema import TABLES
 
 if TYPE_CHECKING:
     from waveform.store.store import Store
+
+log = logging.getLogger(__name__)
 
 __all__ = ["GRACE_S", "CompactionReport", "compact", "compact_dir", "remove_replaced"]
 
@@ -120,7 +123,13 @@ def compact(
     clean-up the store runs that long after (`Store.later`), so that space is freed
     without another compaction."""
     merged = written = 0
-    with store.engine.compaction:
+    engine = store.engine
+    # One compaction at a time in this process, and on a shared catalog one server at
+    # a time: two merging the same files would both commit, each row then twice.
+    with engine.compaction, engine.locators.exclusive("compaction") as mine:
+        if not mine:
+            log.info("compaction skipped: another server is compacting")
+            return CompactionReport(0, 0, 0, 0)
         for table in TABLES:
             m, w = _merge_table(store, table, target_bytes, min_files)
             merged += m
@@ -137,8 +146,9 @@ def compact(
 
 def remove_replaced(store: Store, grace_s: float = GRACE_S) -> int:
     """Remove the data files replaced more than ``grace_s`` ago; how many."""
-    with store.engine.compaction:
-        return _remove_expired(store, grace_s)
+    engine = store.engine
+    with engine.compaction, engine.locators.exclusive("compaction") as mine:
+        return _remove_expired(store, grace_s) if mine else 0
 
 
 def _remove_expired(store: Store, grace_s: float) -> int:
@@ -203,14 +213,18 @@ def compact_dir(
     *,
     catalog: str | None = None,
     data_path: str | None = None,
-    grace_s: float = 0.0,
+    grace_s: float | None = None,
 ) -> CompactionReport:
     """``waveform compact --data DIR``: open the store without measuring, compact, close.
 
-    Nothing serves the store meanwhile (an embedded catalog admits one process), so
-    the replaced files go at once unless ``grace_s`` says otherwise."""
+    With an embedded catalog nothing serves the store meanwhile (it admits one
+    process), so the replaced files go at once (``grace_s`` 0); a PostgreSQL catalog
+    may have servers reading and writing beside, so they get `GRACE_S` (files they
+    may hold, files they are about to commit) unless ``grace_s`` says otherwise."""
     from waveform.store.store import Store
 
+    if grace_s is None:
+        grace_s = GRACE_S if (catalog or "").startswith("postgres:") else 0.0
     with Store.open(data_dir, catalog=catalog, data_path=data_path, analyze=None,
                     auto_compact_commits=None) as store:
         return compact(store, grace_s=grace_s)

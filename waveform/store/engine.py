@@ -280,6 +280,15 @@ class Engine:
             try:
                 self.files.mark("commit")
                 cur.execute("COMMIT")
+            except duckdb.TransactionException as e:
+                # Another server committed to these files meanwhile (DuckLake detects
+                # the conflict and commits nothing, and does not retry a DELETE): the
+                # merge is given up, and the next compaction tries again.
+                with contextlib.suppress(duckdb.Error):
+                    cur.execute("ROLLBACK")
+                self.files.remove(new)
+                raise StorageError(f"compaction of {table} conflicted with another commit "
+                                   f"and was given up: {e}") from e
             except (duckdb.Error, OSError) as e:
                 with contextlib.suppress(duckdb.Error):
                     cur.execute("ROLLBACK")

@@ -255,6 +255,13 @@ class Locators(ABC):
         for con in idle:
             self._close(con)
 
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Work that one server at a time may do (compaction): yields whether this
+        process holds ``name`` now (False: another server is doing it). Embedded: one
+        process, always True."""
+        yield True
+
     def ping(self) -> None:
         """A round trip to the index; raises `StorageError` while it cannot be reached."""
         self._fetch("SELECT 1")
@@ -631,6 +638,19 @@ class PostgresLocators(Locators):
         import psycopg
 
         return isinstance(error, psycopg.OperationalError)
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """A PostgreSQL advisory lock on a connection of its own, held for the block;
+        released by PostgreSQL if this process dies."""
+        con = self._connect()
+        try:
+            row = con.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
+                              [f"waveform:{name}"]).fetchone()
+            held = bool(row and row[0])
+            yield held
+        finally:
+            self._close(con)  # ends the session, and the lock with it
 
 
 def open_locators(catalog: str, data_dir: str | None) -> Locators:
