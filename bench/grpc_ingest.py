@@ -389,9 +389,9 @@ _STAGES = (("decode + prepare rows (callers' threads)", "prepare"),
            ("group staging (writer's staging thread)", "_stage"),
            ("  Arrow tables", "tables"), ("  Parquet encoding", "_parquet_bytes"),
            ("  fsync of files", "fsync"), ("  fsync of directories", "fsync_dir"),
-           ("group commit (writer's commit thread)", "_commit_staged"),
+           ("group commit (writer's commit thread)", "commit_group"),
            ("  catalog (DuckDB)", "execute"),
-           ("authentication", "authenticate"), ("logging the call", "_finish"))
+           ("authentication", "authenticate"), ("logging the call", "finish"))
 
 
 def _profile_top(path: Path, n: int = 18) -> str:
