@@ -449,14 +449,8 @@ class Locators(ABC):
                     f"ecg_row = excluded.ecg_row, {_EXAM_SET}"),
                     [(u, sha, size, at, fid, r, *_exam_values(ctx))
                      for u, r, sha, size, at, ctx in rows])
-            elif table == "header":
-                cur.executemany(self._q(
-                    "UPDATE waveform_locator SET header_file = ?, header_row = ? WHERE uid = ?"),
-                    [(fid, r, u) for u, r in rows])
-            elif table == "waveform":
-                cur.executemany(self._q(
-                    "UPDATE waveform_locator SET wave_file = ?, wave_rows = ? WHERE uid = ?"),
-                    [(fid, ",".join(map(str, rs)), u) for u, rs in rows])
+            elif table in ("header", "waveform"):
+                self._point(cur, table, fid, rows)
             elif table == "summary":
                 cur.executemany(self._q(
                     "UPDATE waveform_locator SET summary_version = ?, summary_file = ?, "
@@ -466,6 +460,18 @@ class Locators(ABC):
             self._mark_indexed(cur, [path], version)
 
         self._run(run)
+
+    def _point(self, cur: Any, table: str, fid: int, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Point the ECGs of ``rows`` at their ``header`` row, or ``waveform`` rows, in
+        file ``fid``: (uid, row) or (uid, [rows in group order])."""
+        if table == "header":
+            cur.executemany(self._q(
+                "UPDATE waveform_locator SET header_file = ?, header_row = ? WHERE uid = ?"),
+                [(fid, r, u) for u, r in rows])
+        else:
+            cur.executemany(self._q(
+                "UPDATE waveform_locator SET wave_file = ?, wave_rows = ? WHERE uid = ?"),
+                [(fid, ",".join(map(str, rs)), u) for u, rs in rows])
 
     def indexed_files(self, version: str | None) -> set[str]:
         """The files taken in: data files, and ``summary`` files for ``version``."""
@@ -560,14 +566,8 @@ class Locators(ABC):
                 cur.executemany(self._q(
                     "UPDATE waveform_locator SET ecg_file = ?, ecg_row = ? WHERE uid = ?"),
                     [(fid, r, u) for u, r, *_ in rows])
-            elif table == "header":
-                cur.executemany(self._q(
-                    "UPDATE waveform_locator SET header_file = ?, header_row = ? WHERE uid = ?"),
-                    [(fid, r, u) for u, r in rows])
-            elif table == "waveform":
-                cur.executemany(self._q(
-                    "UPDATE waveform_locator SET wave_file = ?, wave_rows = ? WHERE uid = ?"),
-                    [(fid, ",".join(map(str, rs)), u) for u, rs in rows])
+            elif table in ("header", "waveform"):
+                self._point(cur, table, fid, rows)
             elif table == "summary":
                 marks = ", ".join("?" * len(old_ids))
                 cur.executemany(self._q(
