@@ -73,23 +73,14 @@ def _outage(store: Store, stop: Callable[[], None], start: Callable[[], None]) -
 
 
 @on_cluster
-def test_postgresql_stopped_mid_ingest(backend: Backend, postgres: object) -> None:
-    from tests.servers import PostgresServer
-
-    assert isinstance(postgres, PostgresServer)
+@pytest.mark.parametrize("server", ["postgres", "s3"])
+def test_a_backend_stopped_mid_ingest(backend: Backend, server: str,
+                                      request: pytest.FixtureRequest) -> None:
+    # PostgreSQL (the catalog and the locator index), or the S3 object store.
+    handle = request.getfixturevalue(server)
     with Store.open(backend.data_dir, catalog=backend.catalog, data_path=backend.data_path,
                     analyze=None, max_delay_ms=2) as store:
-        _outage(store, postgres.stop, postgres.start)
-
-
-@on_cluster
-def test_object_store_stopped_mid_ingest(backend: Backend, s3: object) -> None:
-    from tests.servers import S3Server
-
-    assert isinstance(s3, S3Server)
-    with Store.open(backend.data_dir, catalog=backend.catalog, data_path=backend.data_path,
-                    analyze=None, max_delay_ms=2) as store:
-        _outage(store, s3.stop, s3.start)
+        _outage(store, handle.stop, handle.start)
 
 
 @on_cluster
