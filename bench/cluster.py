@@ -492,8 +492,9 @@ def generate(targets: Sequence[Target], n: int, k: int, progress: Callable[[str]
 
 # ------------------------------------------------------------------ servers
 def _serve(args: argparse.Namespace) -> None:
-    """A server process: the store (and for ``--archive`` the archive, as `serve`
-    opens them), print the port, serve until SIGTERM."""
+    """An ingest server process for table 2: the store without its measurement stage
+    (as bench/grpc_ingest.py; `waveform serve` always measures) and the archive, print
+    the port, serve until SIGTERM."""
     from waveform.archive import Archive
     from waveform.service.identity import TokenIdentities
     from waveform.service.server import start
@@ -501,14 +502,10 @@ def _serve(args: argparse.Namespace) -> None:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    # Without --archive: no measurement stage (as bench/grpc_ingest.py). The audit
-    # trail is always this replica's own local folder: the server's default (beside
+    # The audit trail is this replica's own local folder: the server's default (beside
     # the data path) is not a folder when the data path is s3://.
-    if args.archive:
-        store = Store.open(args.data, catalog=args.catalog, data_path=args.data_path)
-    else:
-        store = Store.open(args.data, catalog=args.catalog, data_path=args.data_path,
-                           analyze=None)
+    store = Store.open(args.data, catalog=args.catalog, data_path=args.data_path,
+                       analyze=None)
     archive = Archive.open(store, Path(args.data) / "audit")
     srv = start(store, TokenIdentities.load(args.tokens), port=0, archive=archive,
                 owns_store=True)
@@ -518,12 +515,6 @@ def _serve(args: argparse.Namespace) -> None:
     archive.close()
     sys.stdout.flush()
     os._exit(0)  # the native threads' teardown is not what is measured
-
-
-def _serve_takes_catalog() -> bool:
-    from waveform.cli.serve import serve
-
-    return any(p.name == "catalog" for p in serve.params)
 
 
 @dataclass
@@ -625,13 +616,13 @@ def _start(argv: list[str], env: dict[str, str] | None, timeout_s: float) -> Pro
     return Proc(proc, address, t0, time.monotonic() - t0)
 
 
-def _store_argv(data_dir: Path, tokens: Path, catalog: str | None, data_path: str | None,
-                archive: bool) -> list[str]:
+def _store_argv(data_dir: Path, tokens: Path, catalog: str | None, data_path: str | None
+                ) -> list[str]:
     argv = [sys.executable, "-m", "bench.cluster", "--serve", "--data", str(data_dir),
             "--tokens", str(tokens)]
     if catalog:
         argv += ["--catalog", catalog, "--data-path", str(data_path)]
-    return argv + (["--archive"] if archive else [])
+    return argv
 
 
 def _waveform_cli() -> list[str]:
@@ -690,10 +681,7 @@ class OpenFigures:
 def open_bench(b: Backends, tmp: Path, sizes: Sequence[int], k: int, runs: int, calls: int,
                token: str, tokens: Path, progress: Callable[[str], None]
                ) -> tuple[dict[tuple[int, str], OpenFigures], str]:
-    cli_cluster = _serve_takes_catalog()
-    how = ("`waveform serve --catalog postgres:... --data s3://...`" if cli_cluster else
-           "`Store.open` + `Archive.open` + the gRPC server in a process (this `serve` has "
-           "no --catalog yet)")
+    how = "`waveform serve --catalog postgres:... --data s3://...`"
     out: dict[tuple[int, str], OpenFigures] = {}
     for n in sizes:
         emb = _embedded(tmp / f"embedded-{n}")
@@ -705,9 +693,8 @@ def open_bench(b: Backends, tmp: Path, sizes: Sequence[int], k: int, runs: int, 
         argv = {
             "embedded": [*_waveform_cli(), "serve", "--data", str(emb.data_dir), "--port", "0",
                          "--tokens", str(tokens)],
-            "cluster": ([*_waveform_cli(), "serve", "--catalog", catalog, "--data", data_path,
-                         "--port", "0", "--tokens", str(tokens)] if cli_cluster else
-                        _store_argv(clu.data_dir, tokens, catalog, data_path, archive=True)),
+            "cluster": [*_waveform_cli(), "serve", "--catalog", catalog, "--data", data_path,
+                        "--port", "0", "--tokens", str(tokens)],
         }
         for r in range(runs):
             for mode in ("embedded", "cluster"):
@@ -758,9 +745,9 @@ def ingest_bench(b: Backends, tmp: Path, tokens: Path, devices: Sequence[str], c
     # The first replica makes the new catalog's tables alone: two servers opening an
     # empty catalog at once race on the archive's tables (`Store.ensure_tables` is
     # not retried on a DuckLake transaction conflict, as `Store.open`'s are).
-    emb, a = spawn_all([_store_argv(tmp / "ingest-embedded", tokens, None, None, False),
-                        _store_argv(tmp / "ingest-a", tokens, catalog, data_path, False)], env)
-    bb = spawn(_store_argv(tmp / "ingest-b", tokens, catalog, data_path, False), env)
+    emb, a = spawn_all([_store_argv(tmp / "ingest-embedded", tokens, None, None),
+                        _store_argv(tmp / "ingest-a", tokens, catalog, data_path)], env)
+    bb = spawn(_store_argv(tmp / "ingest-b", tokens, catalog, data_path), env)
     procs = {"embedded": [emb], "cluster, 1 replica": [a]}
     procs["cluster, 2 replicas"] = [a, bb]
     out: dict[str, IngestFigures] = {}
@@ -1012,7 +999,6 @@ def _cli(argv: list[str] | None = None) -> int:
     p.add_argument("--catalog", help=argparse.SUPPRESS)
     p.add_argument("--data-path", help=argparse.SUPPRESS)
     p.add_argument("--tokens", help=argparse.SUPPRESS)
-    p.add_argument("--archive", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
         _serve(args)

@@ -32,6 +32,7 @@ _NUMBER = re.compile(r"^[\d,.]+( (s|ms|us|MiB)|/s)?$")
 def test_bench_cluster_small(capsys: pytest.CaptureFixture[str]) -> None:
     cluster.main(small=True)
     out = capsys.readouterr().out
+    assert "Cluster server: `waveform serve --catalog postgres:... --data s3://...`" in out
     opened = _cells(out, "ECGs")
     assert [r[1] for r in opened] == ["ready (start to health SERVING)",
                                       "resident memory (VmRSS)", "GetTrace p50", "GetDicom p50"]
