@@ -27,7 +27,7 @@ from waveform.archive.refresh import Freshness, Refresher
 from waveform.archive.tables import CONSENT, TABLES
 from waveform.errors import Conflict, StorageError
 from waveform.model import Identity
-from waveform.store import Store
+from waveform.store import Store, TableRef
 
 on_cluster = pytest.mark.parametrize("backend", ["cluster"], indirect=True)
 
@@ -267,6 +267,9 @@ class _RacingStore:
 
     def sql(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         return self._store.sql(sql, params)
+
+    def table(self, name: str) -> TableRef:
+        return self._store.table(name)
 
     def commit_rows(self, tables: dict[str, pa.Table]) -> dict[str, str]:
         if "document" in tables and self._racing.is_set():

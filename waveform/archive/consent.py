@@ -24,7 +24,6 @@ from waveform.archive.refresh import Refresher, Row
 from waveform.archive.tables import CONSENT, DENIAL, next_seq
 from waveform.errors import InvalidArgument, NotFound, StorageError
 from waveform.store import Store
-from waveform.store.lake import ALIAS
 
 __all__ = ["ConsentRegistry", "ConsentState", "Denial"]
 
@@ -86,10 +85,11 @@ class ConsentRegistry:
         added and never removed (what replaying every row gives, without the replay)."""
         self.apply("consent", self._refresher.rows("consent", _CONSENT_COLUMNS, -1, snapshot,
                                                    last_of="patient_id"))
+        denials = self._store.table("denial").sql
         self.apply("denial", self._refresher.rows(
             "denial", _DENIAL_COLUMNS, -1, snapshot,
             where="change = 'add' AND denial_id NOT IN (SELECT denial_id FROM "
-                  f"{ALIAS}.denial WHERE change = 'remove' AND snapshot_id <= ?)",
+                  f"{denials} WHERE change = 'remove' AND snapshot_id <= ?)",
             params=[snapshot]))
 
     def apply(self, table: str, rows: list[Row]) -> None:

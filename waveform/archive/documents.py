@@ -33,7 +33,6 @@ from waveform.archive.refresh import Refresher, Row
 from waveform.archive.tables import DOCUMENT, RELEASE
 from waveform.errors import Conflict, InvalidArgument, NotFound, StorageError
 from waveform.store import Store
-from waveform.store.lake import ALIAS
 
 __all__ = ["KINDS", "DocumentMeta", "Documents", "ReleaseDelays"]
 
@@ -97,6 +96,7 @@ class Documents:
 
     def __init__(self, store: Store, refresher: Refresher) -> None:
         self._store = store
+        self._table = store.table("document")
         self._refresher = refresher
         self._lock = threading.Lock()
         #: Held by a revision from reading the latest version to its commit, so that
@@ -201,7 +201,7 @@ class Documents:
         try:
             self._refresher.refresh()
             first = self._store.sql(
-                f"SELECT filename FROM {ALIAS}.document WHERE document_id = ? AND version = ? "
+                f"SELECT filename FROM {self._table.sql} WHERE document_id = ? AND version = ? "
                 "ORDER BY snapshot_id, rowid LIMIT 1", [meta.document_id, meta.version])
         except StorageError as e:
             raise StorageError(
@@ -289,7 +289,7 @@ class Documents:
         cda = "cda_xml" if with_cda else "NULL"
         # The first committed row of a version is the version (see `apply`).
         rows = self._store.sql(
-            f"SELECT document_id, version, text, {cda} FROM {ALIAS}.document WHERE "
+            f"SELECT document_id, version, text, {cda} FROM {self._table.sql} WHERE "
             f"document_id IN ({', '.join('?' * len(ids))}) QUALIFY row_number() OVER "
             "(PARTITION BY document_id, version ORDER BY snapshot_id, rowid) = 1", ids)
         want = set(keys)

@@ -43,15 +43,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from waveform.errors import StorageError
-from waveform.store import Store
-from waveform.store.lake import ALIAS
+from waveform.store import Store, TableRef
+from waveform.store.tables import CATALOG
 
 __all__ = ["Follower", "Freshness", "Refresher", "Row"]
 
 log = logging.getLogger("waveform.archive")
 
-#: Where DuckLake attaches the metadata database of catalog `ALIAS`.
-_META = f"__ducklake_metadata_{ALIAS}"
+#: DuckLake's own tables the commit log is read from (its metadata database).
+_SNAPSHOTS = CATALOG.metadata("ducklake_snapshot")
+_CHANGES = CATALOG.metadata("ducklake_snapshot_changes")
+_TABLES = CATALOG.metadata("ducklake_table")
 
 #: One entry of ``changes_made`` that names a table by id (``inserted_into_table:8``,
 #: ``deleted_from_table:8``, ...); created tables are named by name instead.
@@ -110,10 +112,12 @@ class Refresher:
         #: `time.monotonic()` when the last refresh that succeeded began.
         self._fresh_at = float("-inf")
         self._table_ids: dict[int, str] = {}
+        #: The followed tables' handles, made once (a reserved one's asks the catalog).
+        self._tables: dict[str, TableRef] = {}
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing_since: float | None = None
-        catalog = store.sql(f"SELECT catalog_type FROM ducklake_settings('{ALIAS}')")
+        catalog = store.sql(f"SELECT catalog_type FROM ducklake_settings('{CATALOG.name}')")
         #: Whether other processes may commit to this catalog (not a DuckDB file).
         self.shared = bool(catalog) and catalog[0][0] != "duckdb"
 
@@ -136,7 +140,7 @@ class Refresher:
         with self._lock:
             if self._snapshot < 0:
                 began = time.monotonic()
-                got = self._store.sql(f"SELECT max(snapshot_id) FROM {_META}.ducklake_snapshot")
+                got = self._store.sql(f"SELECT max(snapshot_id) FROM {_SNAPSHOTS}")
                 self._snapshot = int(got[0][0] or 0)
                 self._fresh_at = began
             follower.load(self._snapshot)
@@ -164,8 +168,11 @@ class Refresher:
         extra = f" AND ({where})" if where else ""
         qualify = (f" QUALIFY row_number() OVER (PARTITION BY {last_of} "
                    "ORDER BY snapshot_id DESC, rowid DESC) = 1") if last_of else ""
+        ref = self._tables.get(table)
+        if ref is None:
+            ref = self._tables[table] = self._store.table(table)
         return self._store.sql(
-            f"SELECT {cols} FROM {ALIAS}.{table} WHERE snapshot_id > ? AND snapshot_id <= ?"
+            f"SELECT {cols} FROM {ref.sql} WHERE snapshot_id > ? AND snapshot_id <= ?"
             f"{extra}{qualify} ORDER BY snapshot_id, rowid", [after, upto, *params])
 
     def ensure_fresh(self) -> None:
@@ -204,7 +211,7 @@ class Refresher:
     def _poll(self) -> None:
         began = time.monotonic()
         changes = self._store.sql(
-            f"SELECT snapshot_id, changes_made FROM {_META}.ducklake_snapshot_changes "
+            f"SELECT snapshot_id, changes_made FROM {_CHANGES} "
             "WHERE snapshot_id > ? ORDER BY snapshot_id", [self._snapshot])
         if changes:
             upto = int(changes[-1][0])
@@ -230,7 +237,7 @@ class Refresher:
                 "created_table" in c or "dropped_table" in c for c in changes if c):
             self._table_ids = {
                 int(i): str(n) for i, n in self._store.sql(
-                    f"SELECT table_id, table_name FROM {_META}.ducklake_table "
+                    f"SELECT table_id, table_name FROM {_TABLES} "
                     "WHERE end_snapshot IS NULL")}
         if unreadable:
             return set(self._table_ids.values())

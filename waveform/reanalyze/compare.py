@@ -15,10 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from waveform.store.lake import ALIAS
-
 if TYPE_CHECKING:
-    from waveform.store import Store
+    from waveform.store import Store, TableRef
 
 __all__ = ["MEASUREMENTS", "Comparison", "Difference", "Measurement", "compare"]
 
@@ -109,8 +107,8 @@ def _diff(old: np.ndarray, new: np.ndarray, degrees: bool) -> np.ndarray:
     return (d + 180.0) % 360.0 - 180.0 if degrees else d
 
 
-def _latest(version_param: str) -> str:
-    return (f"SELECT sop_instance_uid, document FROM {ALIAS}.summary "
+def _latest(summary: TableRef, version_param: str) -> str:
+    return (f"SELECT sop_instance_uid, document FROM {summary.sql} "
             f"WHERE analysis_version = {version_param} QUALIFY row_number() OVER "
             "(PARTITION BY sop_instance_uid ORDER BY measured_at DESC) = 1")
 
@@ -119,11 +117,12 @@ def compare(store: Store, old: str, new: str, *,
             measurements: tuple[Measurement, ...] = MEASUREMENTS, top: int = 10) -> Comparison:
     """How version ``new`` differs from ``old`` on the ECGs that have both."""
     paths = "[" + ", ".join(f"'$.{m.key}'" for m in measurements) + "]"
+    summary = store.table("summary")
     counts = dict(store.sql(
-        f"SELECT analysis_version, count(DISTINCT sop_instance_uid) FROM {ALIAS}.summary "
+        f"SELECT analysis_version, count(DISTINCT sop_instance_uid) FROM {summary.sql} "
         "WHERE analysis_version IN (?, ?) GROUP BY analysis_version", [old, new]))
     rows = store.sql(
-        f"WITH o AS ({_latest('?')}), n AS ({_latest('?')}) "
+        f"WITH o AS ({_latest(summary, '?')}), n AS ({_latest(summary, '?')}) "
         f"SELECT o.sop_instance_uid, json_extract_string(o.document, {paths}), "
         f"json_extract_string(n.document, {paths}) "
         "FROM o JOIN n USING (sop_instance_uid) ORDER BY o.sop_instance_uid", [old, new])

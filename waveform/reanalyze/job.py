@@ -28,7 +28,6 @@ from waveform.reanalyze.engines import Engine
 from waveform.reanalyze.planning import Filter, Plan, plan
 from waveform.reanalyze.progress import Progress, progress_for
 from waveform.reanalyze.worker import STAGES, Analyze, UnitResult, default_analysis
-from waveform.store.lake import ALIAS
 
 if TYPE_CHECKING:
     from waveform.store import Store
@@ -95,8 +94,9 @@ def commit_new(store: Store, table: pa.Table, version: str) -> tuple[int, int]:
     if table.num_rows == 0:
         return 0, 0
     uids = table.column("sop_instance_uid").to_pylist()
+    summary = store.table("summary")
     present = {r[0] for r in store.sql(
-        f"SELECT DISTINCT sop_instance_uid FROM {ALIAS}.summary WHERE analysis_version = ? "
+        f"SELECT DISTINCT sop_instance_uid FROM {summary.sql} WHERE analysis_version = ? "
         "AND sop_instance_uid IN (SELECT unnest(?::VARCHAR[]))", [version, uids])}
     # One row per UID even if a batch somehow held two.
     first: dict[str, int] = {}

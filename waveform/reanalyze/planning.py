@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from waveform.errors import InvalidArgument, StorageError
-from waveform.store.lake import ALIAS
 from waveform.store.schema import ECG, SUMMARY_CONTEXT
 
 if TYPE_CHECKING:
@@ -100,16 +99,17 @@ class Plan:
     n_ecgs: int
 
 
-def _pending_sql(filters: Sequence[Filter]) -> str:
+def _pending_sql(store: Store, filters: Sequence[Filter]) -> str:
+    ecg, summary, waveform = (store.table(t).sql for t in ("ecg", "summary", "waveform"))
     ctx = ", ".join(f"e.{c}" for c in SUMMARY_CONTEXT)
     where = "".join(f" AND {f.sql()}" for f in filters)
     return (
-        f"WITH todo AS (SELECT e.sop_instance_uid, {ctx} FROM {ALIAS}.ecg e "
-        f"WHERE e.sop_instance_uid NOT IN (SELECT sop_instance_uid FROM {ALIAS}.summary "
+        f"WITH todo AS (SELECT e.sop_instance_uid, {ctx} FROM {ecg} e "
+        f"WHERE e.sop_instance_uid NOT IN (SELECT sop_instance_uid FROM {summary} "
         # (NOT IN over a NULL would exclude everything: none is let in.)
         f"WHERE analysis_version = ? AND sop_instance_uid IS NOT NULL){where}) "
         "SELECT w.filename, w.file_row_number, w.group_index, t.* "
-        f"FROM {ALIAS}.waveform w JOIN todo t USING (sop_instance_uid) "
+        f"FROM {waveform} w JOIN todo t USING (sop_instance_uid) "
         "ORDER BY w.filename, w.file_row_number"
     )
 
@@ -127,10 +127,12 @@ def plan(
     if unit_ecgs < 1:
         raise InvalidArgument(f"unit size {unit_ecgs} ECGs: expected at least 1")
     params: list[Any] = [version, *[f.value for f in filters]]
+    waveform = store.table("waveform")
     for attempt in (1, 2):
         live = {r[0] for r in store.sql(
-            f"SELECT data_file FROM ducklake_list_files('{ALIAS}', 'waveform')")}
-        rows = store.sql_arrow(_pending_sql(filters), params)
+            "SELECT data_file FROM "
+            f"ducklake_list_files('{waveform.catalog.name}', '{waveform.name}')")}
+        rows = store.sql_arrow(_pending_sql(store, filters), params)
         # Rows come with their locators, so a worker reads only rows the catalog
         # names; a file the catalog does not list as live (a compaction committed
         # between the two queries) would be read in vain: plan again.

@@ -14,8 +14,10 @@ from waveform.store.compact import CompactionReport, compact_dir
 from waveform.store.files import FileOps, LocalFiles
 from waveform.store.queries import Page, SearchQuery, Trace, Visibility
 from waveform.store.store import IngestResult, Store
+from waveform.store.tables import Catalog, TableRef
 
 __all__ = [
+    "Catalog",
     "CompactionReport",
     "FileOps",
     "IngestResult",
@@ -23,6 +25,7 @@ __all__ = [
     "Page",
     "SearchQuery",
     "Store",
+    "TableRef",
     "Trace",
     "Visibility",
     "compact_dir",

@@ -39,6 +39,7 @@ from waveform.store.lake import connect
 from waveform.store.locators import open_locators
 from waveform.store.reads import MAX_TRACE_RATE_HZ, MAX_TRACE_VALUES, ReadPath
 from waveform.store.records import Prepared
+from waveform.store.tables import TableRef, table_ref
 
 if TYPE_CHECKING:
     from waveform.store.compact import CompactionReport
@@ -205,6 +206,13 @@ class Store:
     def ensure_tables(self, tables: Mapping[str, pa.Schema]) -> None:
         """Create the tables another module owns in this catalog (`schema.RESERVED`)."""
         self.engine.ensure_tables(tables)
+
+    def table(self, name: str) -> TableRef:
+        """The handle on table ``name`` to write SQL against (`waveform.store.tables`):
+        a store table, or a reserved one once `ensure_tables` has created it (its
+        schema is read from the catalog). ``ValueError`` for any other name."""
+        return table_ref(name, lambda qualified: self.engine.sql_arrow(
+            f"SELECT * FROM {qualified} LIMIT 0").schema)
 
     def commit_rows(self, tables: dict[str, pa.Table]) -> dict[str, str]:
         """Durably commit rows of store tables."""
