@@ -131,10 +131,9 @@ class Access:
         if not uid:
             raise InvalidArgument("sop_instance_uid is empty")
         self.objects(uid)
+        # The examination comes from the locator index's stored rows: found is stored.
         ref = self._about if self._about is not None and \
             self._about.sop_instance_uid == uid else self.archive.patients.exam(uid)
-        if ref is not None and not self.archive.store.contains(uid):
-            ref = None
         if ref is None:
             self.event.outcome = "failed"
             self.deny("not-found", NotFound(f"no ECG {uid} is visible to "

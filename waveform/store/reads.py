@@ -211,11 +211,11 @@ class ReadPath:
             raise InvalidArgument(f"units {units!r}: expected 'uV' or 'raw'")
         if units == "raw" and fs is not None:
             raise InvalidArgument("resampling (fs) gives µV; ask for units='uV' or no fs")
-        n_groups = len(self._engine.entry(uid).groups)
-        if not 0 <= group < n_groups:
-            raise InvalidArgument(f"ECG {uid} has {n_groups} multiplex groups; no group {group}")
 
         def fetch(e: Entry) -> dict[str, Any]:
+            if not 0 <= group < len(e.groups):
+                raise InvalidArgument(f"ECG {uid} has {len(e.groups)} multiplex groups; no "
+                                      f"group {group}")
             r = self._waveform_rows(e, [*_WAVEFORM_META, "samples"], [group])[0]
             if r["sop_instance_uid"] != uid:
                 raise IndexError(f"locator of {uid} points at {r['sop_instance_uid']}")
