@@ -87,3 +87,42 @@ def test_recording_logs_in_order_and_injects(tmp_path: Path) -> None:
         ("write", a), ("fsync", a), ("write", b), ("fsync", b), ("failed:fsync", b),
         ("commit", ""),
     ]
+
+
+class _CountingOpens:
+    """An S3 filesystem that counts the objects opened for reading (each is a HEAD)."""
+
+    def __init__(self, fs: object) -> None:
+        self.fs = fs
+        self.opens = 0
+
+    def open_input_file(self, path: str) -> object:
+        self.opens += 1
+        return self.fs.open_input_file(path)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.fs, name)
+
+
+def test_s3_files_keep_the_objects_they_read_open(s3: S3Server) -> None:
+    # Data files never change under one name: a second read is one ranged GET, with
+    # no new open. Writing or removing the name drops the open object.
+    counting = _CountingOpens(s3.filesystem())
+    files = S3Files(filesystem=counting, keep_open=2)  # type: ignore[arg-type]
+    root = f"s3://{S3_BUCKET}/open-{uuid.uuid4().hex}"
+    a, b, c = (f"{root}/{name}" for name in "abc")
+    for path in (a, b, c):
+        files.write(path, path.encode() * 10)
+    assert files.read_range(a, 0, 5) == a.encode()[:5]
+    assert files.read_range(a, 5, 5) == a.encode()[5:10]
+    assert counting.opens == 1
+    files.write(a, b"new bytes")
+    assert files.read_range(a, 0, 100) == b"new bytes" and counting.opens == 2
+    files.read_range(b, 0, 1)
+    files.read_range(c, 0, 1)  # keep_open 2: a is let go
+    assert counting.opens == 4
+    files.read_range(a, 0, 1)
+    assert counting.opens == 5
+    files.remove(a)
+    with pytest.raises(FileNotFoundError):
+        files.read_range(a, 0, 1)
