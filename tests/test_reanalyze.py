@@ -398,7 +398,7 @@ def _where(b: Backend | Path) -> list[str]:
         return ["--data", str(b)]
     if b.name == "embedded":
         return ["--data", str(b.data_dir)]
-    return ["--catalog", b.catalog, "--data-path", b.data_path]
+    return ["--catalog", b.catalog, "--data", b.data_path]
 
 
 def _cli(archive: Backend | Path, *args: str, **popen: object) -> subprocess.Popen[str]:

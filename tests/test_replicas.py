@@ -189,7 +189,7 @@ def test_compact_command_on_a_shared_catalog_beside_a_server(
     with _open(backend, auto_compact_commits=None) as server:
         for k in range(0, 12, 2):
             server.ingest(objs[k:k + 2], "org-a")
-        assert main(["compact", "--catalog", backend.catalog, "--data-path",
+        assert main(["compact", "--catalog", backend.catalog, "--data",
                      backend.data_path]) == 0
         out = capsys.readouterr().out
         assert out.startswith("merged ") and not out.startswith("merged 0 ")

@@ -496,8 +496,9 @@ def _compaction(r: Any) -> None:
 
 
 @click.command("compact")
-@click.option("--data", type=click.Path(path_type=Path), metavar="DIR",
-              help="compact this archive folder directly (the server must be stopped)")
+@click.option("--data", metavar="DIR",
+              help="compact this archive folder directly (the server must be stopped); "
+                   "with --catalog, s3://bucket/prefix: where its data files are")
 @click.option("--catalog", metavar="CATALOG",
               help="compact a PostgreSQL catalog's archive directly ('postgres:...'; "
                    "its servers may keep running: one server compacts at a time)")
@@ -506,19 +507,21 @@ def _compaction(r: Any) -> None:
                    "shared folder)")
 @connection_options()
 @guarded("compact")
-def compact(data: Path | None, catalog: str | None, data_path: str | None,
+def compact(data: str | None, catalog: str | None, data_path: str | None,
             conn: dict[str, Any]) -> int:
     """Merge small data files and remove orphans: through the server (role admin),
     with --data on an archive no server has open, or with --catalog on a shared one."""
     from waveform.cli.progress import Bar
 
     bar = Bar(sys.stderr, "compact")
+    if catalog is not None and data_path is None and data is not None:
+        data_path = data  # as `waveform serve --catalog ... --data s3://...`
     if catalog is not None:
         from waveform.store import compact_dir
 
         if not catalog.startswith("postgres:") or not data_path:
-            raise click.UsageError("--catalog takes 'postgres:...' with --data-path (a "
-                                   "folder's own catalog: --data DIR)")
+            raise click.UsageError("--catalog takes 'postgres:...' with --data s3://... or "
+                                   "--data-path (a folder's own catalog: --data DIR)")
         bar.start(None)
         try:
             shared = compact_dir(data_path, catalog=catalog,
@@ -539,11 +542,11 @@ def compact(data: Path | None, catalog: str | None, data_path: str | None,
     from waveform.errors import StorageError
     from waveform.store import compact_dir
 
-    if not (data / "catalog.ducklake").exists():
+    if not (Path(data) / "catalog.ducklake").exists():
         raise CommandFailed("NOT_FOUND", f"{data} holds no archive (no catalog.ducklake)")
     bar.start(None)
     try:
-        r = compact_dir(data)
+        r = compact_dir(Path(data))
     except StorageError as exc:
         if "lock" in str(exc).lower():
             raise CommandFailed("UNAVAILABLE", f"{data} is open in a running server; "

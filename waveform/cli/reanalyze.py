@@ -46,9 +46,12 @@ _LOCKED = "Could not set lock"
 def _open(o: dict[str, Any]) -> Any:
     from waveform.store import Store
 
+    data, data_path = o["data"] or "./data", o["data_path"]
+    if data.startswith("s3://") and data_path is None:  # as `waveform serve --data s3://`
+        data_path = data.rstrip("/") + "/"
     try:
-        return Store.open(o["data"] or "./data", catalog=o["catalog"],
-                          data_path=o["data_path"], analyze=None, measure=False)
+        return Store.open(data, catalog=o["catalog"], data_path=data_path, analyze=None,
+                          measure=False)
     except WaveformError as e:
         if _LOCKED in str(e):
             raise WaveformError(
@@ -71,7 +74,7 @@ def _say(message: str) -> None:
 @click.command("reanalyze", help=__doc__, short_help="Re-measure the archive, or compare "
                "two analysis versions.")
 @click.option("--data", help="the archive's folder, opened here (default ./data; "
-              "not with --server)")
+              "not with --server), or s3://bucket/prefix with a PostgreSQL --catalog")
 @click.option("--catalog", help="DuckLake catalog (default DIR/catalog.ducklake; "
               "postgres:dbname=... for a shared one)")
 @click.option("--data-path", help="where the data files are (default DIR/lake/; "
