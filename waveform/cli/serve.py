@@ -357,13 +357,11 @@ def serve(**options: Any) -> int:
               f"{shown(Path(o.more['devices']))}"
               + (f" (the demo's: {DEMO_DEVICE[0]} of {DEMO_DEVICE[1]} from any address)"
                  if o.more.get("demo_devices") else ""), flush=True)
-    try:
-        if o.demo:
-            _load_demo(server, where, tokens, kept, o.folder)
-    except KeyboardInterrupt:  # Ctrl-C while the demo ECGs were being measured
-        server.stop(30.0)
-    else:
-        run_until_signalled(server)
+    # The stop signals are taken before the demo loads and says "Ctrl-C stops": one
+    # sent as soon as that is printed (or while the demo ECGs are being measured)
+    # stops the server cleanly.
+    run_until_signalled(server, first=(lambda: _load_demo(server, where, tokens, kept,
+                                                          o.folder)) if o.demo else None)
     server.archive.close()
     print("waveform: stopped", flush=True)
     return EXIT_OK

@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,8 +286,10 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.propagate = False
 
 
-def run_until_signalled(server: Server, grace_s: float = 30.0) -> None:
-    """Block until SIGTERM or SIGINT, then stop gracefully."""
+def run_until_signalled(server: Server, grace_s: float = 30.0,
+                        first: Callable[[], object] | None = None) -> None:
+    """Block until SIGTERM or SIGINT, then stop gracefully. ``first`` runs once the
+    signals are taken (a signal during it stops the server when it returns)."""
     done = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -296,6 +299,8 @@ def run_until_signalled(server: Server, grace_s: float = 30.0) -> None:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if first is not None and not done.is_set():
+            first()
         # Short waits: the kernel may deliver the signal to any of the process's
         # threads, and then nothing interrupts a wait without a timeout on the main
         # thread, where Python runs the handler (a stop in about 50 under ingest
