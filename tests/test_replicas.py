@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import uuid
 from concurrent.futures import Future
 from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +201,24 @@ def test_compact_command_on_a_shared_catalog_beside_a_server(
             assert server.get_dicom(_uid(obj)) == obj
         assert server.sql("SELECT count(*) FROM lake.ecg")[0][0] == 12
     assert main(["compact", "--catalog", backend.catalog]) == 2
+
+
+def test_two_stores_on_a_postgresql_catalog_over_a_shared_folder(
+        postgres: object, tmp_path: Path) -> None:
+    # The catalog in PostgreSQL, the data files in a folder both servers see.
+    from tests.servers import PostgresServer
+
+    assert isinstance(postgres, PostgresServer)
+    catalog = "postgres:" + postgres.create_database(f"shared_{uuid.uuid4().hex[:12]}")
+    objs = [_obj(5000 + k) for k in range(6)]
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(Store.open(tmp_path, catalog=catalog, analyze=None))
+                for _ in range(2))
+        assert a.data_path == b.data_path == str(tmp_path / "lake") + "/"
+        first = a.ingest(objs[:3], "org-a")
+        second = b.ingest([*objs[3:], objs[0]], "org-a")
+        assert [r.already_stored for r in second] == [False, False, False, True]
+        for r, obj in zip(first + second[:3], objs, strict=True):
+            assert a.get_dicom(r.sop_instance_uid) == obj == b.get_dicom(r.sop_instance_uid)
+        assert b.sql("SELECT count(*), count(DISTINCT sop_instance_uid) FROM lake.ecg")[0] == (
+            6, 6)
