@@ -236,8 +236,8 @@ class IngestPath:
         and the answers of those another writer holds (stored: "already stored" or a
         conflict; claimed: waited for, up to `CLAIM_WAIT_S`)."""
         now_us = time.time_ns() // 1000
-        held = self._engine.locators.claim([(p.sop_instance_uid, p.sha256, p.size) for p in items],
-                                    self._engine.owner, now_us)
+        held = self._engine.locators.claim(
+            [(p.sop_instance_uid, p.sha256, p.size) for p in items], self._engine.owner, now_us)
         ours: list[Prepared] = []
         settled: dict[int, IngestResult | Exception] = {}
         for i, p in enumerate(items):
@@ -273,7 +273,7 @@ class IngestPath:
                                     "server; retry")
             time.sleep(0.02)
             again = self._engine.locators.claim([(uid, p.sha256, p.size)], self._engine.owner,
-                                         time.time_ns() // 1000)
+                                                time.time_ns() // 1000)
             if uid not in again:
                 return None  # its writer gave it up: ours now
             c = again[uid]
@@ -321,7 +321,7 @@ class IngestPath:
                         _result(e, p.sop_instance_uid, False),
                         patient_id=p.ecg_row.get("patient_id") or ""))
                 self._engine.index_stored(entries, paths.values(),
-                                   {p.sop_instance_uid: p.ecg_row for p in items})
+                                          {p.sop_instance_uid: p.ecg_row for p in items})
         finally:
             self._engine.gate.committed()
         self._engine.files.mark("ack")
